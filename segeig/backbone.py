@@ -1,0 +1,243 @@
+"""Frozen ViT backbone: timm model → three patch-token maps.
+
+The head's input is the concatenation of the outputs of block 0, block
+``depth // 2`` and the final (normed) output, each as a ``B×D×h×w`` map with the
+class and register tokens removed (DESIGN §1). The kernel uses the final map
+(or, optionally, the last block's attention keys).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from segeig.config import BackboneConfig
+
+logger = logging.getLogger(__name__)
+
+#: Backbones known to work; any timm ViT with ``forward_intermediates`` does.
+KNOWN_BACKBONES = (
+    "vit_small_patch16_224.dino",
+    "vit_small_patch8_224.dino",
+    "vit_base_patch16_224.dino",
+    "vit_base_patch8_224.dino",
+    "vit_small_patch14_dinov2.lvd142m",
+    "vit_small_patch14_reg4_dinov2.lvd142m",
+    "vit_base_patch14_dinov2.lvd142m",
+    "vit_base_patch14_reg4_dinov2.lvd142m",
+    "vit_small_patch16_384.augreg_in21k_ft_in1k",
+)
+
+
+class BackboneWeightsError(RuntimeError):
+    """The backbone's weights could not be obtained (no network, bad file)."""
+
+
+@dataclass
+class BackboneFeatures:
+    """Patch features of one batch.
+
+    Attributes:
+        layers: three maps (block 0, block depth//2, final normed), each
+            ``B×D×h×w`` float32.
+        kernel: features for the graph kernel, ``B×Dk×h×w`` float32 (final
+            normed tokens, or last-block attention keys).
+    """
+
+    layers: tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+    kernel: torch.Tensor
+
+    @property
+    def stacked(self) -> torch.Tensor:
+        """``B×3D×h×w`` concatenation of the three maps: the head's input."""
+        return torch.cat(self.layers, dim=1)
+
+
+def _unwrap_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """Find the backbone weights inside the wrappers training codes use."""
+    for key in ("teacher", "student", "state_dict", "model", "module"):
+        inner = checkpoint.get(key)
+        if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
+            # DINO saves the teacher as the model to use; prefer it first.
+            return _unwrap_state_dict(inner)
+    state = {k: v for k, v in checkpoint.items() if isinstance(v, torch.Tensor)}
+    for prefix in ("module.", "backbone.", "encoder."):
+        if state and all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def load_local_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a local checkpoint into a timm ViT, never unpickling arbitrary objects.
+
+    Accepts safetensors, or ``.pth/.pt/.bin`` files holding tensors only
+    (``torch.load(weights_only=True)``), bare or wrapped in ``state_dict``,
+    ``model`` or DINO's ``teacher``. Original-format checkpoints (DINO, DINOv2)
+    are converted by timm's own ``checkpoint_filter_fn`` for the architecture.
+
+    Raises:
+        BackboneWeightsError: missing file, unreadable file, or weights that do
+            not fit the architecture (the message lists the first offending keys).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BackboneWeightsError(
+            f"backbone weights file not found: {path}. Pass an existing file to "
+            "--backbone-weights, 'hub' to download, or 'random' for a smoke run."
+        )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            raw = load_file(str(path))
+        else:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - report any decoder failure the same way
+        raise BackboneWeightsError(
+            f"could not read backbone weights {path}: {err}. Only tensor checkpoints "
+            "are accepted (safetensors, or torch files loadable with weights_only=True)."
+        ) from err
+    if not isinstance(raw, dict):
+        raise BackboneWeightsError(f"{path} does not hold a state dict (found {type(raw)})")
+    state = _unwrap_state_dict(raw)
+    module = __import__(type(model).__module__, fromlist=["checkpoint_filter_fn"])
+    filter_fn = getattr(module, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+    result = model.load_state_dict(state, strict=False)
+    # The classifier is unused (num_classes=0), so its keys may be missing or extra.
+    missing = [k for k in result.missing_keys if not k.startswith(("head", "fc_norm"))]
+    unexpected = [k for k in result.unexpected_keys if not k.startswith(("head", "fc_norm"))]
+    if missing or unexpected:
+        raise BackboneWeightsError(
+            f"{path} does not fit {type(model).__name__}: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}. Check that --backbone names the "
+            "architecture these weights were trained for."
+        )
+
+
+def create_vit(config: BackboneConfig) -> nn.Module:
+    """Build the timm ViT named by ``config`` with the requested weights.
+
+    ``dynamic_img_size=True`` makes timm interpolate position embeddings for
+    any input grid, so images of any size work.
+    """
+    kwargs = dict(num_classes=0, dynamic_img_size=True, **config.arch_overrides)
+    if config.weights == "embedded":
+        # The caller loads weights stored in a segeig checkpoint right after.
+        return timm.create_model(config.name, pretrained=False, **kwargs)
+    if config.weights == "random":
+        logger.warning(
+            "BACKBONE %s HAS RANDOM WEIGHTS: segments will be meaningless. "
+            "Use only for tests and smoke runs.",
+            config.name,
+        )
+        return timm.create_model(config.name, pretrained=False, **kwargs)
+    if config.weights == "hub":
+        try:
+            return timm.create_model(config.name, pretrained=True, **kwargs)
+        except Exception as err:  # noqa: BLE001 - network/cache errors come in many types
+            raise BackboneWeightsError(
+                f"could not obtain pretrained weights for {config.name} from the "
+                f"Hugging Face hub ({type(err).__name__}: {err}). Offline options: "
+                "--backbone-weights PATH (a local checkpoint file), or "
+                "--backbone-weights random (meaningless segments, smoke runs only)."
+            ) from err
+    model = timm.create_model(config.name, pretrained=False, **kwargs)
+    load_local_weights(model, config.weights)
+    return model
+
+
+class Backbone(nn.Module):
+    """Frozen timm ViT returning the three patch-token maps of DESIGN §1.
+
+    The wrapped network has no gradients and stays in eval mode even when a
+    parent module is put in train mode (dropout/drop-path must never run).
+
+    Args:
+        config: which model and weights.
+        vit: an already-built timm ViT (skips :func:`create_vit`; used when
+            loading checkpoints whose backbone weights come separately).
+    """
+
+    def __init__(self, config: BackboneConfig, vit: nn.Module | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.vit = vit if vit is not None else create_vit(config)
+        if not hasattr(self.vit, "forward_intermediates"):
+            raise ValueError(f"{config.name} is not a timm ViT with forward_intermediates")
+        self.vit.requires_grad_(False)
+        self.vit.eval()
+        self.depth = len(self.vit.blocks)
+        self.layer_indices = (0, self.depth // 2, self.depth - 1)
+        self.patch_size = int(self.vit.patch_embed.patch_size[0])
+        self.embed_dim = int(self.vit.embed_dim)
+        cfg = self.vit.pretrained_cfg or {}
+        self.mean = tuple(float(v) for v in cfg.get("mean", (0.485, 0.456, 0.406)))
+        self.std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
+        self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
+        self._keys: torch.Tensor | None = None
+        if config.kernel_features == "keys":
+            self.vit.blocks[-1].attn.qkv.register_forward_hook(self._grab_keys)
+
+    def train(self, mode: bool = True) -> Backbone:  # noqa: D102 - see class docstring
+        super().train(mode)
+        self.vit.eval()
+        return self
+
+    @property
+    def feature_dim(self) -> int:
+        """Channels of the head input, 3·D."""
+        return 3 * self.embed_dim
+
+    def _grab_keys(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        # qkv output is B×T×3D laid out as [q | k | v]; keep k for the kernel.
+        self._keys = output[..., self.embed_dim : 2 * self.embed_dim]
+
+    def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Token grid ``(h, w)`` for an input of ``height×width`` pixels (after padding)."""
+        return math.ceil(height / self.patch_size), math.ceil(width / self.patch_size)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """``B×3×H×W`` float in [0, 1] → normalised with the model's own mean/std."""
+        return (images - self._mean) / self._std
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> BackboneFeatures:
+        """Extract patch features.
+
+        Args:
+            images: ``B×3×H×W`` float RGB in [0, 1], any H, W ≥ 1. Inputs are
+                zero-padded (after normalisation) at the bottom/right to a
+                multiple of the patch size; the maps then cover
+                ``ceil(H/p)×ceil(W/p)`` patches.
+
+        Returns:
+            :class:`BackboneFeatures` with float32 maps of ``B×D×h×w``.
+        """
+        x = self.normalize(images)
+        h, w = self.grid_size(x.shape[-2], x.shape[-1])
+        pad_h, pad_w = h * self.patch_size - x.shape[-2], w * self.patch_size - x.shape[-1]
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h))
+        maps = self.vit.forward_intermediates(
+            x, indices=list(self.layer_indices), norm=False, output_fmt="NCHW",
+            intermediates_only=True,
+        )
+        first, middle, last = (m.float() for m in maps)
+        # The final output is the normed one; timm's norm is a LayerNorm over channels.
+        last = self.vit.norm(last.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).float()
+        kernel = last
+        if self.config.kernel_features == "keys":
+            keys = self._keys[:, self.vit.num_prefix_tokens :]
+            kernel = keys.float().transpose(1, 2).reshape(keys.shape[0], -1, h, w)
+            self._keys = None
+        return BackboneFeatures(layers=(first, middle, last.contiguous()), kernel=kernel)

@@ -1,0 +1,37 @@
+"""``segeig info CKPT``: print what a checkpoint contains."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "info", help="describe a checkpoint",
+        description="Print a checkpoint's backbone, head, methods and training settings.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint.safetensors or the directory holding it")
+    parser.add_argument("--json", action="store_true", help="print the full JSON description")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from segeig.checkpoint import read_config
+
+    config = read_config(args.checkpoint)
+    if args.json:
+        print(json.dumps(config, indent=2))
+        return 0
+    backbone, head = config["backbone"], config.get("head")
+    print(f"backbone : {backbone['name']} (weights: {backbone['weights']}, "
+          f"D={backbone['embed_dim']}, patch {backbone['patch_size']}, layers {backbone['layers']})")
+    if head:
+        print(f"head     : {head['kind']}, K={head['k']}, tau_min={head['tau_min']}")
+    else:
+        print("head     : none (k-means baseline)")
+    print(f"methods  : {', '.join(config['methods'])}")
+    training = config.get("training")
+    if training:
+        print(f"training : {json.dumps(training)}")
+    return 0

@@ -1,0 +1,141 @@
+"""The segmentation model: frozen backbone + eigenfunction head + centroids.
+
+One forward pass gives per-patch scores for a method:
+
+* ``eigen`` — head logits / τ_min; argmax over K eigenfunctions.
+* ``eigen+kmeans`` — cosine similarity of the head's hidden features to
+  k-means centroids fitted on them.
+* ``kmeans`` — the baseline: cosine similarity of the raw final backbone
+  features to k-means centroids fitted on them (no head needed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+from segeig.backbone import Backbone, BackboneFeatures
+from segeig.cluster import centroid_score_maps
+from segeig.config import HeadConfig
+from segeig.head import EigenHead
+
+Method = Literal["eigen", "eigen+kmeans", "kmeans"]
+METHODS: tuple[str, ...] = ("eigen", "eigen+kmeans", "kmeans")
+
+#: Temperature turning centroid cosine similarities into probabilities (for the
+#: CRF unary). Argmax predictions do not depend on it.
+CENTROID_TEMPERATURE = 0.05
+
+
+@dataclass
+class ModelOutput:
+    """Patch-level outputs for one batch.
+
+    Attributes:
+        scores: ``B×S×h×w`` float32 scores; ``softmax(scores, dim=1)`` gives
+            probabilities and ``argmax`` the segment ids (S = K for ``eigen``,
+            number of centroids otherwise).
+        logits: ``B×K×h×w`` raw head logits, or ``None`` without a head.
+        features: the backbone features the scores came from.
+    """
+
+    scores: torch.Tensor
+    logits: torch.Tensor | None
+    features: BackboneFeatures
+    extras: dict = field(default_factory=dict)
+
+
+class SegEigModel(nn.Module):
+    """Backbone + optional head + optional centroids.
+
+    Args:
+        backbone: frozen feature extractor.
+        head: eigenfunction head, or ``None`` for the ``kmeans`` baseline.
+        centroids: method name → ``S×C`` centroid tensor (``eigen+kmeans``
+            in the head's hidden space, ``kmeans`` in the backbone's final space).
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        head: EigenHead | None = None,
+        centroids: dict[str, torch.Tensor] | None = None,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        for name, value in (centroids or {}).items():
+            self.set_centroids(name, value)
+
+    @staticmethod
+    def _buffer_name(method: str) -> str:
+        return "centroids_" + method.replace("+", "_")
+
+    def set_centroids(self, method: str, centroids: torch.Tensor) -> None:
+        """Store ``S×C`` centroids for ``eigen+kmeans`` or ``kmeans``."""
+        if method not in ("eigen+kmeans", "kmeans"):
+            raise ValueError(f"centroids belong to 'eigen+kmeans' or 'kmeans', not {method!r}")
+        if method == "eigen+kmeans" and self.head is None:
+            raise ValueError("'eigen+kmeans' centroids need a head")
+        expected = self.head.hidden_dim if method == "eigen+kmeans" else self.backbone.embed_dim
+        if centroids.ndim != 2 or centroids.shape[1] != expected:
+            raise ValueError(
+                f"{method} centroids must be S×{expected}, got {tuple(centroids.shape)}"
+            )
+        ref = next(self.backbone.parameters())
+        self.register_buffer(self._buffer_name(method), centroids.to(ref.device, torch.float32))
+
+    def centroids(self, method: str) -> torch.Tensor | None:
+        """The stored centroids for ``method`` or ``None``."""
+        return getattr(self, self._buffer_name(method), None)
+
+    @property
+    def methods(self) -> list[str]:
+        """Methods this model can run."""
+        found = ["eigen"] if self.head is not None else []
+        return found + [m for m in ("eigen+kmeans", "kmeans") if self.centroids(m) is not None]
+
+    @property
+    def default_method(self) -> str:
+        """``eigen`` when a head exists, else ``kmeans``."""
+        return self.methods[0]
+
+    def num_segments(self, method: str) -> int:
+        """Number of score channels S for ``method``."""
+        if method == "eigen":
+            return self.head.k
+        return self.centroids(method).shape[0]
+
+    def forward(self, images: torch.Tensor, method: str | None = None) -> ModelOutput:
+        """Score every patch.
+
+        Args:
+            images: ``B×3×H×W`` float RGB in [0, 1].
+            method: one of :attr:`methods` (default :attr:`default_method`).
+
+        Returns:
+            :class:`ModelOutput` at patch resolution ``h×w = ceil(H/p)×ceil(W/p)``.
+        """
+        method = method or self.default_method
+        if method not in self.methods:
+            raise ValueError(f"method {method!r} is not available; this model has {self.methods}")
+        features = self.backbone(images)
+        if method == "kmeans":
+            scores = centroid_score_maps(features.layers[2], self.centroids(method))
+            return ModelOutput(scores / CENTROID_TEMPERATURE, None, features)
+        logits, hidden = self.head(features.stacked)
+        if method == "eigen":
+            return ModelOutput(logits.float() / self.head.config.tau_min, logits, features)
+        scores = centroid_score_maps(hidden, self.centroids(method))
+        return ModelOutput(scores / CENTROID_TEMPERATURE, logits, features, {"hidden": hidden})
+
+
+def build_model(backbone: Backbone, head_config: HeadConfig | None) -> SegEigModel:
+    """A model with a freshly initialised head sized for ``backbone``."""
+    head = None
+    if head_config is not None:
+        head = EigenHead(backbone.feature_dim, head_config, embed_dim=backbone.embed_dim)
+    return SegEigModel(backbone, head)

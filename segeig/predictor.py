@@ -1,0 +1,300 @@
+"""Inference API: ``segeig.load(path) → Segmenter``; numpy in, numpy out.
+
+A :class:`Segmenter` scores patches with one forward pass, upsamples the scores
+bilinearly to the input size and takes the argmax. Large images are processed
+in sliding windows whose scores are averaged on the patch grid, and the
+full-resolution argmax is computed in horizontal bands, so memory stays bounded
+by the window and band sizes rather than the image size.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segeig.checkpoint import load_model
+from segeig.model import ModelOutput, SegEigModel
+from segeig.transforms import to_tensor
+
+logger = logging.getLogger(__name__)
+
+#: Images with a side above this are processed in sliding windows by default.
+DEFAULT_MAX_SIDE = 1024
+#: Score elements (S·rows·W) upsampled at once when taking the full-size argmax.
+BAND_ELEMENTS = 1 << 25
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; use 'cpu'")
+    return device
+
+
+def upsample_scores(scores: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
+    """Patch-grid scores → pixel scores.
+
+    Args:
+        scores: ``B×S×h×w`` float; patch ``(i, j)`` covers pixels
+            ``[i·p, (i+1)·p) × [j·p, (j+1)·p)`` of the zero-padded input.
+        patch: patch size p.
+        size: ``(H, W)`` of the unpadded input (H ≤ h·p, W ≤ w·p).
+
+    Returns:
+        ``B×S×H×W`` float32, bilinear (half-pixel centres), cropped to ``size``.
+    """
+    h, w = scores.shape[-2:]
+    full = F.interpolate(scores.float(), size=(h * patch, w * patch), mode="bilinear",
+                         align_corners=False)
+    return full[..., : size[0], : size[1]]
+
+
+def upsample_argmax(scores: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
+    """``argmax`` of :func:`upsample_scores` for one image, computed in bands.
+
+    Args:
+        scores: ``S×h×w`` float scores.
+        patch: patch size p.
+        size: output ``(H, W)``.
+
+    Returns:
+        ``H×W`` int64 labels in ``[0, S)``; identical to the unbanded argmax.
+    """
+    s, h, w = scores.shape
+    height, width = size
+    # Band of patch rows per step, keeping S·(rows·p)·(w·p) under BAND_ELEMENTS.
+    band = max(1, BAND_ELEMENTS // max(1, s * patch * patch * w))
+    out = torch.empty(height, width, dtype=torch.long, device=scores.device)
+    for r0 in range(0, h, band):
+        r1 = min(h, r0 + band)
+        # One patch row of margin each side makes the interior interpolation
+        # exact (bilinear only reads the two nearest rows).
+        m0, m1 = max(0, r0 - 1), min(h, r1 + 1)
+        part = F.interpolate(scores[None, :, m0:m1].float(), scale_factor=patch,
+                             mode="bilinear", align_corners=False)[0]
+        part = part[:, (r0 - m0) * patch : (r1 - m0) * patch, : width]
+        y0, y1 = r0 * patch, min(height, r1 * patch)
+        if y0 >= height:
+            break
+        out[y0:y1] = part[:, : y1 - y0].argmax(0)
+    return out
+
+
+def window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Start offsets covering ``[0, length)`` with windows of ``window`` (last one flush)."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+class Segmenter:
+    """Segment images with a trained segeig model.
+
+    Args:
+        model: the model (moved to ``device``).
+        config: the checkpoint's JSON description.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
+        amp: run the backbone in bfloat16 autocast on CUDA.
+
+    Typical use::
+
+        seg = segeig.load("runs/ade/checkpoint.safetensors")
+        labels = seg.predict(image)            # H×W int32
+        probs = seg.predict_proba(image)        # S×H×W float32, sums to 1
+    """
+
+    def __init__(
+        self,
+        model: SegEigModel,
+        config: dict[str, Any] | None = None,
+        device: str | torch.device = "auto",
+        amp: bool = True,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval()
+        self.config = config or {}
+        self.amp = amp and self.device.type == "cuda"
+
+    # -- description -----------------------------------------------------
+    @property
+    def methods(self) -> list[str]:
+        """Methods this checkpoint supports (``eigen``, ``eigen+kmeans``, ``kmeans``)."""
+        return self.model.methods
+
+    @property
+    def patch_size(self) -> int:
+        return self.model.backbone.patch_size
+
+    def num_segments(self, method: str | None = None) -> int:
+        """Number of segment ids S the method predicts."""
+        return self.model.num_segments(method or self.model.default_method)
+
+    @property
+    def eigenvalues(self) -> list[float] | None:
+        """Eigenvalue estimates recorded at training time (descending order), if any."""
+        return self.config.get("eigenvalues")
+
+    # -- tensor API ------------------------------------------------------
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor, method: str | None = None) -> ModelOutput:
+        """Patch-resolution outputs for a batch.
+
+        Args:
+            images: ``B×3×H×W`` float RGB in [0, 1] (any device).
+            method: scoring method (default: the model's default).
+
+        Returns:
+            :class:`ModelOutput`; ``scores`` is ``B×S×ceil(H/p)×ceil(W/p)``.
+        """
+        images = images.to(self.device, torch.float32)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            out = self.model(images, method)
+        out.scores = out.scores.float()
+        return out
+
+    @torch.no_grad()
+    def predict_batch(self, images: torch.Tensor, method: str | None = None) -> torch.Tensor:
+        """Full-resolution scores for a batch of same-size images.
+
+        Args:
+            images: ``B×3×H×W`` float RGB in [0, 1].
+
+        Returns:
+            ``B×S×H×W`` float32 scores (softmax over dim 1 → probabilities).
+        """
+        scores = self.forward(images, method).scores
+        return upsample_scores(scores, self.patch_size, tuple(images.shape[-2:]))
+
+    @torch.no_grad()
+    def patch_scores(
+        self,
+        image: np.ndarray,
+        method: str | None = None,
+        window: int | None = None,
+        stride: int | None = None,
+        max_side: int | None = DEFAULT_MAX_SIDE,
+    ) -> torch.Tensor:
+        """Scores on the patch grid of one image, sliding-window when large.
+
+        Args:
+            image: ``H×W×3`` uint8 RGB.
+            method: scoring method.
+            window, stride: sliding-window size and step in pixels (rounded
+                down to multiples of the patch size). Default: one pass unless
+                a side exceeds ``max_side``, then ``window = max_side`` and
+                ``stride = 2/3`` of it.
+            max_side: see above; ``None`` never slides by default.
+
+        Returns:
+            ``S×ceil(H/p)×ceil(W/p)`` float32 scores on ``self.device``; where
+            windows overlap the scores are averaged.
+        """
+        height, width = image.shape[:2]
+        p = self.patch_size
+        if window is None and max_side is not None and max(height, width) > max_side:
+            window = max_side
+        tensor = to_tensor(image)[None]
+        if window is None:
+            return self.forward(tensor, method).scores[0]
+        window = max(p, window // p * p)
+        stride = max(p, (stride or window * 2 // 3) // p * p)
+        gh, gw = math.ceil(height / p), math.ceil(width / p)
+        total: torch.Tensor | None = None
+        count = torch.zeros(gh, gw, device=self.device)
+        for top in window_starts(height, window, stride):
+            for left in window_starts(width, window, stride):
+                # Starts are snapped to the patch grid so window patches align
+                # with image patches (the last window may overlap more).
+                top_s, left_s = top // p * p, left // p * p
+                crop = tensor[..., top_s : top_s + window, left_s : left_s + window]
+                scores = self.forward(crop, method).scores[0]
+                if total is None:
+                    total = torch.zeros(scores.shape[0], gh, gw, device=self.device)
+                i, j = top_s // p, left_s // p
+                total[:, i : i + scores.shape[1], j : j + scores.shape[2]] += scores
+                count[i : i + scores.shape[1], j : j + scores.shape[2]] += 1
+        return total / count.clamp_min(1)
+
+    # -- numpy API -------------------------------------------------------
+    def predict(self, image: np.ndarray, method: str | None = None, **window: Any) -> np.ndarray:
+        """Segment one image.
+
+        Args:
+            image: ``H×W×3`` uint8 RGB (any size ≥ 1×1).
+            method: ``eigen`` (default), ``eigen+kmeans`` or ``kmeans``.
+            **window: ``window``, ``stride``, ``max_side`` of :meth:`patch_scores`.
+
+        Returns:
+            ``H×W`` int32 segment ids in ``[0, S)``.
+        """
+        scores = self.patch_scores(_check_image(image), method, **window)
+        labels = upsample_argmax(scores, self.patch_size, image.shape[:2])
+        return labels.to(torch.int32).cpu().numpy()
+
+    def predict_scores(self, image: np.ndarray, method: str | None = None,
+                       **window: Any) -> np.ndarray:
+        """``S×H×W`` float32 full-resolution scores (memory ∝ S·H·W)."""
+        scores = self.patch_scores(_check_image(image), method, **window)
+        full = upsample_scores(scores[None], self.patch_size, image.shape[:2])[0]
+        return full.cpu().numpy()
+
+    def predict_proba(self, image: np.ndarray, method: str | None = None,
+                      **window: Any) -> np.ndarray:
+        """``S×H×W`` float32 probabilities (softmax of the scores; sums to 1 per pixel)."""
+        scores = self.patch_scores(_check_image(image), method, **window)
+        full = upsample_scores(scores[None], self.patch_size, image.shape[:2])[0]
+        return torch.softmax(full, dim=0).cpu().numpy()
+
+    def eigenfunctions(self, image: np.ndarray) -> np.ndarray:
+        """Raw eigenfunction values on the patch grid, ``K×h×w`` float32.
+
+        Channel i is the i-th eigenfunction in training order (the objective
+        orders them by eigenvalue, largest first).
+        """
+        if self.model.head is None:
+            raise ValueError("this checkpoint has no eigenfunction head (kmeans baseline)")
+        out = self.forward(to_tensor(_check_image(image))[None], "eigen")
+        return out.logits[0].float().cpu().numpy()
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3:
+        shape = getattr(image, "shape", None)
+        raise ValueError(f"expected an H×W×3 uint8 RGB array, got shape {shape}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected dtype uint8 (values 0..255), got {image.dtype}")
+    if image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image has no pixels: shape {image.shape}")
+    return image
+
+
+def load(
+    path: str | os.PathLike,
+    device: str | torch.device = "auto",
+    backbone_weights: str | None = None,
+    amp: bool = True,
+) -> Segmenter:
+    """Load a segeig checkpoint for inference.
+
+    Args:
+        path: ``checkpoint.safetensors`` or the directory holding it.
+        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        backbone_weights: override the backbone weight source recorded in the
+            checkpoint (``hub``, a local file path, or ``random``).
+        amp: bfloat16 autocast on CUDA.
+
+    Returns:
+        A ready :class:`Segmenter`.
+    """
+    model, config = load_model(path, device="cpu", backbone_weights=backbone_weights)
+    return Segmenter(model, config, device=device, amp=amp)

@@ -1,0 +1,49 @@
+"""Deterministic image transforms shared by inference and evaluation.
+
+Images are ``H×W×3`` uint8 RGB numpy arrays; label maps ``H×W`` uint8 with 255
+meaning "ignore". Training augmentation lives in :mod:`segeig.augment`.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import torch
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """``H×W×3`` uint8 RGB → ``3×H×W`` float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+def resize_short_side(image: np.ndarray, short: int, label: bool = False) -> np.ndarray:
+    """Resize so the shorter side is ``short`` pixels, keeping the aspect ratio.
+
+    Images use area interpolation when shrinking and bilinear when enlarging;
+    label maps (``label=True``) use nearest neighbour so ids are never blended.
+    """
+    height, width = image.shape[:2]
+    scale = short / min(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    if label:
+        interp = cv2.INTER_NEAREST
+    else:
+        interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.resize(image, size, interpolation=interp)
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+    """Central ``size×size`` crop (sides shorter than ``size`` are kept whole)."""
+    height, width = image.shape[:2]
+    top, left = max(0, (height - size) // 2), max(0, (width - size) // 2)
+    return image[top : top + size, left : left + size]
+
+
+def limit_side(image: np.ndarray, max_side: int) -> np.ndarray:
+    """Downscale (area interpolation) so neither side exceeds ``max_side``."""
+    height, width = image.shape[:2]
+    if max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)

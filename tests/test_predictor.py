@@ -1,0 +1,81 @@
+"""Predictor: numpy in/out, any size, sliding windows, banded argmax."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from segeig.predictor import Segmenter, resolve_device, upsample_argmax, upsample_scores
+from tests.conftest import random_image
+
+
+@pytest.fixture
+def segmenter(tiny_model) -> Segmenter:
+    return Segmenter(tiny_model, device="cpu")
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 200), (48, 64), (65, 31)])
+def test_predict_any_size(segmenter, rng, size):
+    labels = segmenter.predict(random_image(rng, *size))
+    assert labels.shape == size
+    assert labels.dtype == np.int32
+    assert 0 <= labels.min() and labels.max() < 12
+
+
+def test_proba_and_scores_agree_with_labels(segmenter, rng):
+    image = random_image(rng, 37, 53)
+    probs = segmenter.predict_proba(image)
+    assert probs.shape == (12, 37, 53)
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    np.testing.assert_array_equal(probs.argmax(0), segmenter.predict(image))
+    np.testing.assert_array_equal(segmenter.predict_scores(image).argmax(0), probs.argmax(0))
+
+
+def test_banded_argmax_equals_full(monkeypatch):
+    import segeig.predictor as predictor
+
+    torch.manual_seed(0)
+    scores = torch.randn(5, 9, 7)
+    full = upsample_scores(scores[None], 16, (140, 100))[0].argmax(0)
+    monkeypatch.setattr(predictor, "BAND_ELEMENTS", 5 * 16 * 16 * 7 * 2)  # 2 patch rows/band
+    torch.testing.assert_close(upsample_argmax(scores, 16, (140, 100)), full)
+
+
+def test_window_covering_image_equals_single_pass(segmenter, rng):
+    image = random_image(rng, 64, 96)
+    single = segmenter.patch_scores(image, max_side=None)
+    windowed = segmenter.patch_scores(image, window=96, stride=32)
+    torch.testing.assert_close(single, windowed)
+
+
+def test_sliding_window_large_image(segmenter, rng):
+    image = random_image(rng, 150, 260)
+    scores = segmenter.patch_scores(image, max_side=64)
+    assert scores.shape == (12, 10, 17)
+    labels = segmenter.predict(image, max_side=64)
+    assert labels.shape == (150, 260)
+
+
+def test_methods_and_eigenfunctions(segmenter, rng):
+    assert segmenter.methods == ["eigen"]
+    values = segmenter.eigenfunctions(random_image(rng, 32, 48))
+    assert values.shape == (12, 2, 3)
+    with pytest.raises(ValueError, match="not available"):
+        segmenter.predict(random_image(rng, 8, 8), method="kmeans")
+
+
+def test_bad_inputs(segmenter):
+    with pytest.raises(ValueError, match="uint8"):
+        segmenter.predict(np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="H×W×3"):
+        segmenter.predict(np.zeros((4, 4), np.uint8))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA"):
+            resolve_device("cuda")

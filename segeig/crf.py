@@ -65,22 +65,16 @@ def _import_pydensecrf() -> tuple[ModuleType, Callable[..., np.ndarray]]:
 
 def _check_inputs(image: np.ndarray, probs: np.ndarray) -> None:
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError(
-            f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}"
-        )
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
     if probs.ndim != 3:
         raise ValueError(f"probs must be (K, H, W), got shape {probs.shape}")
     if probs.shape[1:] != image.shape[:2]:
-        raise ValueError(
-            f"probs spatial size {probs.shape[1:]} != image size {image.shape[:2]}"
-        )
+        raise ValueError(f"probs spatial size {probs.shape[1:]} != image size {image.shape[:2]}")
     if probs.shape[0] < 1:
         raise ValueError("probs must have at least one label")
 
 
-def dense_crf(
-    image: np.ndarray, probs: np.ndarray, params: CRFParams | None = None
-) -> np.ndarray:
+def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = None) -> np.ndarray:
     """Refine softmax probabilities with a fully connected CRF.
 
     Args:

@@ -152,8 +152,11 @@ def test_scores_match_naive_mask_iou(match):
     n_clusters, n_classes = 6, 4
     gt = rng.integers(0, n_classes, size=(40, 40)).astype(np.uint8)
     # Correlate clusters with classes so the mapping is non-trivial.
-    pred = np.where(rng.random(gt.shape) < 0.6, (gt + 1) % n_clusters,
-                    rng.integers(0, n_clusters, size=gt.shape))
+    pred = np.where(
+        rng.random(gt.shape) < 0.6,
+        (gt + 1) % n_clusters,
+        rng.integers(0, n_clusters, size=gt.shape),
+    )
     gt[rng.random(gt.shape) < 0.1] = IGNORE_INDEX
     acc = ConfusionAccumulator(n_clusters, n_classes)
     acc.update(pred, gt)

@@ -216,10 +216,11 @@ def _crf_worker(
 class CRFPool:
     """Run :func:`crf_labels` over many images in worker processes.
 
-    The CRF is single-threaded C++ and holds the GIL, so processes are the only
-    way to use several cores. Workers start with the ``spawn`` method by
-    default: forking a parent that already runs torch/OpenMP threads can
-    deadlock.
+    One CRF inference runs on one core, so images are spread over worker
+    processes. Workers start with the ``spawn`` method by default: forking a
+    parent that already runs torch/OpenMP threads can deadlock. With spawn each
+    worker re-imports ``segeig.crf`` (and the ``segeig`` package), so keep
+    ``segeig/__init__.py`` light for fast start-up.
 
     Args:
         workers: number of processes; ``0`` runs everything inline in the caller.
@@ -297,6 +298,8 @@ class CRFPool:
         if self.workers == 0:
             return [_crf_worker(i, p, c, self.params) for i, p, c in jobs]
         self._ensure_started()
-        assert self._executor is not None
-        futures = [self._executor.submit(_crf_worker, i, p, c, self.params) for i, p, c in jobs]
+        executor = self._executor
+        if executor is None:  # unreachable; keeps type checkers honest
+            raise RuntimeError("CRF worker pool failed to start")
+        futures = [executor.submit(_crf_worker, i, p, c, self.params) for i, p, c in jobs]
         return [f.result() for f in futures]

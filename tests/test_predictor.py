@@ -20,7 +20,7 @@ def test_predict_any_size(segmenter, rng, size):
     labels = segmenter.predict(random_image(rng, *size))
     assert labels.shape == size
     assert labels.dtype == np.int32
-    assert 0 <= labels.min() and labels.max() < 12
+    assert labels.min() >= 0 and labels.max() < 12
 
 
 def test_proba_and_scores_agree_with_labels(segmenter, rng):

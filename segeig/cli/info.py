@@ -25,7 +25,8 @@ def run(args: argparse.Namespace) -> int:
         return 0
     backbone, head = config["backbone"], config.get("head")
     print(f"backbone : {backbone['name']} (weights: {backbone['weights']}, "
-          f"D={backbone['embed_dim']}, patch {backbone['patch_size']}, layers {backbone['layers']})")
+          f"D={backbone['embed_dim']}, patch {backbone['patch_size']}, "
+          f"layers {backbone['layers']})")
     if head:
         print(f"head     : {head['kind']}, K={head['k']}, tau_min={head['tau_min']}")
     else:

@@ -1,0 +1,1 @@
+"""segeig: unsupervised semantic segmentation by learned neural eigenfunctions."""

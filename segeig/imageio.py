@@ -81,16 +81,20 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(path)
-            if max_pixels is not None and im.width * im.height > max_pixels:
-                raise ImageReadError(
-                    path,
-                    f"{im.width}x{im.height} = {im.width * im.height} pixels exceeds "
-                    f"max_pixels={max_pixels} (decompression-bomb guard)",
-                    "downscale the image or pass a larger max_pixels",
-                )
-            # Image.open is lazy: without load() a truncated file "opens" fine
-            # and only fails (or is silently padded) much later.
-            im.load()
+            try:
+                if max_pixels is not None and im.width * im.height > max_pixels:
+                    raise ImageReadError(
+                        path,
+                        f"{im.width}x{im.height} = {im.width * im.height} pixels exceeds "
+                        f"max_pixels={max_pixels} (decompression-bomb guard)",
+                        "downscale the image or pass a larger max_pixels",
+                    )
+                # Image.open is lazy: without load() a truncated file "opens" fine
+                # and only fails (or is silently padded) much later.
+                im.load()
+            except BaseException:
+                im.close()  # don't leak the file handle of a rejected image
+                raise
     except ImageReadError:
         raise
     except Image.DecompressionBombError as e:
@@ -219,7 +223,18 @@ def read_image(
         ImageReadError: missing, empty, unreadable, truncated or too large file.
     """
     path = Path(path)
-    im = _open(path, max_pixels)
+    # Context manager: multi-frame files keep their handle open after load().
+    with _open(path, max_pixels) as im:
+        try:
+            return _to_rgb(path, im, apply_exif)
+        except (ValueError, OSError) as e:
+            if isinstance(e, ImageReadError):
+                raise
+            raise ImageReadError(path, f"conversion to RGB failed ({e})",
+                                 "convert it to an 8-bit RGB PNG or JPEG") from e
+
+
+def _to_rgb(path: Path, im: Image.Image, apply_exif: bool) -> np.ndarray:
     orientation = 1
     if apply_exif:
         try:
@@ -242,7 +257,7 @@ def read_image(
     mode = im.mode
     if mode == "RGB":
         out = np.asarray(im)
-    elif mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    elif mode.startswith("I") or mode == "F":  # I;16, I;16B, I;16S, I, ...
         out = np.repeat(_to_uint8(_int_to_unit(np.asarray(im)))[..., None], 3, axis=2)
     elif mode in ("1", "L", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
         out = np.asarray(im.convert("RGB"))
@@ -272,7 +287,11 @@ def read_label(path: str | os.PathLike[str]) -> np.ndarray:
         ImageReadError: unreadable file, or colour-coded / out-of-range labels.
     """
     path = Path(path)
-    im = _open(path, DEFAULT_MAX_PIXELS)
+    with _open(path, DEFAULT_MAX_PIXELS) as im:
+        return _label_indices(path, im)
+
+
+def _label_indices(path: Path, im: Image.Image) -> np.ndarray:
     mode = im.mode
     if mode in ("P", "L"):
         return np.array(im, dtype=np.uint8)
@@ -280,7 +299,7 @@ def read_label(path: str | os.PathLike[str]) -> np.ndarray:
         return np.array(im, dtype=np.uint8)
     if mode in ("LA", "PA"):
         return np.array(im.getchannel(0), dtype=np.uint8)
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+    if mode.startswith("I"):
         a = np.asarray(im)
         if a.size and (a.min() < 0 or a.max() > 255):
             raise ImageReadError(

@@ -32,8 +32,11 @@ class Sample:
         label: [H, W] uint8 class ids in 0..num_classes-1, 255 = ignore; ``None``
             when the dataset was built with ``with_labels=False``.
         name: id relative to the dataset's image folder, without extension and
-            with "/" separators (e.g. ``"validation/ADE_val_00000001"``); unique
-            within a dataset and safe to use as an output file stem.
+            with "/" separators (e.g. ``"validation/ADE_val_00000001"``,
+            PASCAL-Context ``"2008_000002"``, Cityscapes
+            ``"val/frankfurt/frankfurt_000000_000294"``); unique within a
+            dataset and safe to use as an output file stem (a folder dataset
+            keeps the extension of files whose stems clash).
         path: the image file.
     """
 

@@ -1,0 +1,206 @@
+"""Tests for segeig.imageio: robust image/label reading and listing."""
+
+from __future__ import annotations
+
+import pickle
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from segeig.imageio import (
+    IMAGE_EXTENSIONS,
+    ImageReadError,
+    list_images,
+    read_image,
+    read_label,
+)
+
+
+def _check_rgb(a: np.ndarray, shape: tuple[int, int]) -> None:
+    assert a.shape == (*shape, 3) and a.dtype == np.uint8 and a.flags.c_contiguous
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Stored 10 high x 20 wide: left half red, right half blue.
+    a = np.zeros((10, 20, 3), np.uint8)
+    a[:, :10] = (255, 0, 0)
+    a[:, 10:] = (0, 0, 255)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # display = stored rotated 90 degrees clockwise
+    p = tmp_path / "rot.jpg"
+    Image.fromarray(a).save(p, exif=exif, quality=95)
+    out = read_image(p)
+    _check_rgb(out, (20, 10))
+    # After a clockwise turn the stored left (red) half is on top.
+    assert out[2, 5, 0] > 200 and out[2, 5, 2] < 60
+    assert out[17, 5, 2] > 200 and out[17, 5, 0] < 60
+    _check_rgb(read_image(p, apply_exif=False), (10, 20))
+
+
+@pytest.mark.parametrize("mode", ["L", "1"])
+def test_greyscale(tmp_path, mode):
+    a = np.zeros((6, 8), np.uint8)
+    a[:, 4:] = 255
+    p = tmp_path / "g.png"
+    Image.fromarray(a).convert(mode).save(p)
+    out = read_image(p)
+    _check_rgb(out, (6, 8))
+    assert (out[:, :4] == 0).all() and (out[:, 4:] == 255).all()
+
+
+def test_rgba_and_la_composited_on_white(tmp_path):
+    a = np.zeros((4, 4, 4), np.uint8)
+    a[..., 0] = 255  # red ...
+    a[:2, :, 3] = 255  # ... opaque on the top half, transparent below
+    Image.fromarray(a).save(tmp_path / "a.png")  # 4 channels -> RGBA
+    out = read_image(tmp_path / "a.png")
+    _check_rgb(out, (4, 4))
+    assert (out[:2] == (255, 0, 0)).all() and (out[2:] == 255).all()
+    la = np.stack([np.zeros((4, 4), np.uint8), np.full((4, 4), 0, np.uint8)], -1)
+    la[:, :2, 1] = 255
+    Image.fromarray(la).save(tmp_path / "la.png")  # 2 channels -> LA
+    out = read_image(tmp_path / "la.png")
+    assert (out[:, :2] == 0).all() and (out[:, 2:] == 255).all()
+
+
+def test_palette_with_and_without_transparency(tmp_path):
+    idx = np.array([[0, 1], [2, 1]], np.uint8)
+    im = Image.fromarray(idx).convert("P")
+    im.putpalette([10, 20, 30, 200, 100, 0, 0, 0, 0] + [0] * (256 * 3 - 9))
+    im.save(tmp_path / "p.png")
+    out = read_image(tmp_path / "p.png")
+    assert tuple(out[0, 0]) == (10, 20, 30) and tuple(out[0, 1]) == (200, 100, 0)
+    im.save(tmp_path / "pt.png", transparency=2)
+    out = read_image(tmp_path / "pt.png")
+    assert tuple(out[1, 0]) == (255, 255, 255) and tuple(out[0, 0]) == (10, 20, 30)
+
+
+def test_16bit_grey_png_and_tiff_scaled_not_clipped(tmp_path):
+    a = np.array([[0, 65535], [32896, 257 * 100]], np.uint16)
+    cv2.imwrite(str(tmp_path / "g16.png"), a)
+    Image.fromarray(a).save(tmp_path / "g16.tif")
+    for name in ("g16.png", "g16.tif"):
+        out = read_image(tmp_path / name)
+        _check_rgb(out, (2, 2))
+        assert out[..., 0].tolist() == [[0, 255], [128, 100]], name
+
+
+@pytest.mark.parametrize("ext", [".png", ".tif"])
+def test_16bit_colour_full_depth(tmp_path, ext):
+    rgb = np.zeros((3, 5, 3), np.uint16)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 65535, 257 * 100, 200  # 200 -> rounds to 1
+    p = tmp_path / f"c16{ext}"
+    cv2.imwrite(str(p), rgb[..., ::-1])  # OpenCV writes BGR
+    out = read_image(p)
+    _check_rgb(out, (3, 5))
+    assert tuple(out[1, 2]) == (255, 100, 1)
+
+
+def test_16bit_rgba_png_on_white(tmp_path):
+    bgra = np.zeros((2, 2, 4), np.uint16)
+    bgra[0, :, 3] = 65535  # top row opaque black, bottom transparent
+    cv2.imwrite(str(tmp_path / "c16a.png"), bgra)
+    out = read_image(tmp_path / "c16a.png")
+    assert (out[0] == 0).all() and (out[1] == 255).all()
+
+
+@pytest.mark.parametrize("ext", [".webp", ".bmp", ".tiff", ".jpeg", ".PNG"])
+def test_common_formats(tmp_path, ext):
+    a = np.zeros((8, 12, 3), np.uint8)
+    a[..., 1] = 200
+    p = tmp_path / f"x{ext}"
+    kw = {"lossless": True} if ext == ".webp" else {}
+    Image.fromarray(a).save(p, format={".PNG": "PNG"}.get(ext), **kw)
+    out = read_image(p)
+    _check_rgb(out, (8, 12))
+    assert abs(int(out[4, 6, 1]) - 200) <= 3 and out[4, 6, 0] <= 3
+
+
+def test_cmyk_jpeg(tmp_path):
+    Image.new("CMYK", (6, 4), (0, 0, 0, 0)).save(tmp_path / "cmyk.jpg", quality=95)
+    out = read_image(tmp_path / "cmyk.jpg")
+    _check_rgb(out, (4, 6))
+    assert out.min() > 240  # no ink = white
+
+
+def _assert_read_error(path, needle: str = "") -> ImageReadError:
+    with pytest.raises(ImageReadError) as ei:
+        read_image(path)
+    msg = str(ei.value)
+    assert str(path) in msg and needle in msg
+    assert isinstance(ei.value, ValueError) and ei.value.path == path
+    return ei.value
+
+
+def test_errors_name_the_file(tmp_path):
+    _assert_read_error(tmp_path / "missing.jpg", "does not exist")
+    (tmp_path / "empty.png").write_bytes(b"")
+    _assert_read_error(tmp_path / "empty.png", "empty")
+    (tmp_path / "junk.jpg").write_bytes(b"this is not a jpeg at all" * 10)
+    _assert_read_error(tmp_path / "junk.jpg", "not a recognised image")
+    rng = np.random.default_rng(0)
+    noisy = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    for ext in (".jpg", ".png"):
+        full = tmp_path / f"full{ext}"
+        Image.fromarray(noisy).save(full)
+        cut = tmp_path / f"cut{ext}"
+        cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+        _assert_read_error(cut)
+
+
+def test_decompression_bomb_guard(tmp_path):
+    Image.new("RGB", (40, 30)).save(tmp_path / "big.png")
+    with pytest.raises(ImageReadError, match="max_pixels"):
+        read_image(tmp_path / "big.png", max_pixels=1000)
+    assert read_image(tmp_path / "big.png", max_pixels=None).shape == (30, 40, 3)
+
+
+def test_error_pickles():
+    e = ImageReadError("/x/y.png", "broken", "fix it")
+    e2 = pickle.loads(pickle.dumps(e))
+    assert str(e2) == str(e) and e2.path == e.path
+
+
+def test_read_label_keeps_palette_indices(tmp_path):
+    idx = np.array([[0, 1, 2], [150, 255, 7]], np.uint8)
+    im = Image.fromarray(idx).convert("P")
+    im.putpalette(list(np.random.default_rng(0).integers(0, 256, 768)))
+    im.save(tmp_path / "p.png")
+    out = read_label(tmp_path / "p.png")
+    assert out.dtype == np.uint8 and out.shape == (2, 3) and (out == idx).all()
+    Image.fromarray(idx).save(tmp_path / "l.png")
+    assert (read_label(tmp_path / "l.png") == idx).all()
+    cv2.imwrite(str(tmp_path / "l16.png"), idx.astype(np.uint16))
+    assert (read_label(tmp_path / "l16.png") == idx).all()
+
+
+def test_read_label_rejects_colour_and_out_of_range(tmp_path):
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    with pytest.raises(ImageReadError, match="colour-coded"):
+        read_label(tmp_path / "rgb.png")
+    cv2.imwrite(str(tmp_path / "big16.png"), np.full((2, 2), 300, np.uint16))
+    with pytest.raises(ImageReadError, match="outside uint8"):
+        read_label(tmp_path / "big16.png")
+    grey_rgb = np.repeat(np.array([[3, 4]], np.uint8)[..., None], 3, 2)
+    Image.fromarray(grey_rgb).save(tmp_path / "grey_rgb.png")
+    assert read_label(tmp_path / "grey_rgb.png").tolist() == [[3, 4]]
+
+
+def test_list_images(tmp_path):
+    for rel in ["b.jpg", "a.PNG", "sub/c.webp", "sub/deep/d.tiff", "notes.txt",
+                ".hidden.jpg", ".cache/e.jpg", "sub/._f.jpg"]:
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"x")
+    rel = [p.relative_to(tmp_path).as_posix() for p in list_images(tmp_path)]
+    assert rel == ["a.PNG", "b.jpg", "sub/c.webp", "sub/deep/d.tiff"]
+    flat = [p.name for p in list_images(tmp_path, recursive=False)]
+    assert flat == ["a.PNG", "b.jpg"]
+    assert list_images(tmp_path / "b.jpg") == [tmp_path / "b.jpg"]
+    with pytest.raises(FileNotFoundError):
+        list_images(tmp_path / "nope")
+    assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"} == set(IMAGE_EXTENSIONS)

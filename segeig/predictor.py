@@ -226,20 +226,49 @@ class Segmenter:
         return total / count.clamp_min(1)
 
     # -- numpy API -------------------------------------------------------
-    def predict(self, image: np.ndarray, method: str | None = None, **window: Any) -> np.ndarray:
+    def predict(self, image: np.ndarray, method: str | None = None, crf: bool = False,
+                **window: Any) -> np.ndarray:
         """Segment one image.
 
         Args:
             image: ``H×W×3`` uint8 RGB (any size ≥ 1×1).
             method: ``eigen`` (default), ``eigen+kmeans`` or ``kmeans``.
+            crf: refine with a dense CRF (see :meth:`crf_inputs`; needs pydensecrf).
             **window: ``window``, ``stride``, ``max_side`` of :meth:`patch_scores`.
 
         Returns:
             ``H×W`` int32 segment ids in ``[0, S)``.
         """
+        if crf:
+            from segeig.crf import crf_labels
+
+            probs, ids = self.crf_inputs(image, method, **window)
+            return ids[crf_labels(image, probs, max_labels=None)].astype(np.int32)
         scores = self.patch_scores(_check_image(image), method, **window)
         labels = upsample_argmax(scores, self.patch_size, image.shape[:2])
         return labels.to(torch.int32).cpu().numpy()
+
+    def crf_inputs(self, image: np.ndarray, method: str | None = None,
+                   max_labels: int = 32, **window: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Full-resolution probabilities of the most relevant segments, for a CRF.
+
+        The M ≤ ``max_labels`` segments are chosen on the patch grid (those that
+        win a patch first, then by peak probability), and only their scores are
+        upsampled, so memory is M·H·W rather than S·H·W. Softmax over the kept
+        scores equals the full softmax renormalised over them.
+
+        Returns:
+            ``(probs M×H×W float32 C-contiguous, segment ids M int64)``;
+            ``ids[crf_labels(image, probs, max_labels=None)]`` gives segment ids.
+        """
+        from segeig.crf import topk_probs
+
+        scores = self.patch_scores(_check_image(image), method, **window)
+        _, ids = topk_probs(torch.softmax(scores, 0).cpu().numpy(), max_labels)
+        kept = scores[torch.from_numpy(ids).to(scores.device)]
+        full = upsample_scores(kept[None], self.patch_size, image.shape[:2])[0]
+        probs = np.ascontiguousarray(torch.softmax(full, dim=0).cpu().numpy())
+        return probs, ids
 
     def predict_scores(self, image: np.ndarray, method: str | None = None,
                        **window: Any) -> np.ndarray:

@@ -79,3 +79,14 @@ def test_resolve_device():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA"):
             resolve_device("cuda")
+
+
+def test_crf_prediction(segmenter, rng):
+    image = random_image(rng, 40, 56)
+    probs, ids = segmenter.crf_inputs(image, max_labels=5)
+    assert probs.shape == (len(ids), 40, 56) and len(ids) <= 5
+    np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+    plain = segmenter.predict(image)
+    refined = segmenter.predict(image, crf=True)
+    assert refined.shape == plain.shape and refined.dtype == np.int32
+    assert set(np.unique(refined)) <= set(ids.tolist()) | set(np.unique(plain).tolist())

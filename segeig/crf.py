@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
 
@@ -288,18 +288,39 @@ class CRFPool:
         """
         if len(images) != len(probs_list):
             raise ValueError(f"{len(images)} images but {len(probs_list)} probability maps")
-        jobs = []
-        for image, probs in zip(images, probs_list, strict=True):
-            probs = np.asarray(probs)
-            class_ids = None
-            if self.max_labels is not None and probs.ndim == 3 and probs.shape[0] > self.max_labels:
-                probs, class_ids = topk_probs(probs, self.max_labels)
-            jobs.append((np.asarray(image), probs, class_ids))
+        futures = [self.submit(i, p) for i, p in zip(images, probs_list, strict=True)]
+        return [f.result() for f in futures]
+
+    def submit(self, image: np.ndarray, probs: np.ndarray) -> Future:
+        """Refine one ``(image, probs)`` pair without waiting for the result.
+
+        Lets a caller keep the model busy on the next images while workers run
+        the CRF. With ``workers=0`` the CRF runs now, in the caller, and the
+        returned future is already done (an error is stored in it, as a
+        worker's would be).
+
+        Args:
+            image: uint8 ``(H, W, 3)`` RGB.
+            probs: float ``(K, H, W)`` softmax probabilities.
+
+        Returns:
+            A future whose ``result()`` is the int64 ``(H, W)`` label map with
+            original label ids.
+        """
+        probs = np.asarray(probs)
+        class_ids = None
+        if self.max_labels is not None and probs.ndim == 3 and probs.shape[0] > self.max_labels:
+            probs, class_ids = topk_probs(probs, self.max_labels)
+        image = np.asarray(image)
         if self.workers == 0:
-            return [_crf_worker(i, p, c, self.params) for i, p, c in jobs]
+            future: Future = Future()
+            try:
+                future.set_result(_crf_worker(image, probs, class_ids, self.params))
+            except Exception as err:  # noqa: BLE001 - delivered through the future
+                future.set_exception(err)
+            return future
         self._ensure_started()
         executor = self._executor
         if executor is None:  # unreachable; keeps type checkers honest
             raise RuntimeError("CRF worker pool failed to start")
-        futures = [executor.submit(_crf_worker, i, p, c, self.params) for i, p, c in jobs]
-        return [f.result() for f in futures]
+        return executor.submit(_crf_worker, image, probs, class_ids, self.params)

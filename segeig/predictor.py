@@ -211,16 +211,18 @@ class Segmenter:
         gh, gw = math.ceil(height / p), math.ceil(width / p)
         total: torch.Tensor | None = None
         count = torch.zeros(gh, gw, device=self.device)
-        for top in window_starts(height, window, stride):
-            for left in window_starts(width, window, stride):
-                # Starts are snapped to the patch grid so window patches align
-                # with image patches (the last window may overlap more).
-                top_s, left_s = top // p * p, left // p * p
-                crop = tensor[..., top_s : top_s + window, left_s : left_s + window]
+        # Windows are laid out on the patch grid (start, size and stride in
+        # patches) so window patches coincide with image patches and the last
+        # window ends flush with the last, possibly partial, patch row/column.
+        # Laying them out in pixels and snapping starts down would leave that
+        # last row/column uncovered whenever H or W is not a multiple of p.
+        win_g, stride_g = window // p, stride // p
+        for i in window_starts(gh, win_g, stride_g):
+            for j in window_starts(gw, win_g, stride_g):
+                crop = tensor[..., i * p : (i + win_g) * p, j * p : (j + win_g) * p]
                 scores = self.forward(crop, method).scores[0]
                 if total is None:
                     total = torch.zeros(scores.shape[0], gh, gw, device=self.device)
-                i, j = top_s // p, left_s // p
                 total[:, i : i + scores.shape[1], j : j + scores.shape[2]] += scores
                 count[i : i + scores.shape[1], j : j + scores.shape[2]] += 1
         return total / count.clamp_min(1)

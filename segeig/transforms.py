@@ -13,7 +13,9 @@ import torch
 
 def to_tensor(image: np.ndarray) -> torch.Tensor:
     """``H×W×3`` uint8 RGB → ``3×H×W`` float32 in [0, 1]."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    # np.require copies read-only arrays (e.g. from PIL) that torch would warn about.
+    array = np.require(image, requirements=["C", "W"])
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
 def resize_short_side(image: np.ndarray, short: int, label: bool = False) -> np.ndarray:

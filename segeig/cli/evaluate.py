@@ -1,0 +1,98 @@
+"""``segeig evaluate``: mIoU and pixel accuracy of a checkpoint, with and without CRF."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+def _cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from segeig.protocols import DATASET_NAMES, PROTOCOL_NAMES
+
+    parser = subparsers.add_parser(
+        "evaluate", help="score a checkpoint on a labelled dataset (mIoU, pixel accuracy)",
+        description="Score a checkpoint on a labelled dataset under a named protocol. One run "
+                    "reports scores without and with dense CRF, each with its own "
+                    "cluster-to-class mapping. See docs/evaluation.md.",
+    )
+    parser.add_argument("--checkpoint", required=True,
+                        help="checkpoint.safetensors or the directory holding it")
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument("--root", required=True, help="dataset root (standard layout)")
+    parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
+    parser.add_argument("--protocol", choices=PROTOCOL_NAMES, default=None,
+                        help="default: stego for pascal_context/cityscapes, full for ade20k, "
+                             "native for custom")
+    parser.add_argument("--method", choices=("eigen", "eigen+kmeans", "kmeans"), default=None,
+                        help="default: the checkpoint's default (eigen, or kmeans without a head)")
+    parser.add_argument("--match", choices=("hungarian", "majority"), default="hungarian")
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
+                        help="also score CRF-refined predictions (default: on)")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N",
+                        help="evaluate only the first N images")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    parser.add_argument("--backbone-weights", default=None,
+                        help="override the checkpoint's backbone weight source (hub, FILE, random)")
+    parser.add_argument("--json", default=None, metavar="PATH", help="write every figure as JSON")
+    parser.add_argument("--report-dir", default=None, metavar="DIR",
+                        help="write report.md, results.json, confusion and example PNGs here")
+    parser.add_argument("--examples", type=int, default=8, metavar="N",
+                        help="images in the example grid (default 8)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass when sizes allow "
+                             "(default 8 on GPU, 1 on CPU)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="image loading processes (default 4 on GPU, 0 on CPU)")
+    parser.add_argument("--crf-workers", type=int, default=None,
+                        help="CRF processes (default: CPU count - 1, at least 1; 0 = inline)")
+    parser.add_argument("--crf-max-labels", type=int, default=32,
+                        help="segments per image given to the CRF (default 32)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from segeig.evaluation import evaluate
+    from segeig.predictor import load
+    from segeig.protocols import load_eval_dataset, resolve_protocol
+    from segeig.report import format_table, write_json, write_report
+
+    for name in ("max_images", "examples", "batch_size", "workers", "crf_workers"):
+        value = getattr(args, name)
+        if value is not None and value < (1 if name in ("max_images", "batch_size") else 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be "
+                             f"{'>= 1' if name in ('max_images', 'batch_size') else '>= 0'}")
+    if args.crf_max_labels < 1:
+        raise ValueError("--crf-max-labels must be >= 1")
+    protocol = resolve_protocol(args.protocol, args.dataset)
+    dataset = load_eval_dataset(protocol, args.root, args.split)
+    segmenter = load(args.checkpoint, device=args.device, backbone_weights=args.backbone_weights)
+    gpu = segmenter.device.type == "cuda"
+    cpus = _cpu_count()
+    batch_size = args.batch_size or (8 if gpu else 1)
+    workers = args.workers if args.workers is not None else (min(4, cpus) if gpu else 0)
+    crf_workers = args.crf_workers if args.crf_workers is not None else max(1, cpus - 1)
+
+    def progress(iterable, total):
+        return tqdm(iterable, total=total, desc="evaluate", unit="img", file=sys.stderr,
+                    dynamic_ncols=True)
+
+    result = evaluate(segmenter, dataset, protocol, method=args.method, match=args.match,
+                      crf=args.crf, max_images=args.max_images, progress=progress,
+                      crf_workers=crf_workers, batch_size=batch_size, loader_workers=workers,
+                      n_examples=args.examples, crf_max_labels=args.crf_max_labels)
+    print(format_table(result))
+    meta = {"checkpoint": str(args.checkpoint), "root": str(args.root)}
+    if args.json:
+        path = write_json(args.json, {**meta, **result.to_dict()})
+        print(f"JSON: {path}")
+    if args.report_dir:
+        paths = write_report(result, args.report_dir, meta=meta, n_examples=args.examples)
+        print(f"report: {paths['report']}")
+    return 0

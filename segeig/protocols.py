@@ -1,0 +1,208 @@
+"""Evaluation protocols as data: how images and labels are sized for each benchmark.
+
+Three protocols (DESIGN §2); always report which one a number comes from.
+
+* ``stego`` (STEGO/ReCo style): resize the short side to 320, centre-crop
+  320×320, one forward pass. The label is resized with nearest neighbour and
+  cropped identically, and scoring happens on the 320×320 crop.
+* ``full`` (Segmenter/mmseg style): resize the short side to the dataset's
+  size, slide a window over it and average the scores of overlapping windows
+  on the patch grid. Scoring happens at the **original label resolution**:
+  the grid scores are sampled bilinearly at every original pixel (the mmseg
+  convention of resizing logits back to the label size) — labels are never
+  resized, so no label pixel is lost or invented by the protocol.
+* ``native`` (default for ``custom``): each image at its own resolution,
+  scored there; a sliding window (the :class:`~segeig.predictor.Segmenter`
+  default: windows of 1024 px, stride 2/3) only when a side exceeds 1024 px —
+  exactly what ``segeig segment`` would predict.
+
+Classes per protocol: ``stego`` uses Pascal Context 59 (background ignored)
+and Cityscapes 27; ``full`` and ``native`` use Pascal Context 60 (background
+kept), Cityscapes 19 trainIds; ADE20K is always 150 (its ``stego`` row is a
+segeig choice: the paper evaluates ADE20K only with ``full``). ``custom`` takes
+its classes from the dataset (classes.txt or a label scan).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from segeig.data import SegDataset, build_dataset
+from segeig.data.base import Sample
+from segeig.predictor import DEFAULT_MAX_SIDE
+from segeig.transforms import center_crop, resize_short_side
+
+__all__ = [
+    "DATASET_NAMES",
+    "DEFAULT_PROTOCOL",
+    "PROTOCOLS",
+    "PROTOCOL_NAMES",
+    "Prepared",
+    "Protocol",
+    "load_eval_dataset",
+    "prepare",
+    "resolve_protocol",
+]
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """How one dataset is evaluated under one protocol.
+
+    Attributes:
+        name: ``"stego"``, ``"full"`` or ``"native"``.
+        dataset: dataset registry name (``segeig.data.DATASETS``).
+        num_classes: classes scored; ``None`` = whatever the dataset says (custom).
+        short_side: resize the image so its short side is this many pixels;
+            ``None`` keeps the native size.
+        crop: centre-crop side after resizing (``None`` = whole image).
+        window: sliding-window side in pixels on the resized image (``None`` =
+            one pass unless a side exceeds ``max_side``).
+        stride: sliding-window step in pixels.
+        max_side: with ``window=None``, slide (windows of ``max_side``, stride
+            2/3) only when a side exceeds it; ``None`` never slides.
+        score_at_original: sample the scores at the original label resolution
+            (``full``) rather than scoring at the network input's resolution.
+    """
+
+    name: str
+    dataset: str
+    num_classes: int | None
+    short_side: int | None = None
+    crop: int | None = None
+    window: int | None = None
+    stride: int | None = None
+    max_side: int | None = None
+    score_at_original: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings."""
+        return asdict(self)
+
+    def describe(self) -> str:
+        """One line such as ``full: short side 520, window 480/320, PC-60``."""
+        parts = []
+        if self.short_side:
+            parts.append(f"short side {self.short_side}")
+        if self.crop:
+            parts.append(f"centre crop {self.crop}")
+        if self.window:
+            parts.append(f"sliding window {self.window}, stride {self.stride}")
+        elif self.max_side:
+            parts.append(f"native size, sliding window above {self.max_side} px")
+        parts.append("scored at original resolution" if self.score_at_original
+                     else "scored at network input resolution")
+        classes = f"{self.num_classes} classes" if self.num_classes else "dataset classes"
+        return f"{self.name} ({self.dataset}): {', '.join(parts)}; {classes}"
+
+
+PROTOCOL_NAMES = ("stego", "full", "native")
+DATASET_NAMES = ("pascal_context", "ade20k", "cityscapes", "custom")
+
+#: The paper's rows: Pascal Context and Cityscapes under stego, ADE20K under
+#: full; custom sets at their own resolution.
+DEFAULT_PROTOCOL = {"pascal_context": "stego", "cityscapes": "stego", "ade20k": "full",
+                    "custom": "native"}
+
+_FULL_CLASSES = {"pascal_context": 60, "ade20k": 150, "cityscapes": 19, "custom": None}
+
+
+def _table() -> dict[tuple[str, str], Protocol]:
+    table: dict[tuple[str, str], Protocol] = {}
+    stego_classes = {"pascal_context": 59, "ade20k": 150, "cityscapes": 27, "custom": None}
+    for dataset, classes in stego_classes.items():
+        table["stego", dataset] = Protocol("stego", dataset, classes, short_side=320, crop=320)
+    # (short side, window, stride) per DESIGN §2; custom gets ADE20K-like settings.
+    full = {"pascal_context": (520, 480, 320), "ade20k": (512, 512, 512),
+            "cityscapes": (1024, 768, 512), "custom": (512, 512, 341)}
+    for dataset, (short, window, stride) in full.items():
+        table["full", dataset] = Protocol("full", dataset, _FULL_CLASSES[dataset],
+                                          short_side=short, window=window, stride=stride,
+                                          score_at_original=True)
+    for dataset, classes in _FULL_CLASSES.items():
+        table["native", dataset] = Protocol("native", dataset, classes,
+                                            max_side=DEFAULT_MAX_SIDE)
+    return table
+
+
+#: ``(protocol name, dataset name) -> Protocol`` for every supported pair.
+PROTOCOLS: dict[tuple[str, str], Protocol] = _table()
+
+
+def resolve_protocol(name: str | None, dataset: str) -> Protocol:
+    """The :class:`Protocol` for a protocol name (``None`` = the dataset's default).
+
+    Raises:
+        ValueError: unknown protocol or dataset name (the message lists valid ones).
+    """
+    key = dataset.lower().replace("-", "_")
+    if key not in DEFAULT_PROTOCOL:
+        raise ValueError(f"no evaluation protocol for dataset {dataset!r}; "
+                         f"valid: {', '.join(DATASET_NAMES)}")
+    name = name or DEFAULT_PROTOCOL[key]
+    if name not in PROTOCOL_NAMES:
+        raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOL_NAMES)}")
+    return PROTOCOLS[name, key]
+
+
+def load_eval_dataset(protocol: Protocol, root: str | Path, split: str = "val") -> SegDataset:
+    """Build the labelled dataset a protocol scores (right class count and label ids).
+
+    Raises:
+        DatasetLayoutError: the root does not hold the dataset's layout.
+    """
+    return build_dataset(protocol.dataset, root, split, with_labels=True,
+                         num_classes=protocol.num_classes)
+
+
+@dataclass
+class Prepared:
+    """One sample sized for a protocol.
+
+    Attributes:
+        name: the sample's name.
+        image: ``H_in×W_in×3`` uint8 RGB, what the network sees.
+        eval_image: ``H×W×3`` uint8 RGB at the label's resolution (for the CRF
+            and pictures); the same array as ``image`` unless ``score_at_original``.
+        label: ``H×W`` uint8 class ids, 255 = ignore.
+    """
+
+    name: str
+    image: np.ndarray
+    eval_image: np.ndarray
+    label: np.ndarray
+
+    @property
+    def in_size(self) -> tuple[int, int]:
+        return self.image.shape[0], self.image.shape[1]
+
+    @property
+    def out_size(self) -> tuple[int, int]:
+        return self.label.shape[0], self.label.shape[1]
+
+
+def prepare(sample: Sample, protocol: Protocol) -> Prepared:
+    """Size a dataset sample for a protocol (see module docstring).
+
+    Raises:
+        ValueError: the sample has no label (build the dataset with labels).
+    """
+    if sample.label is None:
+        raise ValueError(f"sample {sample.name!r} has no label; evaluation needs a dataset "
+                         "built with with_labels=True")
+    image, label = sample.image, sample.label
+    if protocol.short_side is not None:
+        resized = resize_short_side(image, protocol.short_side)
+        if protocol.score_at_original:
+            return Prepared(sample.name, resized, image, label)
+        image = resized
+        # Same geometry as the image: cv2 computes the output size from the
+        # input size alone, and nearest neighbour never blends ids.
+        label = resize_short_side(label, protocol.short_side, label=True)
+    if protocol.crop is not None:
+        image, label = center_crop(image, protocol.crop), center_crop(label, protocol.crop)
+    return Prepared(sample.name, image, image, label)

@@ -14,9 +14,10 @@ from typing import Any
 
 import cv2
 import numpy as np
+from PIL import Image
 
 from segeig.evaluation import EvaluationResult, Scores
-from segeig.viz import colorize, comparison_grid, confusion_plot
+from segeig.viz import colorize, comparison_grid, confusion_plot, legend_image
 
 __all__ = ["REPORT_FILES", "format_table", "write_json", "write_report"]
 
@@ -27,6 +28,7 @@ REPORT_FILES = {
     "confusion": "confusion.png",
     "confusion_crf": "confusion_crf.png",
     "examples": "examples.png",
+    "legend": "legend.png",
 }
 #: Longest side of an image in the examples grid (bigger ones are shrunk).
 GRID_SIDE = 480
@@ -40,6 +42,16 @@ def _atomic_text(path: Path, text: str) -> None:
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _atomic_png(path: Path, image: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(image).save(tmp, format="PNG")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -170,6 +182,9 @@ def write_report(result: EvaluationResult, out_dir: str | os.PathLike,
     if rows:
         comparison_grid(rows, out / REPORT_FILES["examples"], titles=titles)
         paths["examples"] = out / REPORT_FILES["examples"]
+        _atomic_png(out / REPORT_FILES["legend"],
+                    legend_image(result.class_names, result.palette))
+        paths["legend"] = out / REPORT_FILES["legend"]
     _atomic_text(out / REPORT_FILES["report"], _markdown(result, meta or {}, paths, len(rows)))
     paths["report"] = out / REPORT_FILES["report"]
     return paths
@@ -206,8 +221,10 @@ def _markdown(result: EvaluationResult, meta: dict[str, Any], paths: dict[str, P
     if "confusion_crf" in paths:
         parts += ["", f"CRF ![confusion CRF]({paths['confusion_crf'].name})"]
     if "examples" in paths:
-        parts += ["", f"First {n_rows} images (black = ignored or unmatched): "
-                  f"![examples]({paths['examples'].name})"]
+        parts += ["", f"First {n_rows} images, predictions in the colour of their matched "
+                  f"class (black = ignored or unmatched): ![examples]({paths['examples'].name})"]
+    if "legend" in paths:
+        parts += ["", f"Class colours: ![legend]({paths['legend'].name})"]
     parts += ["", f"All numbers, the mappings and the raw confusion matrices: "
               f"[{paths['json'].name}]({paths['json'].name})", ""]
     return "\n".join(parts)

@@ -236,7 +236,8 @@ def test_report_files(tmp_path, oracle):
                          n_examples=2)
     assert set(paths) == set(REPORT_FILES)
     text = paths["report"].read_text()
-    for name in ("confusion.png", "confusion_crf.png", "examples.png", "results.json"):
+    for name in ("confusion.png", "confusion_crf.png", "examples.png", "legend.png",
+                 "results.json"):
         assert f"({name})" in text
     assert "| 0 | red | 100.0 | 100.0 |" in text
     with Image.open(paths["examples"]) as grid:

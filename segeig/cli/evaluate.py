@@ -49,13 +49,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="image loading processes (default 4 on GPU, 0 on CPU)")
     parser.add_argument("--crf-workers", type=int, default=None,
-                        help="CRF processes (default: CPU count - 1, at least 1; 0 = inline)")
+                        help="CRF processes (0 = inline). Default: CPU count - 1 on GPU; "
+                             "half the CPUs on CPU, where the model needs the rest")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads. Default on CPU: the CPUs not running CRF "
+                             "workers (oversubscribed cores slow everything down)")
     parser.add_argument("--crf-max-labels", type=int, default=32,
                         help="segments per image given to the CRF (default 32)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
     from tqdm import tqdm
 
     from segeig.evaluation import evaluate
@@ -63,11 +68,11 @@ def run(args: argparse.Namespace) -> int:
     from segeig.protocols import load_eval_dataset, resolve_protocol
     from segeig.report import format_table, write_json, write_report
 
-    for name in ("max_images", "examples", "batch_size", "workers", "crf_workers"):
+    for name in ("max_images", "examples", "batch_size", "workers", "crf_workers", "threads"):
         value = getattr(args, name)
-        if value is not None and value < (1 if name in ("max_images", "batch_size") else 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be "
-                             f"{'>= 1' if name in ('max_images', 'batch_size') else '>= 0'}")
+        minimum = 1 if name in ("max_images", "batch_size", "threads") else 0
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}")
     if args.crf_max_labels < 1:
         raise ValueError("--crf-max-labels must be >= 1")
     protocol = resolve_protocol(args.protocol, args.dataset)
@@ -77,7 +82,15 @@ def run(args: argparse.Namespace) -> int:
     cpus = _cpu_count()
     batch_size = args.batch_size or (8 if gpu else 1)
     workers = args.workers if args.workers is not None else (min(4, cpus) if gpu else 0)
-    crf_workers = args.crf_workers if args.crf_workers is not None else max(1, cpus - 1)
+    if args.crf_workers is not None:
+        crf_workers = args.crf_workers
+    else:
+        crf_workers = max(1, cpus - 1) if gpu else max(1, cpus // 2)
+    threads = args.threads
+    if threads is None and not gpu:
+        threads = max(1, cpus - (crf_workers if args.crf else 0))
+    if threads is not None:
+        torch.set_num_threads(threads)
 
     def progress(iterable, total):
         return tqdm(iterable, total=total, desc="evaluate", unit="img", file=sys.stderr,
@@ -88,7 +101,9 @@ def run(args: argparse.Namespace) -> int:
                       crf_workers=crf_workers, batch_size=batch_size, loader_workers=workers,
                       n_examples=args.examples, crf_max_labels=args.crf_max_labels)
     print(format_table(result))
-    meta = {"checkpoint": str(args.checkpoint), "root": str(args.root)}
+    meta = {"checkpoint": str(args.checkpoint), "root": str(args.root),
+            "device": str(segmenter.device), "torch_threads": torch.get_num_threads(),
+            "crf_workers": crf_workers if args.crf else None}
     if args.json:
         path = write_json(args.json, {**meta, **result.to_dict()})
         print(f"JSON: {path}")

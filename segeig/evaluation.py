@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["MATCHES", "TIMING_KEYS", "EvaluationResult", "Example", "Scores", "evaluate"]
 
 MATCHES = ("hungarian", "majority")
+#: Most bytes of CRF probabilities waiting for workers at once (full-resolution
+#: Cityscapes with 32 labels is 256 MiB per image).
+MAX_PENDING_BYTES = 2 << 30
 #: Stages of the main loop whose seconds are recorded (plus ``other`` and ``total``).
 TIMING_KEYS = ("data", "forward", "upsample", "metrics", "crf_inputs", "crf")
 
@@ -124,7 +127,7 @@ class EvaluationResult:
         """JSON-ready dict (NaN → None); see docs/evaluation.md for the schema."""
         names = unique_names(self.class_names)
         crf = self.scores_crf
-        out: dict[str, Any] = {
+        return {
             "dataset": self.protocol.dataset,
             "split": self.split,
             "protocol": self.protocol.name,
@@ -149,7 +152,6 @@ class EvaluationResult:
             "timing": {k: round(v, 4) for k, v in self.timing.items()},
             "seconds": round(self.seconds, 3),
         }
-        return out
 
 
 def _num(value: float) -> float | None:
@@ -158,10 +160,8 @@ def _num(value: float) -> float | None:
 
 def unique_names(names: list[str]) -> list[str]:
     """Class names made unique (``"3:wall"`` for repeats) so they can key a JSON object."""
-    seen: dict[str, int] = {}
-    for n in names:
-        seen[n] = seen.get(n, 0) + 1
-    return [n if seen[n] == 1 else f"{i}:{n}" for i, n in enumerate(names)]
+    counts = Counter(names)
+    return [n if counts[n] == 1 else f"{i}:{n}" for i, n in enumerate(names)]
 
 
 class _Timer:
@@ -177,16 +177,13 @@ class _Timer:
             self.seconds[key] += time.perf_counter() - start
 
     def timed(self, iterable: Iterable, key: str) -> Iterator:
-        iterator = iter(iterable)
+        iterator, end = iter(iterable), object()
         while True:
             with self(key):
-                item = next(iterator, _END)
-            if item is _END:
+                item = next(iterator, end)
+            if item is end:
                 return
             yield item
-
-
-_END = object()
 
 
 class _PreparedView(Dataset):
@@ -338,8 +335,9 @@ def evaluate(
                                             or max(s.in_size) <= protocol.max_side)
 
     def drain(limit: int) -> None:
-        while pending and (len(pending) > limit or pending[0][0].done()):
-            future, ids, label, example = pending.popleft()
+        while pending and (len(pending) > limit or pending[0][0].done()
+                           or sum(p[4] for p in pending) > MAX_PENDING_BYTES):
+            future, ids, label, example, _ = pending.popleft()
             with timer("crf"):
                 refined = ids[future.result()]
             with timer("metrics"):
@@ -377,7 +375,8 @@ def evaluate(
                         probs, ids = pixel_probs(grid, patch, s.in_size, s.out_size,
                                                  crf_max_labels)
                     with timer("crf"):
-                        pending.append((pool.submit(s.eval_image, probs), ids, s.label, example))
+                        pending.append((pool.submit(s.eval_image, probs), ids, s.label, example,
+                                        probs.nbytes))
                     # Bounded queue: keep workers busy without holding every image.
                     drain(2 * max(crf_workers, 1))
         drain(0)

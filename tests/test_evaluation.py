@@ -269,3 +269,10 @@ def test_cli_errors(synth_root, tiny_checkpoint, capsys):
     code = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset",
                  "pascal_context", "--root", str(synth_root), "--no-crf"])
     assert code == 2 and "VOCdevkit" in capsys.readouterr().err
+
+
+def test_unique_names_key_json():
+    from segeig.evaluation import unique_names
+
+    assert unique_names(["wall", "sky", "wall"]) == ["0:wall", "sky", "2:wall"]
+    assert unique_names(["a", "b"]) == ["a", "b"]

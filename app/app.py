@@ -126,7 +126,7 @@ def build_demo(
             explanation = gr.Markdown(elem_id="explanation")
 
         view_outputs = [summary, compare, legend, gallery, download, clickable,
-                        segment_choice, mask]
+                        segment_choice, mask, explanation]
         # Progress (and, on failure, gradio's error badge) is drawn on one
         # component per event, so earlier results stay readable under the toast.
         private = dict(api_visibility="private")

@@ -8,10 +8,12 @@ a server path. Results of one "Segment" click live in the session's
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import shutil
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -68,6 +70,7 @@ class DownloadArea:
 
     def __init__(self, root: str | Path | None = None) -> None:
         self.root = Path(tempfile.mkdtemp(prefix="segeig-demo-", dir=root))
+        atexit.register(self.cleanup)  # also when the server is stopped with Ctrl-C
 
     def new(self) -> Path:
         now = time.time()
@@ -115,6 +118,9 @@ class DemoHandlers:
         self.max_side = max_side
         self.max_images = max_images
         self.downloads = downloads
+        # One model run at a time (see logic.segment_image); the queue's
+        # concurrency still overlaps CRF, rendering and file writing.
+        self.model_lock = threading.Lock()
 
     # -- segmentation tab ----------------------------------------------------
     def segment(self, files: Sequence[str] | None, method: str, crf: bool, opacity: float,
@@ -137,7 +143,8 @@ class DemoHandlers:
                 failed.append(str(err))
                 continue
             results.append(logic.segment_image(
-                self.seg, image, logic.display_name(path), method, bool(crf), notice))
+                self.seg, image, logic.display_name(path), method, bool(crf), notice,
+                lock=self.model_lock))
         if not results:
             raise logic.UserError(" ".join(failed))
         for message in failed:
@@ -152,7 +159,7 @@ class DemoHandlers:
              n_segments: float) -> tuple:
         """Re-render the results (opacity, number of segments or selection changed)."""
         if not state:
-            return (gr.skip(),) * 8
+            return (gr.skip(),) * 9
         return self._view(state, selected, opacity, n_segments)
 
     def _view(self, state: dict, selected: int | None, opacity: float,
@@ -194,6 +201,7 @@ class DemoHandlers:
             overlay_png,
             gr.Dropdown(choices=choices, value=None),
             None,
+            "",
         )
 
     # -- eigenfunctions tab ----------------------------------------------------
@@ -204,7 +212,7 @@ class DemoHandlers:
         if self.seg.model.head is None:
             return None, "This checkpoint has no eigenfunction head (k-means baseline only)."
         result = state["results"][_clamp_index(selected, len(state["results"]))]
-        grid = logic.eigen_grid_image(self.seg, result, int(n))
+        grid = logic.eigen_grid_image(self.seg, result, int(n), lock=self.model_lock)
         grid = self.downloads.save(self.downloads.new(), "eigenfunctions.png", grid)
         _, lam = logic.eigen_order(self.seg)
         note = (f"Top {min(int(n), len(result.eigen))} of {len(result.eigen)} eigenfunctions "
@@ -223,7 +231,8 @@ class DemoHandlers:
         merged = logic.merge(result, n_segments)
         mask = logic.mask_view(result.image, merged.labels, int(seg_id))
         mask = self.downloads.save(self.downloads.new(), f"segment_{int(seg_id)}.png", mask)
-        return mask, logic.explain_segment(self.seg, result, merged, int(seg_id))
+        return mask, logic.explain_segment(self.seg, result, merged, int(seg_id),
+                                           lock=self.model_lock)
 
     def click(self, state: dict | None, selected: int | None, n_segments: float,
               evt: gr.SelectData) -> tuple:

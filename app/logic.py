@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from segeig.imageio import ImageReadError, read_image
 from segeig.merge import MergeResult, merge_label_map, segment_profiles
 from segeig.predictor import Segmenter, upsample_argmax
 from segeig.transforms import limit_side
-from segeig.viz import colorize, eigenfunction_grid, legend_image, make_palette, overlay
+from segeig.viz import eigenfunction_grid, legend_image, make_palette, overlay
 
 logger = logging.getLogger(__name__)
 
@@ -127,20 +128,26 @@ class ImageResult:
 
 
 def segment_image(seg: Segmenter, image: np.ndarray, name: str, method: str, crf: bool,
-                  notice: str | None = None) -> ImageResult:
+                  notice: str | None = None,
+                  lock: AbstractContextManager | None = None) -> ImageResult:
     """Segment one image (one forward pass, plus one more for the CRF inputs).
 
     ``image`` is processed in a single pass at its own size (the caller has
-    already bounded its side), so no sliding window is used.
+    already bounded its side), so no sliding window is used. ``lock`` (e.g. a
+    ``threading.Lock``) is held around the model's forward passes only, so
+    concurrent requests run the CRF and rendering in parallel but never the
+    model (whose backbone keeps per-call state in forward hooks).
     """
     if method not in seg.methods:
         raise UserError(f"method {method!r} is not available; this model has "
                         f"{', '.join(available_methods(seg))}")
-    scores = seg.patch_scores(image, method, max_side=None)
+    with lock or nullcontext():
+        scores = seg.patch_scores(image, method, max_side=None)
+        if crf:
+            probs, ids = seg.crf_inputs(image, method, max_side=None)
     if crf:
         from segeig.crf import crf_labels
 
-        probs, ids = seg.crf_inputs(image, method, max_side=None)
         labels = ids[crf_labels(image, probs, max_labels=None)].astype(np.int32)
     else:
         labels = upsample_argmax(scores, seg.patch_size, image.shape[:2])
@@ -236,12 +243,17 @@ def eigen_order(seg: Segmenter) -> tuple[np.ndarray | None, list[float] | None]:
     return order, [float(v) for v in lam[order]]
 
 
-def eigenfunctions_of(seg: Segmenter, result: ImageResult) -> np.ndarray:
-    """``K×h×w`` eigenfunction values of the result's image, sorted by eigenvalue (cached)."""
+def eigenfunctions_of(seg: Segmenter, result: ImageResult,
+                      lock: AbstractContextManager | None = None) -> np.ndarray:
+    """``K×h×w`` eigenfunction values of the result's image, sorted by eigenvalue (cached).
+
+    ``lock``: held around the forward pass (see :func:`segment_image`).
+    """
     if result.eigen is None:
         if seg.model.head is None:
             raise UserError("this checkpoint has no eigenfunction head (k-means baseline only)")
-        values = seg.eigenfunctions(result.image)
+        with lock or nullcontext():
+            values = seg.eigenfunctions(result.image)
         order, _ = eigen_order(seg)
         if order is not None and len(order) == len(values):
             values = values[order]
@@ -249,10 +261,10 @@ def eigenfunctions_of(seg: Segmenter, result: ImageResult) -> np.ndarray:
     return result.eigen
 
 
-def eigen_grid_image(seg: Segmenter, result: ImageResult, n: int, tile_width: int = 240
-                     ) -> np.ndarray:
+def eigen_grid_image(seg: Segmenter, result: ImageResult, n: int, tile_width: int = 240,
+                     lock: AbstractContextManager | None = None) -> np.ndarray:
     """Heatmaps of the top ``n`` eigenfunctions, titled ``ψi (λ=…)``, as one RGB image."""
-    values = eigenfunctions_of(seg, result)
+    values = eigenfunctions_of(seg, result, lock)
     _, lam = eigen_order(seg)
     height, width = result.image.shape[:2]
     size = (max(1, round(tile_width * height / width)), tile_width)
@@ -282,7 +294,7 @@ def mask_view(image: np.ndarray, labels: np.ndarray, seg_id: int,
 
 
 def explain_segment(seg: Segmenter, result: ImageResult, merged: MergeResult, seg_id: int,
-                    top: int = 3) -> str:
+                    top: int = 3, lock: AbstractContextManager | None = None) -> str:
     """Markdown describing a segment: area, merged ids, its most distinctive eigenfunctions.
 
     An eigenfunction is distinctive for a segment when the segment's mean
@@ -297,7 +309,7 @@ def explain_segment(seg: Segmenter, result: ImageResult, merged: MergeResult, se
     if len(members) > 1:
         lines.append(f"It merges the model's segments {', '.join(map(str, members))}.")
     if seg.model.head is not None:
-        values = eigenfunctions_of(seg, result)
+        values = eigenfunctions_of(seg, result, lock)
         ids, profiles, _ = segment_profiles(mask.astype(np.int64), values, seg.patch_size)
         if 1 in ids:
             mean, std = values.mean(axis=(1, 2)), values.std(axis=(1, 2)) + 1e-8
@@ -306,8 +318,3 @@ def explain_segment(seg: Segmenter, result: ImageResult, merged: MergeResult, se
             parts = [f"ψ{i + 1} ({'high' if z[i] > 0 else 'low'}, {z[i]:+.1f}σ)" for i in best]
             lines.append("Most distinctive eigenfunctions: " + ", ".join(parts) + ".")
     return "\n\n".join(lines)
-
-
-def colour_map(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
-    """Flat colour rendering of a label map (no image underneath)."""
-    return colorize(labels, palette, ignore_index=None)

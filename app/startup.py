@@ -123,18 +123,28 @@ def find_or_fit_checkpoint(
     return Path(path), "fitted"
 
 
-def weights_error_text(backbone_name: str) -> str:
-    """Markdown for the error page shown when backbone weights cannot be obtained.
+def weights_error_text(backbone_name: str, weights: str | None = "hub") -> str:
+    """Markdown for the page served when the backbone weights cannot be obtained.
+
+    Args:
+        backbone_name: the timm model name.
+        weights: the requested source (``hub``/None or a local file); only
+            its kind is shown, never the path.
 
     Deliberately generic (no exception text): the details, which may name
     server paths, go to the server log.
     """
+    if weights in (None, "hub"):
+        cause = ("segeig downloads backbone weights from the Hugging Face hub on first use, "
+                 "and that failed (no network, or the hub refused).")
+    else:
+        cause = ("The backbone weights file given with `--backbone-weights` could not be used "
+                 "(missing, unreadable, or made for another architecture).")
     return (
         f"## The demo could not start: backbone weights for `{backbone_name}` are unavailable\n\n"
-        "segeig downloads backbone weights from the Hugging Face hub on first use, and that "
-        "failed (no network, or the hub refused). The server log has the details.\n\n"
+        f"{cause} The server log has the details.\n\n"
         "**Offline options** (restart the demo with one of them):\n\n"
-        "* `segeig demo --backbone-weights PATH` — a backbone checkpoint file on this machine "
+        "* `segeig demo --backbone-weights PATH`: a backbone checkpoint file on this machine "
         "(`.safetensors`, or a tensors-only `.pth`, e.g. DINO's "
         "`dino_deitsmall16_pretrain.pth`).\n"
         "* Fill the Hugging Face cache on a connected machine (run the demo once there) and "
@@ -142,7 +152,7 @@ def weights_error_text(backbone_name: str) -> str:
         "`HF_HUB_OFFLINE=1`.\n"
         "* `segeig demo --checkpoint CKPT` with a checkpoint whose backbone weights are "
         "embedded in it.\n"
-        "* `segeig demo --backbone-weights random` — a smoke test only: segments are "
+        "* `segeig demo --backbone-weights random`: a smoke test only, segments are "
         "meaningless.\n"
     )
 

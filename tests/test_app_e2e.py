@@ -9,8 +9,11 @@ when set, else to the test's temp dir.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -137,6 +140,17 @@ def test_browser_upload_segment_and_explore(page, files, shots):
     assert "01_wide_scene_labels.png" in downloads and "02_small_overlay.png" in downloads
     page.screenshot(path=str(shots / "02_segmented.png"), full_page=True)
 
+    # Coarser: merge down to one segment (the number box applies on blur), then back.
+    found = int(re.search(r"(\d+) segments?,", summary).group(1))
+    assert found >= 2, "the test image should show several segments"
+    merge_box = page.locator("input[aria-label='number input for Number of segments']")
+    merge_box.fill("1")
+    merge_box.blur()
+    page.wait_for_selector("#summary >> text=1 segment,")
+    merge_box.fill("0")
+    merge_box.blur()
+    page.wait_for_selector(f"#summary >> text={found} segments,")
+
     # Eigenfunctions tab: heatmaps, then click a segment to explain it.
     page.get_by_role("tab", name="Eigenfunctions").click()
     _wait_images(page, "#eigen-grid")
@@ -213,3 +227,61 @@ def test_upload_limit_is_enforced(server, files):
         response = httpx.post(f"{server}gradio_api/upload",
                               files={"files": ("big.png", handle, "image/png")}, timeout=60)
     assert response.status_code == 413
+
+
+def _start_cli(args: list[str], cwd: Path) -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    repo = str(Path(__file__).resolve().parents[1])  # importable without an install
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (repo, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen([sys.executable, "-m", "segeig", "demo", "--port", str(port),
+                             "--device", "cpu", *args], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"segeig demo exited early:\n{proc.stdout.read()}")
+        try:
+            if httpx.get(f"{url}config", timeout=2).status_code == 200:
+                return proc, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise AssertionError("segeig demo did not start within 120 s")
+
+
+def _stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        out, _ = proc.communicate(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return out
+
+
+def _page_texts(url: str) -> str:
+    config = httpx.get(f"{url}config", timeout=10).json()
+    return " ".join(str(c.get("props", {}).get("value", "")) for c in config["components"])
+
+
+def test_cli_serves_weights_error_page(files):
+    """`segeig demo` started as users start it, with backbone weights it cannot get:
+    it serves a page naming the offline options, and logs the details."""
+    ckpt = files["root"] / "ckpt"  # written by the `server` fixture's model
+    if not (ckpt / "checkpoint.safetensors").exists():
+        torch.manual_seed(0)
+        model = build_model(Backbone(tiny_backbone_config()), HeadConfig(kind="mlp", k=12))
+        write_tiny_checkpoint(model.eval(), ckpt)
+    missing = files["root"] / "nowhere" / "dino.pth"
+    proc, url = _start_cli(["--checkpoint", str(ckpt), "--backbone-weights", str(missing)],
+                           files["root"])
+    try:
+        texts = _page_texts(url)
+        assert "backbone weights for `vit_small_patch16_224.dino` are unavailable" in texts
+        assert "Offline options" in texts and str(files["root"]) not in texts
+    finally:
+        log = _stop(proc)
+    assert "backbone weights file not found" in log  # the details go to the server log

@@ -64,7 +64,7 @@ def test_segment_handler_outputs(h, tmp_path, rng):
     paths = [str(write_image(tmp_path / f"in/img{i}.png", random_image(rng, 48, 96)))
              for i in range(3)]
     out = _segment(h, paths, n=2)
-    state, selector, summary, compare, legend, gallery, files, clickable, choice, mask = out
+    state, selector, summary, compare, legend, gallery, files, clickable, choice, mask, text = out
     assert len(state["results"]) == 2  # max_images
     assert "Only the first 2 of 3 images were processed." in summary
     assert "img0.png was downscaled from 96×48 to 64×32" in summary
@@ -78,7 +78,7 @@ def test_segment_handler_outputs(h, tmp_path, rng):
     assert compare[1] == clickable == files[1]
     labels = read_label_png(files[0])
     assert len(np.unique(labels)) == 2
-    assert mask is None and _read(legend).ndim == 3
+    assert mask is None and text == "" and _read(legend).ndim == 3
     # every returned picture lives in the app's own download area
     for path in [*compare, legend, *files]:
         assert Path(path).is_relative_to(h.downloads.root)

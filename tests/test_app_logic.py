@@ -173,3 +173,34 @@ def test_segment_mask_and_explanation(seg, result):
     assert "Most distinctive eigenfunctions: ψ" in text
     with pytest.raises(logic.UserError, match="not in this image"):
         logic.mask_view(result.image, merged.labels, 999)
+
+
+def test_model_runs_under_the_lock_and_crf_outside(seg, rng, monkeypatch):
+    import threading
+
+    import segeig.crf
+
+    lock = threading.Lock()
+    seen = []
+    for name in ("patch_scores", "crf_inputs", "eigenfunctions"):
+        original = getattr(seg, name)
+
+        def spy(*args, _original=original, _name=name, **kwargs):
+            seen.append((_name, lock.locked()))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(seg, name, spy)
+    crf_labels = segeig.crf.crf_labels
+
+    def crf_spy(*args, **kwargs):
+        seen.append(("crf", lock.locked()))
+        return crf_labels(*args, **kwargs)
+
+    monkeypatch.setattr(segeig.crf, "crf_labels", crf_spy)
+    result = logic.segment_image(seg, random_image(rng, 32, 32), "a.png", "eigen", True,
+                                 lock=lock)
+    logic.eigenfunctions_of(seg, result, lock)
+    # (crf_inputs calls patch_scores itself, hence a second patch_scores entry)
+    assert {name for name, _ in seen} == {"patch_scores", "crf_inputs", "crf", "eigenfunctions"}
+    assert all(locked == (name != "crf") for name, locked in seen)
+    assert not lock.locked()

@@ -97,6 +97,10 @@ def test_weights_error_page_names_offline_options():
     for option in ("--backbone-weights PATH", "HF_HUB_OFFLINE=1", "--checkpoint CKPT",
                    "--backbone-weights random"):
         assert option in text
+    assert "Hugging Face hub on first use" in text
+    local = startup.weights_error_text("vit_x", "/secret/dir/w.pth")
+    assert "file given with `--backbone-weights` could not be used" in local
+    assert "/secret" not in local and "w.pth" not in local
     try:
         try:
             raise BackboneWeightsError("no network")

@@ -115,7 +115,12 @@ def run(args: argparse.Namespace) -> int:
         # Serve a page explaining the failure: in a container the browser may
         # be the only place the user looks.
         logger.error("%s", err)
-        demo = build_error_demo(weights_error_text(args.backbone))
+        name = args.backbone
+        if args.checkpoint:  # the checkpoint names its own backbone
+            from segeig.checkpoint import read_config
+
+            name = read_config(args.checkpoint)["backbone"]["name"]
+        demo = build_error_demo(weights_error_text(name, args.backbone_weights))
     serve(demo, args.host, args.port, max_upload_mb=args.max_upload_mb,
           concurrency=args.concurrency, share=args.share,
           allowed_paths=[examples_dir] if examples_dir.is_dir() else [])

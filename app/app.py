@@ -111,7 +111,9 @@ def build_demo(
                                    file_count="multiple", elem_id="downloads")
         with gr.Tab("Eigenfunctions", id="eigen") as eigen_tab:
             gr.Markdown(EIGEN_INTRO)
-            n_eigen = gr.Slider(1, 32, value=8, step=1, label="Eigenfunctions shown")
+            k = seg.model.head.k if seg.model.head is not None else 2
+            n_eigen = gr.Slider(1, max(2, min(32, k)), value=min(8, k), step=1,
+                                label="Eigenfunctions shown")
             eigen_note = gr.Markdown()
             # No label: it would cover the first tile's title.
             eigen_grid = gr.Image(show_label=False, format="png", elem_id="eigen-grid")

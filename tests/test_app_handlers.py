@@ -151,3 +151,24 @@ def test_serve_binds_localhost_by_default():
 
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
     assert inspect.signature(serve).parameters["share"].default is False
+
+
+def test_kmeans_only_checkpoint_works_without_eigen_tab(tiny_backbone, tmp_path, rng):
+    import torch
+
+    from segeig.model import SegEigModel
+
+    model = SegEigModel(tiny_backbone, None)
+    model.set_centroids("kmeans", torch.randn(5, tiny_backbone.embed_dim))
+    seg = Segmenter(model, {}, device="cpu")
+    demo = build_demo(seg, download_root=tmp_path)
+    demo.segeig_downloads.cleanup()
+    h = handlers.DemoHandlers(seg, 64, 2, handlers.DownloadArea(tmp_path))
+    path = write_image(tmp_path / "k.png", random_image(rng, 32, 32))
+    state = _segment(h, [str(path)], method="kmeans")[0]
+    assert state["results"][0].labels.max() < 5
+    grid, note = h.eigen(state, 0, 4)
+    assert grid is None and "no eigenfunction head" in note
+    seg_id = int(state["results"][0].labels[0, 0])
+    _, text = h.explain(state, 0, 0, seg_id)
+    assert "covers" in text and "ψ" not in text

@@ -366,3 +366,35 @@ def test_real_ctrl_c_then_resume(checkpoint, tmp_path):
         subprocess.run([*cmd, "--out", str(tmp_path / out)], cwd=repo, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     assert _files_under(tmp_path / "out") == _files_under(tmp_path / "clean")
+
+
+def test_crf_downscaled_for_large_images(segmenter, mixed, tmp_path):
+    root, _ = mixed
+    files, _ = expand_inputs([root / "sub" / "big.jpg"])  # 90×150
+    full, small = tmp_path / "full", tmp_path / "small"
+    segment_files(segmenter, files, full, SegmentOptions(crf=True))
+    segment_files(segmenter, files, small, SegmentOptions(crf=True, crf_max_pixels=90 * 150 // 4))
+    a = read_segments(full / "labels" / "big.png")
+    b = read_segments(small / "labels" / "big.png")
+    assert a.shape == b.shape == (90, 150)
+    assert (a == b).mean() > 0.7  # same segments, coarser boundaries
+
+
+def test_crf_inputs_scale_and_pool_submit(segmenter, rng):
+    from segeig.crf import CRFPool, crf_labels
+    from segeig.predictor import crf_inputs_from_scores
+
+    image = random_image(rng, 45, 70)
+    scores = segmenter.patch_scores(image, "eigen")
+    probs, ids = crf_inputs_from_scores(scores, 16, (45, 70), max_labels=4)
+    assert probs.shape == (4, 45, 70) and ids.shape == (4,)
+    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
+    half, ids_half = crf_inputs_from_scores(scores, 16, (45, 70), max_labels=4, scale=0.5)
+    assert half.shape == (4, 22, 35) and np.array_equal(ids, ids_half)
+    want = ids[crf_labels(image, probs, max_labels=None)]
+    with CRFPool(0) as pool:
+        np.testing.assert_array_equal(pool.submit(image, probs, ids).result(), want)
+        # Reduced inside the pool when given more planes than max_labels.
+        pool.max_labels = 2
+        got = pool.submit(image, probs, ids).result()
+        assert set(np.unique(got)) <= set(ids.tolist())

@@ -12,7 +12,7 @@ and prints a Markdown table with each rate as a ratio to (a). The model is a
 randomly initialised backbone with a random head and centroids: cost, not
 quality, is measured, so nothing is downloaded.
 
-    python scripts/bench_segment.py                 # ViT-S/16, 16 images of 512 px, CPU
+    python scripts/bench_segment.py                 # ViT-S/16, 12 images of 512 px, CPU
     python scripts/bench_segment.py --device cuda --images 64
 """
 
@@ -54,7 +54,7 @@ def synthetic_image(rng: np.random.Generator, size: int) -> np.ndarray:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--images", type=int, default=16, help="number of images (default 16)")
+    parser.add_argument("--images", type=int, default=12, help="number of images (default 12)")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
     parser.add_argument("--k", type=int, default=256, help="eigenfunctions K of the head")

@@ -3,7 +3,8 @@
 ``segeig segment INPUT...`` accepts files, folders (searched recursively) and
 glob patterns. :func:`expand_inputs` turns them into a deterministic, duplicate-
 free list of :class:`InputFile`, each with the relative path its outputs will
-mirror; :func:`select_shard` splits that list between cooperating processes.
+mirror; :func:`select_shard` splits that list between cooperating processes;
+:func:`decode_images` reads them in worker processes.
 """
 
 from __future__ import annotations
@@ -12,15 +13,26 @@ import glob
 import hashlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any
 
-from segeig.imageio import is_image_file, list_images
+import numpy as np
+
+from segeig.imageio import ImageReadError, is_image_file, list_images, read_image
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Conflict", "InputFile", "expand_inputs", "parse_shard", "select_shard", "shard_of"]
+__all__ = [
+    "Conflict",
+    "InputFile",
+    "decode_images",
+    "expand_inputs",
+    "parse_shard",
+    "select_shard",
+    "shard_of",
+]
 
 _GLOB_MAGIC = frozenset("*?[")
 
@@ -191,3 +203,59 @@ def select_shard(files: Sequence[InputFile], index: int, count: int) -> list[Inp
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"invalid shard {index}/{count}: need 0 <= index < count")
     return [f for f in files if shard_of(f.key, count) == index]
+
+
+class _Decode:
+    """Map-style dataset: index → ``(index, uint8 H×W×3 tensor | None, failure reason | None)``."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
+        self.paths = [os.fspath(p) for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
+        import torch
+
+        try:
+            # A tensor crosses the worker pipe through shared memory, an array by pickle.
+            image = np.require(read_image(self.paths[index]), requirements=["W"])
+            return index, torch.from_numpy(image), None
+        except ImageReadError as err:
+            return index, None, err.reason
+        except Exception as err:  # noqa: BLE001 - one bad file must not stop the run
+            return index, None, f"{type(err).__name__}: {err}"
+
+
+def _identity(item: Any) -> Any:
+    return item
+
+
+def decode_images(
+    paths: Sequence[str | os.PathLike[str]], workers: int = 0,
+) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
+    """Read images with :func:`segeig.imageio.read_image`, in worker processes.
+
+    Args:
+        paths: image files.
+        workers: DataLoader worker processes; 0 reads in this process. At most
+            ``2·workers`` decoded images wait in memory.
+
+    Yields:
+        ``(index into paths, H×W×3 uint8 RGB or None, None or why it failed)``,
+        in the order of ``paths``. A failure never stops the iteration.
+    """
+    dataset = _Decode(paths)
+    if workers == 0 or len(paths) <= 1:
+        for i in range(len(dataset)):
+            index, image, reason = dataset[i]
+            yield index, None if image is None else image.numpy(), reason
+        return
+    import torch
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=min(workers, len(paths)),
+        collate_fn=_identity, prefetch_factor=2,
+    )
+    for index, image, reason in loader:
+        yield index, None if image is None else image.numpy(), reason

@@ -23,7 +23,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -34,8 +34,7 @@ import numpy as np
 import torch
 
 from segeig.crf import CRFParams, CRFPool
-from segeig.imageio import ImageReadError, read_image
-from segeig.inputs import InputFile
+from segeig.inputs import InputFile, decode_images
 from segeig.outputs import (
     MAX_SEGMENTS,
     OutputPathError,
@@ -125,46 +124,6 @@ def resolve_method(segmenter: Segmenter, method: str | None) -> str:
     if method not in methods:
         raise ValueError(f"method {method!r} is not in this checkpoint; it has {methods}")
     return method
-
-
-class _Decode(torch.utils.data.Dataset):
-    """Index → ``(index, uint8 H×W×3 tensor | None, failure reason | None)``."""
-
-    def __init__(self, paths: Sequence[Path]) -> None:
-        self.paths = [str(p) for p in paths]
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor | None, str | None]:
-        try:
-            # A tensor crosses the worker pipe through shared memory, an array by pickle.
-            image = np.require(read_image(self.paths[index]), requirements=["W"])
-            return index, torch.from_numpy(image), None
-        except ImageReadError as err:
-            return index, None, err.reason
-        except Exception as err:  # noqa: BLE001 - one bad file must not stop the run
-            return index, None, f"{type(err).__name__}: {err}"
-
-
-def _identity(item: Any) -> Any:
-    return item
-
-
-def _decoded(paths: Sequence[Path], workers: int) -> Iterator[tuple[int, np.ndarray | None,
-                                                                    str | None]]:
-    dataset = _Decode(paths)
-    if workers == 0 or len(paths) <= 1:
-        for i in range(len(dataset)):
-            index, image, reason = dataset[i]
-            yield index, None if image is None else image.numpy(), reason
-        return
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=min(workers, len(paths)),
-        collate_fn=_identity, prefetch_factor=2,
-    )
-    for index, image, reason in loader:
-        yield index, None if image is None else image.numpy(), reason
 
 
 def _nearest_resize(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -387,7 +346,7 @@ def segment_files(
             # cancel_futures: on Ctrl-C, queued writes are dropped; running ones finish.
             stack.callback(writer.shutdown, wait=True, cancel_futures=True)
         run = _Run(segmenter, options, emit, crf_pool, writer)
-        for index, image, reason in _decoded([j.item.path for j in jobs], options.workers):
+        for index, image, reason in decode_images([j.item.path for j in jobs], options.workers):
             job = jobs[index]
             if image is None:
                 run.fail(job, reason or "unreadable")

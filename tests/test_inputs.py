@@ -129,3 +129,18 @@ def test_output_folder_inside_the_input_is_excluded(tree):
     assert keys(files) == ["a", "b", "trip/c", "trip/deep/d", "z"]
     files, _ = expand_inputs([tree])
     assert "seg/labels/b" in keys(files)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_decode_images_in_order_with_failures(tmp_path, workers):
+    from segeig.inputs import decode_images
+
+    good = _touch_image(tmp_path / "good.png")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"garbage")
+    out = list(decode_images([good, bad, tmp_path / "missing.png", good], workers))
+    assert [i for i, _, _ in out] == [0, 1, 2, 3]
+    assert out[0][1].shape == (4, 4, 3) and out[0][1].dtype == np.uint8 and out[0][2] is None
+    assert out[1][1] is None and "not a recognised image" in out[1][2]
+    assert out[2][1] is None and "does not exist" in out[2][2]
+    assert out[3][1] is not None

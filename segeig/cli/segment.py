@@ -28,8 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--checkpoint", metavar="CKPT",
                         help="checkpoint.safetensors (or its folder); default: fit one on INPUT")
-    parser.add_argument("--method", choices=("eigen", "eigen+kmeans", "kmeans"),
-                        help="default: eigen+kmeans when the checkpoint has it, else eigen")
+    parser.add_argument("--method", metavar="METHOD",
+                        help="eigen, eigen+kmeans, kmeans, ... (those the checkpoint has; "
+                             "default: eigen+kmeans when present, else the checkpoint's default)")
     parser.add_argument("--crf", action="store_true", help="refine boundaries with a dense CRF")
     parser.add_argument("--overlay", action="store_true",
                         help="also write DIR/overlays/<path>.jpg (colours over the photo)")
@@ -100,7 +101,8 @@ def _checkpoint(args, files, shard, device) -> tuple[str, bool]:
     def progress(step: int, total: int, stats: dict) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=total, desc="fitting", unit="step", file=sys.stderr)
+            bar = tqdm(total=total, desc="fitting", unit="step", file=sys.stderr,
+                       disable=args.quiet)
         bar.update(step - bar.n)
         loss = stats.get("loss")
         if loss is not None:
@@ -150,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     )
     label = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
     with tqdm(total=len(mine), desc=f"segmenting{label}", unit="img", file=sys.stderr,
-              dynamic_ncols=True) as bar:
+              dynamic_ncols=True, disable=args.quiet) as bar:
         failed = 0
 
         def progress(result) -> None:
@@ -163,7 +165,8 @@ def run(args: argparse.Namespace) -> int:
         summary = segment_inputs(segmenter, mine, args.out, options, checkpoint=checkpoint,
                                  fitted_here=fitted, conflicts=conflicts, shard=shard,
                                  progress=progress)
-    rate = f" ({summary.segmented / summary.seconds:.2f} img/s)" if summary.seconds else ""
+    rate = (f" ({summary.segmented / summary.seconds:.2f} img/s)"
+            if summary.seconds and summary.segmented else "")
     print(f"segmented {summary.segmented}, skipped {summary.skipped} (already done), failed "
           f"{summary.failed} of {summary.total} in {summary.seconds:.1f} s{rate}; "
           f"summary: {summary_path(args.out, shard)}")

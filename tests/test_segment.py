@@ -398,3 +398,17 @@ def test_crf_inputs_scale_and_pool_submit(segmenter, rng):
         pool.max_labels = 2
         got = pool.submit(image, probs, ids).result()
         assert set(np.unique(got)) <= set(ids.tolist())
+
+
+def test_more_than_256_segments_give_16_bit_maps(rng, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(Backbone(tiny_backbone_config()), HeadConfig(kind="mlp", k=300))
+    seg = segeig.Segmenter(model, device="cpu")
+    Image.fromarray(random_image(rng, 40, 50)).save(tmp_path / "x.png")
+    files, _ = expand_inputs([tmp_path / "x.png"])
+    segment_files(seg, files, tmp_path / "out", SegmentOptions(method="eigen", overlay=True))
+    path = tmp_path / "out" / "labels" / "x.png"
+    with Image.open(path) as img:
+        assert img.mode == "I;16"
+    labels = read_segments(path)
+    np.testing.assert_array_equal(labels, seg.predict(read_image(tmp_path / "x.png"), "eigen"))

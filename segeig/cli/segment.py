@@ -62,8 +62,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                           "(offline smoke runs, meaningless segments) or a local file; with "
                           "--checkpoint it overrides the recorded source")
     fit.add_argument("--k", type=int, help="number of segments to fit (default: fit's default)")
-    fit.add_argument("--fit-steps", type=int, help="training steps (default: fit's default)")
-    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--fit-steps", type=int, metavar="N",
+                     help="training steps (default: fit's default)")
+    fit.add_argument("--seed", type=int, default=0, metavar="S", help="fit seed (default 0)")
     parser.set_defaults(func=run)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 from collections.abc import Callable, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from types import ModuleType, TracebackType
 
@@ -273,6 +273,39 @@ class CRFPool:
         if self._executor is not None:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
+
+    def submit(
+        self, image: np.ndarray, probs: np.ndarray, class_ids: np.ndarray | None = None
+    ) -> Future:
+        """Refine one image asynchronously (inline when ``workers == 0``).
+
+        Args:
+            image: uint8 ``(H, W, 3)`` RGB.
+            probs: float ``(M, H, W)`` softmax probabilities (reduced to
+                ``max_labels`` here when larger).
+            class_ids: int64 ``(M,)`` original ids of the planes of ``probs``
+                (e.g. from :meth:`segeig.predictor.Segmenter.crf_inputs`), or None
+                when plane i is label i.
+
+        Returns:
+            A future of the int64 ``(H, W)`` label map in original ids.
+        """
+        probs = np.asarray(probs)
+        if self.max_labels is not None and probs.ndim == 3 and probs.shape[0] > self.max_labels:
+            probs, kept = topk_probs(probs, self.max_labels)
+            class_ids = kept if class_ids is None else np.asarray(class_ids)[kept]
+        if self.workers == 0:
+            done: Future = Future()
+            try:
+                done.set_result(_crf_worker(np.asarray(image), probs, class_ids, self.params))
+            except Exception as exc:  # noqa: BLE001 - delivered through the future
+                done.set_exception(exc)
+            return done
+        self._ensure_started()
+        if self._executor is None:  # unreachable; keeps type checkers honest
+            raise RuntimeError("CRF worker pool failed to start")
+        return self._executor.submit(_crf_worker, np.asarray(image), probs, class_ids,
+                                     self.params)
 
     def map(
         self, images: Sequence[np.ndarray], probs_list: Sequence[np.ndarray]

@@ -30,6 +30,7 @@ matching needs at least as many clusters as classes).
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -165,44 +166,59 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 RESUME_MUTABLE = frozenset({"workers", "log_every", "save_every", "checkpoint_every"})
 
 
-def default_config(dataset: str, root: str = "", **overrides: Any) -> TrainConfig:
+def apply_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
+    """``config`` with ``overrides`` applied (validated).
+
+    Args:
+        config: the base configuration.
+        overrides: any :class:`TrainConfig` field, plus the shortcuts ``k``
+            (head K), ``head_kind`` and ``backbone_name``, ``backbone_weights``,
+            ``backbone_arch_overrides``, ``backbone_kernel_features``. ``None``
+            values are ignored, so CLI flags can be passed as they are (use
+            ``resize_short=0`` for "no pre-resize").
+
+    Raises:
+        ValueError: unknown field or invalid value.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    head = given.pop("head", config.head)
+    if "k" in given:
+        head = replace(head, k=int(given.pop("k")))
+    if "head_kind" in given:
+        head = replace(head, kind=given.pop("head_kind"))
+    backbone = given.pop("backbone", config.backbone)
+    for name in ("name", "weights", "arch_overrides", "kernel_features"):
+        if f"backbone_{name}" in given:
+            backbone = replace(backbone, **{name: given.pop(f"backbone_{name}")})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ValueError(f"unknown training settings {unknown}")
+    if "scale" in given:
+        given["scale"] = tuple(float(v) for v in given["scale"])
+    out = replace(config, head=head, backbone=backbone, **given)
+    out.validate()
+    return out
+
+
+def default_config(dataset: str, root: str | os.PathLike = "", **overrides: Any) -> TrainConfig:
     """The reference configuration for ``dataset`` with ``overrides`` applied.
 
     Args:
         dataset: one of :data:`DATASET_NAMES` (``-`` accepted for ``_``).
         root: dataset root.
-        overrides: any :class:`TrainConfig` field, plus the shortcuts ``k``
-            (head K), ``head_kind`` and ``backbone_name``/``backbone_weights``.
-            ``None`` values are ignored, so CLI flags can be passed as they are.
+        overrides: see :func:`apply_overrides`.
 
     Raises:
-        ValueError: unknown dataset or field.
+        ValueError: unknown dataset or field, invalid value.
     """
     key = dataset.lower().replace("-", "_")
     if key not in DATASET_DEFAULTS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_NAMES)}")
-    given = {k: v for k, v in overrides.items() if v is not None}
-    settings = {**DATASET_DEFAULTS[key], **given}
-    k = int(settings.pop("k"))
-    head = settings.pop("head", None) or HeadConfig()
-    if "head" not in given or "k" in given:
-        head = replace(head, k=k)
-    if "head_kind" in settings:
-        head = replace(head, kind=settings.pop("head_kind"))
-    backbone = settings.pop("backbone", None) or BackboneConfig()
-    if "backbone_name" in settings:
-        backbone = replace(backbone, name=settings.pop("backbone_name"))
-    if "backbone_weights" in settings:
-        backbone = replace(backbone, weights=settings.pop("backbone_weights"))
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    unknown = sorted(set(settings) - names)
-    if unknown:
-        raise ValueError(f"unknown training settings {unknown}")
-    if "scale" in settings:
-        settings["scale"] = tuple(float(v) for v in settings["scale"])
-    config = TrainConfig(dataset=key, root=str(root), backbone=backbone, head=head, **settings)
-    config.validate()
-    return config
+    defaults = dict(DATASET_DEFAULTS[key])
+    base = TrainConfig(dataset=key, root=str(root), head=HeadConfig(k=defaults.pop("k")),
+                       **defaults)
+    return apply_overrides(base, **overrides)
 
 
 def config_to_dict(config: TrainConfig) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def load_train_state(path: str | os.PathLike) -> TrainState:
         with safe_open(str(path), framework="pt") as handle:
             meta = json.loads((handle.metadata() or {})[_KEY])
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    except (KeyError, OSError, ValueError, json.JSONDecodeError) as err:
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
         raise ValueError(f"{path} is not a readable segeig training state ({err}); "
                          "start a new run in another --out directory") from err
     if meta.get("version", 0) > _VERSION:

@@ -36,3 +36,33 @@ def tiny_config(root: Path | str, dataset: str = "folder", **changes) -> TrainCo
 def read_tensors(path: Path, prefix: str = "") -> dict:
     with safe_open(str(path), framework="pt") as handle:
         return {k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}  # noqa: SIM118
+
+
+def ddp_worker(rank: int, world_size: int, port: int, root: str, out: str,
+               modes: tuple[bool, ...]) -> None:
+    """One process of a gloo run (``torch.multiprocessing.spawn`` target).
+
+    Trains the tiny config once per ``global_graph`` value in ``modes`` and
+    saves this rank's final head weights to ``OUT/<mode>/rank<R>.safetensors``.
+    """
+    import torch
+    import torch.distributed as dist
+    from safetensors.torch import save_file
+
+    from segeig.distributed import DistContext
+    from segeig.trainer import Trainer
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world_size)
+    try:
+        for global_graph in modes:
+            run_dir = Path(out) / ("global" if global_graph else "local")
+            config = tiny_config(root, global_graph=global_graph, batch_size=2, epochs=2)
+            trainer = Trainer(config, run_dir, device="cpu",
+                              dist=DistContext(rank, world_size))
+            trainer.run()
+            state = {k: v.contiguous() for k, v in trainer.model.head.state_dict().items()}
+            save_file(state, str(run_dir / f"rank{rank}.safetensors"))
+    finally:
+        dist.destroy_process_group()

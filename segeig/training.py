@@ -62,7 +62,7 @@ ProgressFn = Callable[[int, int, dict], None]
 #: Settings of :func:`fit_images`, chosen to finish in about a minute on a
 #: 2-core CPU for a handful of photos with ViT-S/16 (see docs/training.md).
 FIT_DEFAULTS: dict = dict(
-    k=16, steps=60, batch_size=4, crop=224, resize_short=224, scale=(1.0, 1.5),
+    k=16, steps=60, batch_size=4, crop=224, resize_short=224, scale=(1.0, 1.5), lr=3e-3,
     kmeans_k=16, kmeans_tokens=65_536, workers=0, log_every=5, checkpoint_every=0,
 )
 
@@ -224,10 +224,13 @@ def fit_images(
         ValueError: no readable image, or bad settings.
     """
     files, where = _image_files(images)
-    settings = {**FIT_DEFAULTS, **{k_: v for k_, v in overrides.items() if v is not None}}
+    given = {key: value for key, value in overrides.items() if value is not None}
+    settings = {**FIT_DEFAULTS, **given}
+    if "crop" in given and "resize_short" not in given:
+        settings["resize_short"] = given["crop"]  # photos are brought to the crop's scale
     if k is not None:
         settings["k"] = k
-        if overrides.get("kmeans_k") is None:
+        if "kmeans_k" not in given:
             settings["kmeans_k"] = k
     if steps is not None:
         settings["steps"] = steps

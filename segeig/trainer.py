@@ -102,16 +102,21 @@ class Trainer:
             if changed:
                 raise ValueError("--resume must use the interrupted run's settings; these differ: "
                                  + "; ".join(changed))
-        elif not overwrite:
-            existing = [p for p in (self.state_path, self.ckpt_path,
-                                    Path(log_path or self.out_dir / LOG_NAME)) if p.exists()]
-            if existing:
+        else:
+            outputs = [self.ckpt_path, Path(log_path or self.out_dir / LOG_NAME)]
+            if config.checkpoint_every:
+                outputs.append(self.state_path)
+            existing = [p for p in outputs if p.exists()]
+            if existing and not overwrite:
                 raise ValueError(f"{self.out_dir} already holds a training run "
                                  f"({', '.join(p.name for p in existing)}); pass --resume to "
                                  "continue it, --overwrite to replace it, or another --out")
         self.config = config
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
+            if not resume and config.checkpoint_every:
+                # A replaced run's state must not be resumed by mistake later.
+                self.state_path.unlink(missing_ok=True)
         self.dist.barrier()
         self.log = JsonlLog(log_path or self.out_dir / LOG_NAME, enabled=self.dist.is_main,
                             fresh=not resume)

@@ -62,3 +62,30 @@ def test_world_size_without_process_group_is_a_clear_error():
         DistContext(rank=0, world_size=2)
     with pytest.raises(ValueError, match="rank 3"):
         DistContext(rank=3, world_size=2)
+
+
+@pytest.mark.slow
+def test_torchrun_cli(tmp_path):
+    """`torchrun --nproc_per_node=2 -m segeig train` end to end (gloo on CPU)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tests.conftest import TINY_ARCH
+
+    root = tmp_path / "imgs"
+    write_images(root, [(64, 80)] * 8)
+    arch = [f"--backbone-arch={k}={v}" for k, v in TINY_ARCH.items()]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+               f"--master_port={free_port()}", "-m", "segeig", "train", "--dataset", "folder",
+               "--root", str(root), "--out", str(tmp_path / "run"), "--backbone-weights",
+               "random", *arch, "--crop", "64", "--k", "8", "--batch-size", "2", "--epochs", "2",
+               "--workers", "0", "--kmeans-k", "4", "--device", "cpu", "--global-graph"]
+    repo = Path(__file__).resolve().parents[1]
+    env = {**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = read_config(tmp_path / "run")
+    assert config["training"]["world_size"] == 2 and config["training"]["global_graph"]
+    assert done.stdout.count("checkpoint:") == 1  # printed by rank 0 only

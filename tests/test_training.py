@@ -140,7 +140,13 @@ def test_resume_of_finished_run_and_refusals(folder, tmp_path):
         train(tiny_config(folder, epochs=3), out, resume=True)
     # Workers and logging cadence may change on resume.
     train(tiny_config(folder, epochs=1, log_every=5), out, resume=True)
-    train(config, out, overwrite=True)
+    # --overwrite removes the replaced run's state at once: a crash before the
+    # new run's first save must not leave the old state to be resumed.
+    with pytest.raises(InterruptError):
+        train(tiny_config(folder, epochs=2), out, overwrite=True, progress=interrupt_at(1))
+    assert not (out / STATE_NAME).exists()
+    with pytest.raises(ValueError, match="nothing to resume"):
+        train(tiny_config(folder, epochs=2), out, resume=True)
 
 
 def test_nan_stops_clearly_and_keeps_last_good_checkpoint(folder, tmp_path, monkeypatch):

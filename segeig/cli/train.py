@@ -208,10 +208,12 @@ def run(args: argparse.Namespace) -> int:
         if not state_path.is_file():
             raise ValueError(f"nothing to resume: {state_path} does not exist")
         saved = load_train_state(state_path).config
-        for flag, value in (("--dataset", args.dataset), ("--root", args.root)):
-            if value is not None and value != getattr(saved, flag[2:]):
-                raise ValueError(f"{flag} {value} differs from the run being resumed "
-                                 f"({getattr(saved, flag[2:])})")
+        if args.dataset is not None and args.dataset != saved.dataset:
+            raise ValueError(f"--dataset {args.dataset} differs from the run being resumed "
+                             f"({saved.dataset})")
+        if args.root is not None and Path(args.root).resolve() != Path(saved.root).resolve():
+            raise ValueError(f"--root {args.root} differs from the run being resumed "
+                             f"({saved.root})")
         config = apply_overrides(saved, **overrides)
     else:
         if args.dataset is None or args.root is None:

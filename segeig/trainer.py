@@ -134,6 +134,11 @@ class Trainer:
         self.spe = steps_per_epoch(len(self.dataset), config.batch_size, self.dist.world_size)
         self.total = config.steps or config.epochs * self.spe
         self.progress = self.state.progress if self.state else Progress()
+        saved_world = self.progress.extra.setdefault("world_size", self.dist.world_size)
+        if saved_world != self.dist.world_size:
+            raise ValueError(f"this run was trained with {saved_world} process(es); resume it "
+                             f"with the same number (now {self.dist.world_size}), since the "
+                             "batches and the data order depend on it")
         if self.progress.kmeans_k is None:
             self.progress.kmeans_k = (config.kmeans_k or self.dataset.num_classes or 32)
         self.optimizer = self.scaler = None

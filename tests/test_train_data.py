@@ -206,3 +206,35 @@ def test_train_state_round_trip(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a state")
     with pytest.raises(ValueError, match="not a readable segeig training state"):
         load_train_state(tmp_path / "bad.safetensors")
+
+
+# --------------------------------------------------------------- config
+def test_dataset_defaults_follow_the_design():
+    from segeig.train_config import default_config
+
+    pc, ade = default_config("pascal_context"), default_config("ade20k")
+    assert (pc.head.k, pc.crop, pc.epochs, pc.batch_size) == (256, 480, 40, 16)
+    assert (ade.head.k, ade.crop, ade.epochs, ade.batch_size) == (512, 512, 20, 16)
+    assert pc.objective.beta_for(pc.head.k) == pytest.approx(0.08)
+    assert ade.objective.beta_for(ade.head.k) == pytest.approx(0.04)
+    assert (pc.lr, pc.lr_min, pc.head.tau_max, pc.head.tau_min) == (1e-3, 1e-5, 1.0, 0.3)
+    city = default_config("cityscapes", k=128, crop=448, epochs=None, head_kind="transformer")
+    assert (city.head.k, city.crop, city.epochs, city.head.kind) == (128, 448, 40, "transformer")
+    assert default_config("Pascal-Context").dataset == "pascal_context"
+
+
+def test_config_errors_and_round_trip():
+    from segeig.train_config import config_from_dict, config_to_dict, default_config
+
+    with pytest.raises(ValueError, match="unknown dataset"):
+        default_config("coco")
+    with pytest.raises(ValueError, match="unknown training settings"):
+        default_config("folder", learning_rate=1)
+    with pytest.raises(ValueError, match="scale"):
+        default_config("folder", scale=(2.0, 1.0))
+    with pytest.raises(ValueError, match="amp"):
+        default_config("folder", amp="fp8")
+    config = default_config("custom", "/data", k=32, backbone_weights="random",
+                            backbone_arch_overrides={"depth": 2})
+    assert config_from_dict(config_to_dict(config)) == config
+    assert config.backbone.weights == "random" and config.backbone.arch_overrides == {"depth": 2}

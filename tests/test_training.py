@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 import segeig
 import segeig.trainer as trainer_module
@@ -138,6 +140,17 @@ def test_resume_of_finished_run_and_refusals(folder, tmp_path):
         train(config, out)
     with pytest.raises(ValueError, match=r"epochs: 1 → 3"):
         train(tiny_config(folder, epochs=3), out, resume=True)
+    # A run from N processes resumes only with N processes (the data plan depends on it).
+    state_file = out / STATE_NAME
+    with safe_open(str(state_file), framework="pt") as handle:
+        meta = json.loads(handle.metadata()["segeig_train_state"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    meta["progress"]["extra"]["world_size"] = 2
+    save_file(tensors, str(state_file), metadata={"segeig_train_state": json.dumps(meta)})
+    with pytest.raises(ValueError, match="trained with 2 process"):
+        train(config, out, resume=True)
+    meta["progress"]["extra"]["world_size"] = 1
+    save_file(tensors, str(state_file), metadata={"segeig_train_state": json.dumps(meta)})
     # Workers and logging cadence may change on resume.
     train(tiny_config(folder, epochs=1, log_every=5), out, resume=True)
     # --overwrite removes the replaced run's state at once: a crash before the

@@ -91,10 +91,12 @@ def main(argv: list[str] | None = None) -> int:
         scale=(0.5, 2.0), amp=args.amp, workers=args.workers, log_every=10,
         checkpoint_every=0, kmeans_k=min(args.k, 64), global_graph=args.global_graph)
     stamps: dict[int, float] = {}
+    losses: list[float] = []
 
     def progress(step: int, total: int, info: dict) -> None:
         if info["phase"] == "train":
             stamps[step] = time.perf_counter()
+            losses.append(info["loss"])
             if step % 50 == 0 or step == total:
                 print(f"  step {step}/{total}  loss {info['loss']:.5f}  tau {info['tau']:.2f}",
                       flush=True)
@@ -108,7 +110,6 @@ def main(argv: list[str] | None = None) -> int:
                        progress=progress)
     total = time.perf_counter() - start
     log = read_log(out / "run" / "train_log.jsonl")
-    losses = [r["loss"] for r in log if r["event"] == "step"]
     warm = min(args.warmup, args.steps - 1)
     steady = (stamps[args.steps] - stamps[warm]) / (args.steps - warm) if args.steps > warm \
         else float("nan")

@@ -14,7 +14,7 @@ import sys
 from segeig import __version__
 
 #: Subcommand modules, in the order ``segeig --help`` lists them.
-COMMANDS = ("info", "train", "fit")
+COMMANDS = ("info", "train", "fit", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,18 +17,16 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from segeig.backbone import Backbone
+from segeig.centroids import fit_centroids
 from segeig.checkpoint import save_checkpoint
-from segeig.cluster import TokenReservoir, fit_kmeans
 from segeig.config import DEFAULT_BACKBONE, BackboneConfig, HeadConfig
-from segeig.imageio import list_images, read_image
+from segeig.data import build_dataset
 from segeig.model import build_model
-from segeig.transforms import center_crop, resize_short_side, to_tensor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,22 +51,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.centroids:
         if not args.images:
             parser.error("--images is needed to fit centroids (or pass --centroids 0)")
-        files = list_images(Path(args.images))[: args.max_images]
-        if not files:
-            parser.error(f"no images found under {args.images}")
-        hidden = TokenReservoir(200_000, model.head.hidden_dim, seed=args.seed)
-        final = TokenReservoir(200_000, backbone.embed_dim, seed=args.seed)
-        with torch.no_grad():
-            for path in tqdm(files, desc="features", unit="img", file=sys.stderr):
-                image = center_crop(resize_short_side(read_image(path), args.size), args.size)
-                features = backbone(to_tensor(image)[None])
-                _, h = model.head(features.stacked)
-                hidden.add(h.flatten(2).transpose(1, 2).reshape(-1, h.shape[1]))
-                last = features.layers[2]
-                final.add(last.flatten(2).transpose(1, 2).reshape(-1, last.shape[1]))
-        model.set_centroids("eigen+kmeans", fit_kmeans(hidden.tokens, args.centroids,
-                                                       seed=args.seed))
-        model.set_centroids("kmeans", fit_kmeans(final.tokens, args.centroids, seed=args.seed))
+        dataset = build_dataset("folder", args.images, with_labels=False)
+        bar = tqdm(desc="k-means features", unit="batch", file=sys.stderr)
+
+        def progress(done: int, total: int, info: dict) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        centroids = fit_centroids(model, dataset, k=args.centroids, crop=args.size,
+                                  batch_size=4, max_tokens=200_000, iters=30, seed=args.seed,
+                                  device=torch.device("cpu"), methods=["eigen+kmeans", "kmeans"],
+                                  max_images=args.max_images, progress=progress)
+        bar.close()
+        for method, value in centroids.items():
+            model.set_centroids(method, value)
     path = save_checkpoint(args.out, model, extra={"training": {"untrained": True,
                                                                 "seed": args.seed}})
     print(f"wrote {path} (methods: {', '.join(model.methods)})")

@@ -98,6 +98,17 @@ class TrainTransform:
         self._pipeline.set_random_seed(seed)
         self._seeded_pid = pid
 
+    def reseed(self, seed: int) -> None:
+        """Make the next call's random draws a function of ``seed`` alone.
+
+        Training seeds every sample from (run seed, epoch, position), so the
+        augmentation does not depend on which process or DataLoader worker
+        draws it, and a resumed run replays exactly the crops it would have
+        seen.
+        """
+        self._pipeline.set_random_seed(int(seed))
+        self._seeded_pid = os.getpid()  # a worker must not override this seed
+
     @overload
     def __call__(self, image: np.ndarray, mask: None = None) -> np.ndarray: ...
 

@@ -184,9 +184,8 @@ class Backbone(nn.Module):
         self.std = tuple(float(v) for v in cfg.get("std", (0.229, 0.224, 0.225)))
         self.register_buffer("_mean", torch.tensor(self.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_std", torch.tensor(self.std).view(1, 3, 1, 1), persistent=False)
-        self._keys: torch.Tensor | None = None
-        if config.kernel_features == "keys":
-            self.vit.blocks[-1].attn.qkv.register_forward_hook(self._grab_keys)
+        if config.kernel_features == "keys" and self.depth < 2:
+            raise ValueError("kernel_features='keys' needs a ViT with at least 2 blocks")
 
     def train(self, mode: bool = True) -> Backbone:  # noqa: D102 - see class docstring
         super().train(mode)
@@ -198,9 +197,30 @@ class Backbone(nn.Module):
         """Channels of the head input, 3·D."""
         return 3 * self.embed_dim
 
-    def _grab_keys(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        # qkv output is B×T×3D laid out as [q | k | v]; keep k for the kernel.
-        self._keys = output[..., self.embed_dim : 2 * self.embed_dim]
+    def _last_block_keys(self, spatial: torch.Tensor, prefix: torch.Tensor) -> torch.Tensor:
+        """Attention keys of the last block from its input tokens.
+
+        Computed directly rather than with a forward hook, so concurrent
+        forwards (the web demo's threads) share no state.
+
+        Args:
+            spatial: ``B×D×h×w`` output of block ``depth − 2``.
+            prefix: ``B×P×D`` class/register tokens of the same block.
+
+        Returns:
+            ``B×D×h×w`` keys of the patch tokens.
+        """
+        b, d, h, w = spatial.shape
+        tokens = torch.cat([prefix, spatial.flatten(2).transpose(1, 2)], dim=1)
+        block = self.vit.blocks[-1]
+        # qkv output is B×T×3D laid out as [q | k | v].
+        keys = block.attn.qkv(block.norm1(tokens))[..., d : 2 * d]
+        k_norm = getattr(block.attn, "k_norm", None)
+        if k_norm is not None and not isinstance(k_norm, nn.Identity):
+            heads = block.attn.num_heads
+            keys = k_norm(keys.reshape(b, -1, heads, d // heads)).reshape(b, -1, d)
+        keys = keys[:, prefix.shape[1]:]
+        return keys.float().transpose(1, 2).reshape(b, d, h, w)
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Token grid ``(h, w)`` for an input of ``height×width`` pixels (after padding)."""
@@ -228,16 +248,20 @@ class Backbone(nn.Module):
         pad_h, pad_w = h * self.patch_size - x.shape[-2], w * self.patch_size - x.shape[-1]
         if pad_h or pad_w:
             x = F.pad(x, (0, pad_w, 0, pad_h))
+        keys = self.config.kernel_features == "keys"
+        indices = sorted(set(self.layer_indices) | ({self.depth - 2} if keys else set()))
         maps = self.vit.forward_intermediates(
-            x, indices=list(self.layer_indices), norm=False, output_fmt="NCHW",
-            intermediates_only=True,
+            x, indices=indices, norm=False, output_fmt="NCHW", intermediates_only=True,
+            return_prefix_tokens=keys,
         )
-        first, middle, last = (m.float() for m in maps)
+        by_index = dict(zip(indices, maps, strict=True))
+        first, middle, last = (by_index[i] for i in self.layer_indices)
+        if keys:
+            kernel = self._last_block_keys(*by_index[self.depth - 2])
+            first, middle, last = first[0], middle[0], last[0]
+        first, middle, last = first.float(), middle.float(), last.float()
         # The final output is the normed one; timm's norm is a LayerNorm over channels.
         last = self.vit.norm(last.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).float()
-        kernel = last
-        if self.config.kernel_features == "keys":
-            keys = self._keys[:, self.vit.num_prefix_tokens :]
-            kernel = keys.float().transpose(1, 2).reshape(keys.shape[0], -1, h, w)
-            self._keys = None
+        if not keys:
+            kernel = last
         return BackboneFeatures(layers=(first, middle, last.contiguous()), kernel=kernel)

@@ -34,9 +34,10 @@ from safetensors.torch import save_file
 
 from segeig import __version__
 from segeig.backbone import Backbone, create_vit
-from segeig.config import BackboneConfig, HeadConfig, from_dict, to_dict
+from segeig.config import BackboneConfig, HeadConfig, KernelConfig, from_dict, to_dict
 from segeig.head import EigenHead
-from segeig.model import SegEigModel
+from segeig.model import CENTROID_METHODS, SegEigModel
+from segeig.spectral import SpectralConfig
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def save_checkpoint(
     tensors: dict[str, torch.Tensor] = {}
     if model.head is not None:
         tensors.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
-    for method in ("eigen+kmeans", "kmeans"):
+    for method in CENTROID_METHODS:
         centroids = model.centroids(method)
         if centroids is not None:
             tensors[f"centroids.{method}"] = centroids
@@ -117,6 +118,9 @@ def save_checkpoint(
         "methods": model.methods,
         **(extra or {}),
     }
+    if model.centroids("spectral") is not None:
+        kernel_config, spectral_config = model.spectral
+        document["spectral"] = {"kernel": to_dict(kernel_config), **to_dict(spectral_config)}
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -220,7 +224,12 @@ def load_model(
                 f"{path}: head weights do not match its config (K={head_config.k}, "
                 f"kind={head_config.kind}, input {backbone.feature_dim}): {err}"
             ) from err
-    model = SegEigModel(backbone, head)
+    spectral = None
+    if document.get("spectral"):
+        section = dict(document["spectral"])
+        spectral = (from_dict(KernelConfig, section.pop("kernel")),
+                    from_dict(SpectralConfig, section))
+    model = SegEigModel(backbone, head, spectral=spectral)
     for method, centroids in _read_tensors(path, "centroids.").items():
         try:
             model.set_centroids(method, centroids)

@@ -274,6 +274,39 @@ class CRFPool:
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
+    def submit(
+        self, image: np.ndarray, probs: np.ndarray, class_ids: np.ndarray | None = None
+    ) -> Future:
+        """Refine one image asynchronously (inline when ``workers == 0``).
+
+        Args:
+            image: uint8 ``(H, W, 3)`` RGB.
+            probs: float ``(M, H, W)`` softmax probabilities (reduced to
+                ``max_labels`` here when larger).
+            class_ids: int64 ``(M,)`` original ids of the planes of ``probs``
+                (e.g. from :meth:`segeig.predictor.Segmenter.crf_inputs`), or None
+                when plane i is label i.
+
+        Returns:
+            A future of the int64 ``(H, W)`` label map in original ids.
+        """
+        probs = np.asarray(probs)
+        if self.max_labels is not None and probs.ndim == 3 and probs.shape[0] > self.max_labels:
+            probs, kept = topk_probs(probs, self.max_labels)
+            class_ids = kept if class_ids is None else np.asarray(class_ids)[kept]
+        if self.workers == 0:
+            done: Future = Future()
+            try:
+                done.set_result(_crf_worker(np.asarray(image), probs, class_ids, self.params))
+            except Exception as exc:  # noqa: BLE001 - delivered through the future
+                done.set_exception(exc)
+            return done
+        self._ensure_started()
+        if self._executor is None:  # unreachable; keeps type checkers honest
+            raise RuntimeError("CRF worker pool failed to start")
+        return self._executor.submit(_crf_worker, np.asarray(image), probs, class_ids,
+                                     self.params)
+
     def map(
         self, images: Sequence[np.ndarray], probs_list: Sequence[np.ndarray]
     ) -> list[np.ndarray]:
@@ -288,39 +321,18 @@ class CRFPool:
         """
         if len(images) != len(probs_list):
             raise ValueError(f"{len(images)} images but {len(probs_list)} probability maps")
-        futures = [self.submit(i, p) for i, p in zip(images, probs_list, strict=True)]
-        return [f.result() for f in futures]
-
-    def submit(self, image: np.ndarray, probs: np.ndarray) -> Future:
-        """Refine one ``(image, probs)`` pair without waiting for the result.
-
-        Lets a caller keep the model busy on the next images while workers run
-        the CRF. With ``workers=0`` the CRF runs now, in the caller, and the
-        returned future is already done (an error is stored in it, as a
-        worker's would be).
-
-        Args:
-            image: uint8 ``(H, W, 3)`` RGB.
-            probs: float ``(K, H, W)`` softmax probabilities.
-
-        Returns:
-            A future whose ``result()`` is the int64 ``(H, W)`` label map with
-            original label ids.
-        """
-        probs = np.asarray(probs)
-        class_ids = None
-        if self.max_labels is not None and probs.ndim == 3 and probs.shape[0] > self.max_labels:
-            probs, class_ids = topk_probs(probs, self.max_labels)
-        image = np.asarray(image)
+        jobs = []
+        for image, probs in zip(images, probs_list, strict=True):
+            probs = np.asarray(probs)
+            class_ids = None
+            if self.max_labels is not None and probs.ndim == 3 and probs.shape[0] > self.max_labels:
+                probs, class_ids = topk_probs(probs, self.max_labels)
+            jobs.append((np.asarray(image), probs, class_ids))
         if self.workers == 0:
-            future: Future = Future()
-            try:
-                future.set_result(_crf_worker(image, probs, class_ids, self.params))
-            except Exception as err:  # noqa: BLE001 - delivered through the future
-                future.set_exception(err)
-            return future
+            return [_crf_worker(i, p, c, self.params) for i, p, c in jobs]
         self._ensure_started()
         executor = self._executor
         if executor is None:  # unreachable; keeps type checkers honest
             raise RuntimeError("CRF worker pool failed to start")
-        return executor.submit(_crf_worker, image, probs, class_ids, self.params)
+        futures = [executor.submit(_crf_worker, i, p, c, self.params) for i, p, c in jobs]
+        return [f.result() for f in futures]

@@ -336,10 +336,10 @@ def evaluate(
 
     def drain(limit: int) -> None:
         while pending and (len(pending) > limit or pending[0][0].done()
-                           or sum(p[4] for p in pending) > MAX_PENDING_BYTES):
-            future, ids, label, example, _ = pending.popleft()
+                           or sum(p[3] for p in pending) > MAX_PENDING_BYTES):
+            future, label, example, _ = pending.popleft()
             with timer("crf"):
-                refined = ids[future.result()]
+                refined = future.result()  # segment ids (the pool maps planes back)
             with timer("metrics"):
                 acc_crf.update(refined, label)
             if example is not None:
@@ -375,8 +375,8 @@ def evaluate(
                         probs, ids = pixel_probs(grid, patch, s.in_size, s.out_size,
                                                  crf_max_labels)
                     with timer("crf"):
-                        pending.append((pool.submit(s.eval_image, probs), ids, s.label, example,
-                                        probs.nbytes))
+                        pending.append((pool.submit(s.eval_image, probs, ids), s.label,
+                                        example, probs.nbytes))
                     # Bounded queue: keep workers busy without holding every image.
                     drain(2 * max(crf_workers, 1))
         drain(0)

@@ -145,9 +145,29 @@ def tau_at(step: int, total_steps: int, tau_max: float = 1.0, tau_min: float = 0
     return tau_min + 0.5 * (tau_max - tau_min) * (1 + math.cos(math.pi * progress))
 
 
-def gumbel_probs(logits: torch.Tensor, tau: float, dim: int = -1) -> torch.Tensor:
-    """Relaxed one-hot samples ``softmax((logits + Gumbel noise)/τ)`` along ``dim``."""
-    return F.gumbel_softmax(logits.float(), tau=tau, hard=False, dim=dim)
+def gumbel_probs(
+    logits: torch.Tensor, tau: float, dim: int = -1, noise: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Relaxed one-hot samples ``softmax((logits + Gumbel noise)/τ)`` along ``dim``.
+
+    Args:
+        logits: any shape, any float dtype (computed in float32).
+        tau: temperature > 0.
+        dim: the category dimension.
+        noise: optional ``Exponential(1)`` samples of ``logits``' shape (the
+            Gumbel noise is ``-log(noise)``); default: drawn from torch's
+            global RNG. Training passes noise from a per-step seeded generator
+            so resumed and multi-process runs are reproducible.
+
+    Returns:
+        float32 tensor of ``logits``' shape, summing to 1 along ``dim``.
+    """
+    if noise is None:
+        return F.gumbel_softmax(logits.float(), tau=tau, hard=False, dim=dim)
+    if noise.shape != logits.shape:
+        raise ValueError(f"noise {tuple(noise.shape)} must match logits {tuple(logits.shape)}")
+    # Same construction as F.gumbel_softmax: G = -log(Exp(1)).
+    return torch.softmax((logits.float() - noise.float().log()) / tau, dim=dim)
 
 
 def inference_probs(logits: torch.Tensor, tau_min: float, dim: int = 1) -> torch.Tensor:

@@ -115,6 +115,7 @@ def pixel_knn_graph(
     grid: tuple[int, int],
     passes: tuple[tuple[int, float], ...] = ((10, 2.0), (5, 0.1)),
     chunk_size: int = 1024,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Block-diagonal binary colour/position kNN graph (unnormalised).
 
@@ -122,17 +123,27 @@ def pixel_knn_graph(
     ``(k, w)`` adds the binary kNN edges over :func:`pixel_points`; edges are
     OR-symmetrised and the passes OR-combined, so every stored value is 1.
 
+    Args:
+        valid: optional ``B×h×w`` bool; only True patches become nodes (they
+            keep their grid positions), numbered in ``x.flatten(2)`` order.
+
     Returns:
-        Coalesced sparse ``N×N`` float32 COO tensor with N = B·h·w.
+        Coalesced sparse ``N×N`` float32 COO tensor with N = B·h·w, or the
+        number of valid patches.
     """
     b = images.shape[0]
     m = grid[0] * grid[1]
-    n = b * m
-    edges = []
+    keep = None if valid is None else valid.reshape(b, m).to(images.device)
+    counts = [m] * b if keep is None else keep.sum(1).tolist()
+    offsets = [sum(counts[:i]) for i in range(b)]
+    n = sum(counts)
+    edges = [torch.empty(2, 0, dtype=torch.long, device=images.device)]
     for k, weight in passes:
         points = pixel_points(images, grid, weight)
         for i in range(b):
-            edges.append(_binary_knn_edges(points[i], k, chunk_size) + i * m)
+            own = points[i] if keep is None else points[i][keep[i]]
+            if len(own) > 1:
+                edges.append(_binary_knn_edges(own, k, chunk_size) + offsets[i])
     directed = torch.cat(edges, dim=1)
     both = torch.cat([directed, directed.flip(0)], dim=1)  # OR-symmetrise
     ones = torch.ones(both.shape[1], device=images.device)
@@ -145,6 +156,7 @@ def build_kernel(
     features: torch.Tensor,
     images: torch.Tensor | None,
     config: KernelConfig,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The full kernel κ = D^-½ÂD^-½ + α·D^-½ÃD^-½ for a mini-batch.
 
@@ -153,17 +165,23 @@ def build_kernel(
         images: ``B×3×H×W`` float RGB in [0, 1] (the same crops the features
             came from), or ``None`` to use the feature graph only.
         config: graph settings.
+        valid: optional ``B×h×w`` bool marking the patches that are nodes of
+            the graph (training drops patches made of augmentation padding);
+            ``None`` keeps all.
 
     Returns:
-        Coalesced sparse ``N×N`` float32 COO tensor, N = B·h·w, rows ordered
-        image-major then row-major over the grid (as ``x.flatten(2)`` gives).
+        Coalesced sparse ``N×N`` float32 COO tensor, N = B·h·w (or the number
+        of valid patches), rows ordered image-major then row-major over the
+        grid (as ``x.flatten(2)`` gives, then ``[valid.flatten()]``).
     """
     b, d, h, w = features.shape
     flat = features.permute(0, 2, 3, 1).reshape(b * h * w, d)
+    if valid is not None:
+        flat = flat[valid.reshape(-1).to(flat.device)]
     kernel = symmetric_normalize(feature_knn_graph(flat, config.k_feat, config.chunk_size))
     if images is not None and config.alpha > 0 and config.pixel_passes:
         pixel = symmetric_normalize(
-            pixel_knn_graph(images, (h, w), config.pixel_passes, config.chunk_size)
+            pixel_knn_graph(images, (h, w), config.pixel_passes, config.chunk_size, valid)
         )
         kernel = (kernel + pixel * config.alpha).coalesce()
     return kernel

@@ -7,6 +7,9 @@ One forward pass gives per-patch scores for a method:
   k-means centroids fitted on them.
 * ``kmeans`` — the baseline: cosine similarity of the raw final backbone
   features to k-means centroids fitted on them (no head needed).
+* ``spectral`` — the classic transductive baseline: exact per-image spectral
+  clustering, segments labelled by their nearest global centroid
+  (:mod:`segeig.spectral`; no head needed).
 """
 
 from __future__ import annotations
@@ -19,11 +22,14 @@ from torch import nn
 
 from segeig.backbone import Backbone, BackboneFeatures
 from segeig.cluster import centroid_score_maps
-from segeig.config import HeadConfig
+from segeig.config import HeadConfig, KernelConfig
 from segeig.head import EigenHead
+from segeig.spectral import SpectralConfig, spectral_scores
 
-Method = Literal["eigen", "eigen+kmeans", "kmeans"]
-METHODS: tuple[str, ...] = ("eigen", "eigen+kmeans", "kmeans")
+Method = Literal["eigen", "eigen+kmeans", "kmeans", "spectral"]
+METHODS: tuple[str, ...] = ("eigen", "eigen+kmeans", "kmeans", "spectral")
+#: Methods that score patches against stored centroids.
+CENTROID_METHODS: tuple[str, ...] = ("eigen+kmeans", "kmeans", "spectral")
 
 #: Temperature turning centroid cosine similarities into probabilities (for the
 #: CRF unary). Argmax predictions do not depend on it.
@@ -55,7 +61,9 @@ class SegEigModel(nn.Module):
         backbone: frozen feature extractor.
         head: eigenfunction head, or ``None`` for the ``kmeans`` baseline.
         centroids: method name → ``S×C`` centroid tensor (``eigen+kmeans``
-            in the head's hidden space, ``kmeans`` in the backbone's final space).
+            in the head's hidden space, ``kmeans`` and ``spectral`` in the
+            backbone's final space).
+        spectral: kernel and clustering settings of the ``spectral`` method.
     """
 
     def __init__(
@@ -63,10 +71,12 @@ class SegEigModel(nn.Module):
         backbone: Backbone,
         head: EigenHead | None = None,
         centroids: dict[str, torch.Tensor] | None = None,
+        spectral: tuple[KernelConfig, SpectralConfig] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.spectral = spectral or (KernelConfig(), SpectralConfig())
         for name, value in (centroids or {}).items():
             self.set_centroids(name, value)
 
@@ -75,9 +85,9 @@ class SegEigModel(nn.Module):
         return "centroids_" + method.replace("+", "_")
 
     def set_centroids(self, method: str, centroids: torch.Tensor) -> None:
-        """Store ``S×C`` centroids for ``eigen+kmeans`` or ``kmeans``."""
-        if method not in ("eigen+kmeans", "kmeans"):
-            raise ValueError(f"centroids belong to 'eigen+kmeans' or 'kmeans', not {method!r}")
+        """Store ``S×C`` centroids for ``eigen+kmeans``, ``kmeans`` or ``spectral``."""
+        if method not in CENTROID_METHODS:
+            raise ValueError(f"centroids belong to one of {CENTROID_METHODS}, not {method!r}")
         if method == "eigen+kmeans" and self.head is None:
             raise ValueError("'eigen+kmeans' centroids need a head")
         expected = self.head.hidden_dim if method == "eigen+kmeans" else self.backbone.embed_dim
@@ -96,11 +106,11 @@ class SegEigModel(nn.Module):
     def methods(self) -> list[str]:
         """Methods this model can run."""
         found = ["eigen"] if self.head is not None else []
-        return found + [m for m in ("eigen+kmeans", "kmeans") if self.centroids(m) is not None]
+        return found + [m for m in CENTROID_METHODS if self.centroids(m) is not None]
 
     @property
     def default_method(self) -> str:
-        """``eigen`` when a head exists, else ``kmeans``."""
+        """``eigen`` when a head exists, else the first centroid method stored."""
         return self.methods[0]
 
     def num_segments(self, method: str) -> int:
@@ -125,6 +135,10 @@ class SegEigModel(nn.Module):
         features = self.backbone(images)
         if method == "kmeans":
             scores = centroid_score_maps(features.layers[2], self.centroids(method))
+            return ModelOutput(scores / CENTROID_TEMPERATURE, None, features)
+        if method == "spectral":
+            scores = spectral_scores(features.kernel, features.layers[2], images,
+                                     self.centroids(method), *self.spectral)
             return ModelOutput(scores / CENTROID_TEMPERATURE, None, features)
         logits, hidden = self.head(features.stacked)
         if method == "eigen":

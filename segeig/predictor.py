@@ -89,6 +89,45 @@ def upsample_argmax(scores: torch.Tensor, patch: int, size: tuple[int, int]) -> 
     return out
 
 
+def crf_inputs_from_scores(
+    scores: torch.Tensor,
+    patch: int,
+    size: tuple[int, int],
+    max_labels: int = 32,
+    scale: float = 1.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """CRF inputs from patch-grid scores (what :meth:`Segmenter.crf_inputs` returns).
+
+    Args:
+        scores: ``S×h×w`` float scores of one image (any device).
+        patch: patch size p.
+        size: ``(H, W)`` of the image the scores belong to.
+        max_labels: keep at most this many segments M (chosen on the patch grid
+            by :func:`segeig.crf.topk_probs`); only they are upsampled.
+        scale: output resolution relative to the image (``< 1`` gives
+            probabilities for the image resized to ``round(H·scale)×round(W·scale)``,
+            which bounds CRF memory on very large images).
+
+    Returns:
+        ``(probs M×H'×W' float32 C-contiguous, summing to 1 over M; ids M int64)``.
+    """
+    from segeig.crf import topk_probs
+
+    _, ids = topk_probs(torch.softmax(scores.float(), 0).cpu().numpy(), max_labels)
+    kept = scores[torch.from_numpy(ids).to(scores.device)].float()
+    if scale == 1.0:
+        full = upsample_scores(kept[None], patch, size)[0]
+    else:
+        h, w = kept.shape[-2:]
+        out_h, out_w = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+        # The grid covers the padded h·p×w·p pixels; scale that, then crop.
+        grid = (max(out_h, round(h * patch * scale)), max(out_w, round(w * patch * scale)))
+        full = F.interpolate(kept[None], size=grid, mode="bilinear", align_corners=False)[0]
+        full = full[:, :out_h, :out_w]
+    probs = np.ascontiguousarray(torch.softmax(full, dim=0).cpu().numpy())
+    return probs, ids
+
+
 def window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets covering ``[0, length)`` with windows of ``window`` (last one flush)."""
     if length <= window:
@@ -263,14 +302,8 @@ class Segmenter:
             ``(probs M×H×W float32 C-contiguous, segment ids M int64)``;
             ``ids[crf_labels(image, probs, max_labels=None)]`` gives segment ids.
         """
-        from segeig.crf import topk_probs
-
         scores = self.patch_scores(_check_image(image), method, **window)
-        _, ids = topk_probs(torch.softmax(scores, 0).cpu().numpy(), max_labels)
-        kept = scores[torch.from_numpy(ids).to(scores.device)]
-        full = upsample_scores(kept[None], self.patch_size, image.shape[:2])[0]
-        probs = np.ascontiguousarray(torch.softmax(full, dim=0).cpu().numpy())
-        return probs, ids
+        return crf_inputs_from_scores(scores, self.patch_size, image.shape[:2], max_labels)
 
     def predict_scores(self, image: np.ndarray, method: str | None = None,
                        **window: Any) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from segeig.evaluation import EvaluationResult, Scores
-from segeig.viz import colorize, comparison_grid, confusion_plot, legend_image
+from segeig.viz import atomic_write, colorize, comparison_grid, confusion_plot, legend_image
 
 __all__ = ["REPORT_FILES", "format_table", "write_json", "write_report"]
 
@@ -35,27 +35,11 @@ GRID_SIDE = 480
 
 
 def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A temp file opened normally (not mkstemp) gets umask permissions, so the
-    # report is as readable as any other file the user writes.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _atomic_png(path: Path, image: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        Image.fromarray(image).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: Image.fromarray(image).save(f, format="PNG"))
 
 
 def write_json(path: str | os.PathLike, data: dict[str, Any]) -> Path:

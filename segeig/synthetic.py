@@ -21,13 +21,14 @@ from __future__ import annotations
 import colorsys
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from segeig.viz import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -145,14 +146,7 @@ def render_sample(rng: np.random.Generator, size: tuple[int, int], n_classes: in
 
 def _save_png(array: np.ndarray, path: Path) -> None:
     # Atomic: a reader (or a crashed run) never sees a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        Image.fromarray(array).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
 def make_synthetic_dataset(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import colorsys
 import logging
 import os
-import tempfile
+import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
@@ -194,22 +194,33 @@ def _render(fig: Figure) -> np.ndarray:
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
 
 
-def _atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
+    """Write a file through a temp file in the same directory, then ``os.replace``.
+
+    Readers never see a partial file and an interruption (even Ctrl-C) leaves no
+    temp file behind. The temp file ``.NAME.<random>.tmp`` is created with mode
+    0o666 minus the umask, like any ordinary file (``mkstemp`` would make it 0600).
+
+    Args:
+        path: destination (parent directories are created).
+        write: called with the open binary temp file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
 def _save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:
     FigureCanvasAgg(fig)
-    _atomic_write(path, lambda f: fig.savefig(f, format="png"))
+    atomic_write(path, lambda f: fig.savefig(f, format="png"))
 
 
 def _tile(images: list[np.ndarray], ncols: int, titles: list[str], tile_w: float) -> Figure:
@@ -351,19 +362,24 @@ def legend_image(names: Sequence[str], palette: np.ndarray, max_rows: int = 30) 
 
 
 def save_palette_png(
-    labels: np.ndarray, palette: np.ndarray | None, path: str | os.PathLike[str]
+    labels: np.ndarray,
+    palette: np.ndarray | None,
+    path: str | os.PathLike[str],
+    ignore_index: int | None = IGNORE_INDEX,
 ) -> None:
     """Write a label map as a palette-indexed ("P" mode) PNG, atomically.
 
     Pixel values are the label ids themselves (what :func:`read_label_png`
-    returns); the palette only affects how viewers display them. Index 255 is
-    always shown black (ignore).
+    returns); the palette only affects how viewers display them. Index
+    ``ignore_index`` (255 by default) is shown black; pass None when 255 is a
+    real id (e.g. 256 unsupervised segments) to keep its palette colour.
 
     Args:
         labels: integer ``(H, W)`` ids in ``[0, 255]``.
         palette: uint8 ``(N, 3)`` RGB (first 256 used; missing entries black),
             or None for :func:`make_palette`.
         path: output path (parent directories are created).
+        ignore_index: id drawn black, or None for none.
 
     Raises:
         ValueError: if ids fall outside ``[0, 255]``.
@@ -376,10 +392,11 @@ def save_palette_png(
     pal = np.zeros((256, 3), dtype=np.uint8)
     src = make_palette(255) if palette is None else np.asarray(palette, dtype=np.uint8)[:256]
     pal[: len(src)] = src
-    pal[IGNORE_INDEX] = 0
+    if ignore_index is not None and 0 <= ignore_index < 256:
+        pal[ignore_index] = 0
     img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))
     img.putpalette(pal.tobytes(), rawmode="RGB")  # turns the "L" image into "P"
-    _atomic_write(path, lambda f: img.save(f, format="PNG"))
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:

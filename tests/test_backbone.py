@@ -81,10 +81,23 @@ def test_preprocessing_comes_from_pretrained_config():
 
 
 def test_attention_keys_as_kernel_features():
+    torch.manual_seed(0)
     backbone = Backbone(tiny_backbone_config(kernel_features="keys"))
-    feats = backbone(torch.rand(2, 3, 32, 32))
-    assert feats.kernel.shape == (2, 48, 2, 2)
-    assert not torch.allclose(feats.kernel, feats.layers[2])
+    x = torch.rand(2, 3, 32, 48)
+    feats = backbone(x)
+    assert feats.kernel.shape == (2, 48, 2, 3)
+    # Independent computation: capture the last block's qkv output with a hook.
+    captured = {}
+    qkv = backbone.vit.blocks[-1].attn.qkv
+    handle = qkv.register_forward_hook(lambda m, a, out: captured.setdefault("qkv", out))
+    backbone.vit.forward_features(backbone.normalize(x))
+    handle.remove()
+    keys = captured["qkv"][:, backbone.vit.num_prefix_tokens:, 48:96]
+    expected = keys.transpose(1, 2).reshape(2, 48, 2, 3)
+    torch.testing.assert_close(feats.kernel, expected)
+    # The other maps are unaffected by the choice.
+    plain = Backbone(tiny_backbone_config(), vit=backbone.vit)(x)
+    torch.testing.assert_close(feats.layers[2], plain.layers[2])
 
 
 def _reference_vit() -> torch.nn.Module:

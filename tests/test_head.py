@@ -54,6 +54,20 @@ def test_probabilities():
     torch.testing.assert_close(p.sum(1), torch.ones(1, 10))
 
 
+def test_gumbel_with_given_noise_is_reproducible_and_unbiased():
+    logits = torch.tensor([[0.0, 1.0, 2.0]]).repeat(20000, 1)
+    draw = lambda seed: torch.empty(20000, 3).exponential_(  # noqa: E731
+        generator=torch.Generator().manual_seed(seed))
+    a, b, c = (gumbel_probs(logits, 1.0, noise=draw(s)) for s in (5, 5, 6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    torch.testing.assert_close(a.sum(-1), torch.ones(20000))
+    # Gumbel-max: the argmax of the noisy logits is distributed as softmax(logits).
+    freq = torch.bincount(a.argmax(-1), minlength=3).float() / 20000
+    torch.testing.assert_close(freq, torch.softmax(logits[0], 0), atol=0.015, rtol=0)
+    with pytest.raises(ValueError, match="must match"):
+        gumbel_probs(logits, 1.0, noise=torch.ones(3))
+
+
 def test_light_head_is_much_smaller():
     """Parameter count as a proxy for cost at ViT-S width (D=384, K=256)."""
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731

@@ -99,3 +99,40 @@ def test_feature_graph_memory_is_sparse():
     graph = feature_knn_graph(x, k=10, chunk_size=256)
     # At most 2·N·k stored entries, never N².
     assert graph._nnz() <= 2 * 3000 * 10
+
+
+def test_valid_mask_drops_patches_from_both_graphs():
+    # Training removes patches made of augmentation padding: the kernel must be
+    # exactly the one built on the remaining patches (positions kept).
+    torch.manual_seed(3)
+    feats = torch.randn(2, 16, 4, 5)
+    images = torch.rand(2, 3, 64, 80)
+    valid = torch.ones(2, 4, 5, dtype=torch.bool)
+    valid[0, 3:, :] = False  # bottom row of image 0 padded
+    valid[1, :, 4:] = False  # right column of image 1 padded
+    config = KernelConfig(k_feat=6, pixel_passes=((4, 2.0), (2, 0.1)), alpha=0.3, chunk_size=9)
+    kernel = build_kernel(feats, images, config, valid=valid).to_dense()
+    keep = valid.reshape(-1)
+    flat = feats.permute(0, 2, 3, 1).reshape(40, 16)[keep]
+    pixel = torch.zeros(int(keep.sum()), int(keep.sum()))
+    start = 0
+    for i in range(2):
+        own = valid[i].reshape(-1)
+        m = int(own.sum())
+        block = torch.zeros(m, m)
+        for k, w in config.pixel_passes:
+            pts = pixel_points(images[i : i + 1], (4, 5), w)[0][own]
+            dist = torch.cdist(pts, pts)
+            dist.fill_diagonal_(float("inf"))
+            nn_idx = torch.argsort(dist, dim=1)[:, :k]
+            one = torch.zeros(m, m).scatter_(1, nn_idx, 1.0)
+            block = torch.maximum(block, ((one + one.T) > 0).float())
+        pixel[start : start + m, start : start + m] = block
+        start += m
+    expected = dense_normalize(dense_feature_graph(flat, 6)) + 0.3 * dense_normalize(pixel)
+    assert kernel.shape == (int(keep.sum()),) * 2 == (31, 31)
+    torch.testing.assert_close(kernel, expected)
+    # All valid is the same as no mask.
+    all_valid = torch.ones_like(valid)
+    torch.testing.assert_close(build_kernel(feats, images, config, valid=all_valid).to_dense(),
+                               build_kernel(feats, images, config).to_dense())

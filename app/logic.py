@@ -1,0 +1,320 @@
+"""The demo's logic, free of any web framework so it can be unit-tested.
+
+Every function takes numpy arrays / a :class:`segeig.predictor.Segmenter` and
+returns numpy arrays, text or file paths; :mod:`app.app` only wires them to
+Gradio components. Errors meant for the user are raised as :class:`UserError`
+with a message that never names a server path.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from segeig.imageio import ImageReadError, read_image
+from segeig.merge import MergeResult, merge_label_map, segment_profiles
+from segeig.predictor import Segmenter, upsample_argmax
+from segeig.transforms import limit_side
+from segeig.viz import eigenfunction_grid, legend_image, make_palette, overlay
+
+logger = logging.getLogger(__name__)
+
+#: Refuse uploads with more pixels than this before decoding them (~67 MP).
+MAX_PIXELS = 1 << 26
+#: At most this many segments get a legend entry (the largest ones).
+LEGEND_ENTRIES = 24
+#: Preferred order of methods in the UI; the paper's best row first.
+METHOD_ORDER = ("eigen+kmeans", "eigen", "kmeans")
+
+
+class UserError(Exception):
+    """A problem to show to the user as is (short, actionable, no server paths)."""
+
+
+# -- messages ---------------------------------------------------------------
+_ABS_PATH = re.compile(r"(?:[A-Za-z]:)?[/\\](?:[^\s'\"/\\:]+[/\\])+([^\s'\"/\\:,;)]*)")
+
+
+def safe_message(text: str, limit: int = 300) -> str:
+    """``text`` with absolute paths cut to their last component, on one short line.
+
+    Library errors name files for command-line users; a web user must not
+    learn the server's directory layout, so ``/tmp/gradio/ab12/cat.png``
+    becomes ``cat.png``.
+    """
+    text = _ABS_PATH.sub(lambda m: m.group(1) or "<path>", str(text))
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def display_name(path: str | Path) -> str:
+    """The name a user gave an uploaded file (its last path component)."""
+    return Path(str(path)).name or "image"
+
+
+def safe_stem(name: str, limit: int = 60) -> str:
+    """A file-name stem made of ``[A-Za-z0-9._-]`` only (never empty, never a path)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(name).stem).strip("._") or "image"
+    return stem[:limit]
+
+
+# -- inputs -------------------------------------------------------------------
+def read_upload(path: str | Path, max_side: int) -> tuple[np.ndarray, str | None]:
+    """Read an uploaded image, downscaled so its longer side is at most ``max_side``.
+
+    Returns:
+        ``(image H×W×3 uint8, notice)``; ``notice`` says how the image was
+        downscaled, or is None when it was not.
+
+    Raises:
+        UserError: the file is not a readable image (the message names the
+            upload by its own name only).
+    """
+    name = display_name(path)
+    try:
+        image = read_image(path, max_pixels=MAX_PIXELS)
+    except ImageReadError as err:
+        raise UserError(f"{name}: {safe_message(err.reason)}") from err
+    # Decoders may hand out read-only buffers; torch and pydensecrf want writable ones.
+    image = np.require(image, np.uint8, ["C", "W"])
+    height, width = image.shape[:2]
+    if max(height, width) <= max_side:
+        return image, None
+    small = limit_side(image, max_side)
+    notice = (f"{name} was downscaled from {width}×{height} to "
+              f"{small.shape[1]}×{small.shape[0]} (max side {max_side} px)")
+    return small, notice
+
+
+def available_methods(seg: Segmenter) -> list[str]:
+    """The checkpoint's methods, in :data:`METHOD_ORDER`."""
+    return [m for m in METHOD_ORDER if m in seg.methods]
+
+
+# -- segmentation ----------------------------------------------------------------
+@dataclass
+class ImageResult:
+    """Everything the UI shows for one image, computed once per "Segment" click.
+
+    Attributes:
+        name: the uploaded file's own name.
+        image: ``H×W×3`` uint8 RGB, as segmented (after any downscaling).
+        labels: ``H×W`` int32 segment ids in ``[0, S)`` (after CRF if on).
+        ids, profiles, sizes: segments present, their ``M×S`` score profiles
+            and pixel counts (:func:`segeig.merge.segment_profiles`).
+        method: scoring method used; ``crf``: whether CRF refined the labels.
+        notice: downscaling notice or None.
+        eigen: ``K×h×w`` eigenfunction values (sorted by eigenvalue), filled
+            lazily by :func:`eigenfunctions_of`.
+    """
+
+    name: str
+    image: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+    profiles: np.ndarray
+    sizes: np.ndarray
+    method: str
+    crf: bool
+    notice: str | None = None
+    eigen: np.ndarray | None = None
+
+
+def segment_image(seg: Segmenter, image: np.ndarray, name: str, method: str, crf: bool,
+                  notice: str | None = None,
+                  lock: AbstractContextManager | None = None) -> ImageResult:
+    """Segment one image (one forward pass, plus one more for the CRF inputs).
+
+    ``image`` is processed in a single pass at its own size (the caller has
+    already bounded its side), so no sliding window is used. ``lock`` (e.g. a
+    ``threading.Lock``) is held around the model's forward passes only, so
+    concurrent requests run the CRF and rendering in parallel but never the
+    model (whose backbone keeps per-call state in forward hooks).
+    """
+    if method not in seg.methods:
+        raise UserError(f"method {method!r} is not available; this model has "
+                        f"{', '.join(available_methods(seg))}")
+    with lock or nullcontext():
+        scores = seg.patch_scores(image, method, max_side=None)
+        if crf:
+            probs, ids = seg.crf_inputs(image, method, max_side=None)
+    if crf:
+        from segeig.crf import crf_labels
+
+        labels = ids[crf_labels(image, probs, max_labels=None)].astype(np.int32)
+    else:
+        labels = upsample_argmax(scores, seg.patch_size, image.shape[:2])
+        labels = labels.to(torch.int32).cpu().numpy()
+    ids, profiles, sizes = segment_profiles(labels, scores, seg.patch_size)
+    return ImageResult(name, image, labels, ids, profiles, sizes, method, crf, notice)
+
+
+def merge(result: ImageResult, n_segments: int | None) -> MergeResult:
+    """The result's labels merged to at most ``n_segments`` (0 or None: keep all)."""
+    n = int(n_segments) if n_segments else None
+    return merge_label_map(result.labels, result.ids, result.profiles, result.sizes, n)
+
+
+def palette_for(seg: Segmenter, method: str) -> np.ndarray:
+    """One colour per segment id of ``method``, the same in every image."""
+    return make_palette(seg.num_segments(method))
+
+
+def render_overlay(result: ImageResult, merged: MergeResult, palette: np.ndarray,
+                   opacity: float) -> np.ndarray:
+    """``H×W×3`` uint8 image with segment colours blended at ``opacity`` ∈ [0, 1]."""
+    alpha = float(np.clip(opacity, 0.0, 1.0))
+    return overlay(result.image, merged.labels, palette, alpha=alpha, ignore_index=None)
+
+
+def segment_table(merged: MergeResult) -> list[tuple[int, float, int]]:
+    """``(segment id, fraction of the image, number of merged ids)``, largest first."""
+    ids, counts = np.unique(merged.labels, return_counts=True)
+    total = merged.labels.size
+    rows = [(int(i), c / total, len(merged.members.get(int(i), [i])))
+            for i, c in zip(ids, counts, strict=True)]
+    return sorted(rows, key=lambda r: (-r[1], r[0]))
+
+
+def segment_caption(seg_id: int, fraction: float, merged_count: int) -> str:
+    """``"segment 12 · 34%"`` (``"(+2 merged)"`` appended when merged)."""
+    text = f"segment {seg_id} · {fraction:.0%}" if fraction >= 0.01 else f"segment {seg_id} · <1%"
+    return text + (f" (+{merged_count - 1} merged)" if merged_count > 1 else "")
+
+
+def legend_for(merged: MergeResult, palette: np.ndarray,
+               max_entries: int = LEGEND_ENTRIES) -> tuple[np.ndarray, int]:
+    """Legend image of the largest segments, and how many smaller ones it leaves out."""
+    rows = segment_table(merged)
+    shown = rows[:max_entries]
+    names = [segment_caption(*row) for row in shown]
+    colours = palette[[row[0] for row in shown]]
+    return legend_image(names, colours, max_rows=12), len(rows) - len(shown)
+
+
+# -- downloads -----------------------------------------------------------------
+def write_label_png(labels: np.ndarray, palette: np.ndarray, path: Path) -> None:
+    """Label map as PNG: palette-indexed for ids ≤ 255, 16-bit greyscale beyond.
+
+    Pixel values are the segment ids themselves either way.
+    """
+    from segeig.viz import save_palette_png
+
+    if labels.size and int(labels.max()) > 255:
+        Image.fromarray(labels.astype(np.uint16)).save(path, format="PNG")
+    else:
+        save_palette_png(labels, palette, path)
+
+
+def write_downloads(out_dir: Path, index: int, result: ImageResult, merged: MergeResult,
+                    palette: np.ndarray, overlay_image: np.ndarray) -> list[Path]:
+    """Write ``NN_<name>_labels.png`` and ``NN_<name>_overlay.png`` into ``out_dir``.
+
+    File names come from :func:`safe_stem`, so nothing is written outside ``out_dir``.
+    """
+    stem = f"{index + 1:02d}_{safe_stem(result.name)}"
+    labels_path = out_dir / f"{stem}_labels.png"
+    overlay_path = out_dir / f"{stem}_overlay.png"
+    write_label_png(merged.labels, palette, labels_path)
+    Image.fromarray(overlay_image).save(overlay_path, format="PNG")
+    return [labels_path, overlay_path]
+
+
+# -- eigenfunctions and segment explanation ----------------------------------------
+def eigen_order(seg: Segmenter) -> tuple[np.ndarray | None, list[float] | None]:
+    """Channel order sorting eigenfunctions by recorded eigenvalue (largest first).
+
+    Returns ``(order, sorted eigenvalues)``, or ``(None, None)`` when the
+    checkpoint records no eigenvalues (the training order is used then: the
+    objective already orders eigenfunctions by eigenvalue).
+    """
+    values = seg.eigenvalues
+    if not values:
+        return None, None
+    lam = np.asarray(values, dtype=np.float64)
+    order = np.argsort(-lam, kind="stable")
+    return order, [float(v) for v in lam[order]]
+
+
+def eigenfunctions_of(seg: Segmenter, result: ImageResult,
+                      lock: AbstractContextManager | None = None) -> np.ndarray:
+    """``K×h×w`` eigenfunction values of the result's image, sorted by eigenvalue (cached).
+
+    ``lock``: held around the forward pass (see :func:`segment_image`).
+    """
+    if result.eigen is None:
+        if seg.model.head is None:
+            raise UserError("this checkpoint has no eigenfunction head (k-means baseline only)")
+        with lock or nullcontext():
+            values = seg.eigenfunctions(result.image)
+        order, _ = eigen_order(seg)
+        if order is not None and len(order) == len(values):
+            values = values[order]
+        result.eigen = values
+    return result.eigen
+
+
+def eigen_grid_image(seg: Segmenter, result: ImageResult, n: int, tile_width: int = 240,
+                     lock: AbstractContextManager | None = None) -> np.ndarray:
+    """Heatmaps of the top ``n`` eigenfunctions, titled ``ψi (λ=…)``, as one RGB image."""
+    values = eigenfunctions_of(seg, result, lock)
+    _, lam = eigen_order(seg)
+    height, width = result.image.shape[:2]
+    size = (max(1, round(tile_width * height / width)), tile_width)
+    return eigenfunction_grid(values, lam, n=max(1, int(n)), size=size, cols=4)
+
+
+def segment_at(merged: MergeResult, x: int, y: int) -> int:
+    """Segment id under pixel ``(x, y)`` (column, row), clamped to the image."""
+    height, width = merged.labels.shape
+    return int(merged.labels[int(np.clip(y, 0, height - 1)), int(np.clip(x, 0, width - 1))])
+
+
+def mask_view(image: np.ndarray, labels: np.ndarray, seg_id: int,
+              colour: tuple[int, int, int] = (255, 64, 64)) -> np.ndarray:
+    """The image with everything outside segment ``seg_id`` dimmed and its outline drawn."""
+    mask = labels == seg_id
+    if not mask.any():
+        raise UserError(f"segment {seg_id} is not in this image")
+    out = image.astype(np.float32)
+    out[~mask] = out[~mask] * 0.25 + 40.0
+    view = np.rint(out).astype(np.uint8)
+    edge = np.zeros_like(mask)
+    edge[:, :-1] |= mask[:, :-1] != mask[:, 1:]
+    edge[:-1, :] |= mask[:-1, :] != mask[1:, :]
+    view[edge] = colour
+    return view
+
+
+def explain_segment(seg: Segmenter, result: ImageResult, merged: MergeResult, seg_id: int,
+                    top: int = 3, lock: AbstractContextManager | None = None) -> str:
+    """Markdown describing a segment: area, merged ids, its most distinctive eigenfunctions.
+
+    An eigenfunction is distinctive for a segment when the segment's mean
+    value of it lies far from the image mean, in units of the function's
+    standard deviation over the image.
+    """
+    mask = merged.labels == seg_id
+    if not mask.any():
+        raise UserError(f"segment {seg_id} is not in this image")
+    members = merged.members.get(seg_id, [seg_id])
+    lines = [f"**Segment {seg_id}** covers {mask.mean():.1%} of *{result.name}*."]
+    if len(members) > 1:
+        lines.append(f"It merges the model's segments {', '.join(map(str, members))}.")
+    if seg.model.head is not None:
+        values = eigenfunctions_of(seg, result, lock)
+        ids, profiles, _ = segment_profiles(mask.astype(np.int64), values, seg.patch_size)
+        if 1 in ids:
+            mean, std = values.mean(axis=(1, 2)), values.std(axis=(1, 2)) + 1e-8
+            z = (profiles[list(ids).index(1)] - mean) / std
+            best = np.argsort(-np.abs(z), kind="stable")[:top]
+            parts = [f"ψ{i + 1} ({'high' if z[i] > 0 else 'low'}, {z[i]:+.1f}σ)" for i in best]
+            lines.append("Most distinctive eigenfunctions: " + ", ".join(parts) + ".")
+    return "\n\n".join(lines)

@@ -1,0 +1,364 @@
+"""The batch segmentation engine: decode in workers, score on the device, CRF and write in parallel.
+
+Stages, overlapped so the device rarely waits:
+
+1. **decode** — :func:`segeig.imageio.read_image` in DataLoader worker
+   processes (``workers``); an unreadable file becomes a failure record.
+2. **score** — on the device, in the main process: same-size images are
+   stacked into batches of up to ``batch_size``; images with a side above
+   ``max_side`` go alone through :meth:`Segmenter.patch_scores` (sliding
+   windows, bounded memory).
+3. **refine** (``crf``) — :class:`segeig.crf.CRFPool` worker processes.
+4. **write** — label map, overlay and scores in a thread pool, each file
+   atomically (see :mod:`segeig.outputs`).
+
+Images whose requested outputs all exist are skipped before decoding (resume),
+unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from segeig.crf import CRFParams, CRFPool
+from segeig.inputs import InputFile, decode_images
+from segeig.outputs import (
+    MAX_SEGMENTS,
+    OutputPathError,
+    output_paths,
+    save_overlay,
+    save_scores,
+    save_segments,
+)
+from segeig.predictor import (
+    DEFAULT_MAX_SIDE,
+    Segmenter,
+    crf_inputs_from_scores,
+    upsample_argmax,
+)
+from segeig.transforms import to_tensor
+from segeig.viz import make_palette
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["ImageResult", "SegmentOptions", "resolve_method", "segment_files"]
+
+
+@dataclass
+class SegmentOptions:
+    """How :func:`segment_files` segments and what it writes.
+
+    Attributes:
+        method: ``eigen``, ``eigen+kmeans`` or ``kmeans``; None picks
+            ``eigen+kmeans`` when the checkpoint has it, else its default.
+        crf: refine with a dense CRF.
+        overlay: also write a colour overlay.
+        overlay_format: ``"jpg"`` (quality 90) or ``"png"``.
+        overlay_alpha: colour weight of the overlay in ``[0, 1]``.
+        save_probs: also write patch-grid scores (:func:`segeig.outputs.save_scores`).
+        batch_size: same-size images scored together on the device (1 = one by one).
+        workers: decode and CRF worker processes each (0 = all in this process).
+        overwrite: redo images whose outputs exist.
+        max_side: images with a longer side are scored in sliding windows of
+            this size; None never slides.
+        crf_max_labels: segments kept per image for the CRF (chosen on the patch grid).
+        crf_max_pixels: larger images get their CRF on a copy downscaled to this
+            many pixels (labels upscaled back, nearest), bounding CRF memory to
+            ``crf_max_labels · crf_max_pixels`` floats.
+    """
+
+    method: str | None = None
+    crf: bool = False
+    overlay: bool = False
+    overlay_format: str = "jpg"
+    overlay_alpha: float = 0.5
+    save_probs: bool = False
+    batch_size: int = 1
+    workers: int = 0
+    overwrite: bool = False
+    max_side: int | None = DEFAULT_MAX_SIDE
+    crf_max_labels: int = 32
+    crf_max_pixels: int = 1 << 22
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ImageResult:
+    """What happened to one input.
+
+    Attributes:
+        path: the input file (as given).
+        key: its output key; outputs are ``DIR/labels/KEY.png`` etc.
+        status: ``"segmented"``, ``"skipped"`` (outputs existed) or ``"failed"``.
+        reason: why it failed (None otherwise).
+        size: ``(H, W)`` of the decoded image, when decoded.
+    """
+
+    path: str
+    key: str
+    status: str
+    reason: str | None = None
+    size: tuple[int, int] | None = None
+
+
+def resolve_method(segmenter: Segmenter, method: str | None) -> str:
+    """``method`` if the checkpoint has it; None → ``eigen+kmeans`` if present, else the default."""
+    methods = segmenter.methods
+    if method is None:
+        return "eigen+kmeans" if "eigen+kmeans" in methods else segmenter.model.default_method
+    if method not in methods:
+        raise ValueError(f"method {method!r} is not in this checkpoint; it has {methods}")
+    return method
+
+
+def _nearest_resize(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an integer ``h×w`` map to ``size`` (exact ids)."""
+    h, w = labels.shape
+    rows = np.minimum((np.arange(size[0]) + 0.5) * h / size[0], h - 1).astype(np.intp)
+    cols = np.minimum((np.arange(size[1]) + 0.5) * w / size[1], w - 1).astype(np.intp)
+    return labels[rows[:, None], cols[None, :]]
+
+
+@dataclass
+class _Job:
+    index: int
+    item: InputFile
+    image: np.ndarray
+    paths: dict[str, Path]
+    scores: np.ndarray | None = None  # float16 S×h×w when save_probs
+
+
+class _Run:
+    """State of one :func:`segment_files` call (kept out of the function for readability)."""
+
+    def __init__(self, segmenter: Segmenter, options: SegmentOptions,
+                 emit: Callable[[ImageResult], None], crf_pool: CRFPool | None,
+                 writer: ThreadPoolExecutor | None) -> None:
+        self.seg, self.opt, self.emit = segmenter, options, emit
+        self.method = resolve_method(segmenter, options.method)
+        self.num_segments = segmenter.num_segments(self.method)
+        if self.num_segments > MAX_SEGMENTS:
+            raise ValueError(f"{self.num_segments} segments do not fit a 16-bit label PNG")
+        self.palette = make_palette(self.num_segments)
+        self.crf_pool, self.writer = crf_pool, writer
+        bound = 2 * max(1, options.workers)
+        self.crf_bound, self.write_bound = bound, bound
+        self.crf_jobs: deque[tuple[_Job, Future, tuple[int, int]]] = deque()
+        self.write_jobs: deque[tuple[_Job, Future]] = deque()
+        self.groups: dict[tuple[int, int], list[_Job]] = {}
+
+    # -- results ---------------------------------------------------------
+    def fail(self, job: _Job, reason: str) -> None:
+        logger.warning("failed: %s: %s", job.item.path, reason)
+        size = tuple(job.image.shape[:2]) if job.image.size else None
+        self.emit(ImageResult(str(job.item.path), job.item.key, "failed", reason, size))
+
+    # -- scoring ---------------------------------------------------------
+    def add(self, job: _Job) -> None:
+        height, width = job.image.shape[:2]
+        big = self.opt.max_side is not None and max(height, width) > self.opt.max_side
+        if self.opt.batch_size <= 1 or big:
+            self.score([job])
+            return
+        group = self.groups.setdefault((height, width), [])
+        group.append(job)
+        if len(group) >= self.opt.batch_size:
+            self.score(self.groups.pop((height, width)))
+        elif sum(len(g) for g in self.groups.values()) >= 4 * self.opt.batch_size:
+            # Bound the images held back waiting for same-size partners.
+            oldest = min(self.groups, key=lambda s: self.groups[s][0].index)
+            self.score(self.groups.pop(oldest))
+
+    def flush(self) -> None:
+        for size in sorted(self.groups, key=lambda s: self.groups[s][0].index):
+            self.score(self.groups[size])
+        self.groups.clear()
+
+    def score(self, jobs: list[_Job]) -> None:
+        if len(jobs) > 1:
+            try:
+                batch = torch.stack([to_tensor(j.image) for j in jobs])
+                scores = self.seg.forward(batch, self.method).scores
+            except (RuntimeError, ValueError) as err:  # e.g. out of device memory
+                logger.warning("batch of %d failed (%s); retrying one by one", len(jobs), err)
+                for job in jobs:
+                    self.score([job])
+                return
+            for job, s in zip(jobs, scores, strict=True):
+                self.finish_scores(job, s)
+            return
+        job = jobs[0]
+        try:
+            s = self.seg.patch_scores(job.image, self.method, max_side=self.opt.max_side)
+        except (RuntimeError, ValueError) as err:
+            self.fail(job, f"scoring failed ({err})")
+            return
+        self.finish_scores(job, s)
+
+    def finish_scores(self, job: _Job, scores: torch.Tensor) -> None:
+        """``scores``: ``S×h×w`` on the device → labels (now or via the CRF pool)."""
+        size = job.image.shape[:2]
+        try:
+            if self.opt.save_probs:
+                job.scores = scores.to(torch.float16).cpu().numpy()
+            if self.crf_pool is None:
+                labels = upsample_argmax(scores, self.seg.patch_size, size)
+                self.write(job, labels.to(torch.int32).cpu().numpy())
+                return
+            scale = min(1.0, math.sqrt(self.opt.crf_max_pixels / (size[0] * size[1])))
+            probs, ids = crf_inputs_from_scores(scores, self.seg.patch_size, size,
+                                                self.opt.crf_max_labels, scale)
+            image = job.image
+            if probs.shape[1:] != size:  # downscaled CRF for a very large image
+                small_h, small_w = probs.shape[1:]
+                image = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
+            self.crf_jobs.append((job, self.crf_pool.submit(image, probs, ids), size))
+        except (RuntimeError, ValueError, MemoryError) as err:
+            self.fail(job, f"scoring failed ({err})")
+        self.drain_crf()
+
+    # -- CRF and writing ----------------------------------------------------
+    def drain_crf(self, wait: bool = False) -> None:
+        while self.crf_jobs and (wait or len(self.crf_jobs) > self.crf_bound
+                                 or self.crf_jobs[0][1].done()):
+            job, future, size = self.crf_jobs.popleft()
+            try:
+                labels = future.result()
+            except Exception as err:  # noqa: BLE001 - reported per image
+                self.fail(job, f"CRF failed ({type(err).__name__}: {err})")
+                continue
+            if labels.shape != size:
+                labels = _nearest_resize(labels, size)
+            self.write(job, labels.astype(np.int32))
+
+    def write(self, job: _Job, labels: np.ndarray) -> None:
+        if self.writer is None:
+            self.emit(self.write_files(job, labels))
+            return
+        self.write_jobs.append((job, self.writer.submit(self.write_files, job, labels)))
+        self.drain_writes()
+
+    def drain_writes(self, wait: bool = False) -> None:
+        while self.write_jobs and (wait or len(self.write_jobs) > self.write_bound
+                                   or self.write_jobs[0][1].done()):
+            _, future = self.write_jobs.popleft()
+            self.emit(future.result())  # write_files never raises
+
+    def write_files(self, job: _Job, labels: np.ndarray) -> ImageResult:
+        """Write the missing (or, with overwrite, all) outputs; the label map last."""
+        size = tuple(job.image.shape[:2])
+        paths, opt = job.paths, self.opt
+        try:
+            if "overlay" in paths and (opt.overwrite or not paths["overlay"].exists()):
+                save_overlay(job.image, labels, paths["overlay"], self.palette,
+                             opt.overlay_alpha)
+            if "probs" in paths and (opt.overwrite or not paths["probs"].exists()):
+                save_scores(paths["probs"], job.scores, patch_size=self.seg.patch_size,
+                            image_size=size, method=self.method)
+            if opt.overwrite or not paths["labels"].exists():
+                save_segments(labels, paths["labels"], self.num_segments, self.palette)
+        except (OSError, ValueError) as err:
+            logger.warning("failed to write outputs of %s: %s", job.item.path, err)
+            return ImageResult(str(job.item.path), job.item.key, "failed",
+                               f"writing outputs failed ({err})", size)
+        return ImageResult(str(job.item.path), job.item.key, "segmented", None, size)
+
+
+def segment_files(
+    segmenter: Segmenter,
+    files: Sequence[InputFile],
+    out_dir: str | Path,
+    options: SegmentOptions | None = None,
+    progress: Callable[[ImageResult], None] | None = None,
+    crf_params: CRFParams | None = None,
+) -> list[ImageResult]:
+    """Segment ``files`` into ``out_dir`` (layout: :mod:`segeig.outputs`).
+
+    Args:
+        segmenter: a loaded model (:func:`segeig.load`).
+        files: from :func:`segeig.inputs.expand_inputs` (and maybe a shard of them).
+        out_dir: output directory (created as needed).
+        options: see :class:`SegmentOptions`.
+        progress: called in this thread once per input as soon as it is done
+            (any order); raising from it (e.g. KeyboardInterrupt) stops the run
+            cleanly: files already written stay complete, none is half-written.
+        crf_params: dense CRF hyper-parameters (default :class:`CRFParams`).
+
+    Returns:
+        One :class:`ImageResult` per input, in the order of ``files``.
+
+    Raises:
+        ValueError: the method is not in the checkpoint. (Unreadable inputs, unsafe
+            output paths and failed writes are per-image failures, not errors.)
+    """
+    options = options or SegmentOptions()
+    if options.batch_size < 1 or options.workers < 0:
+        raise ValueError("batch_size must be >= 1 and workers >= 0")
+    fmt = options.overlay_format if options.overlay else None
+    todo: list[_Job | None] = []
+    results: dict[int, ImageResult] = {}
+    order = {f.key: i for i, f in enumerate(files)}
+
+    def emit(result: ImageResult) -> None:
+        results[order[result.key]] = result
+        if progress is not None:
+            progress(result)
+
+    empty = np.zeros((0, 0, 3), np.uint8)
+    for i, item in enumerate(files):
+        try:
+            paths = output_paths(out_dir, item.key, fmt, options.save_probs)
+        except OutputPathError as err:
+            logger.warning("failed: %s: %s", item.path, err)
+            emit(ImageResult(str(item.path), item.key, "failed", str(err)))
+            todo.append(None)
+            continue
+        if not options.overwrite and all(p.exists() for p in paths.values()):
+            emit(ImageResult(str(item.path), item.key, "skipped"))
+            todo.append(None)
+        else:
+            todo.append(_Job(i, item, empty, paths))
+    jobs = [j for j in todo if j is not None]
+    started = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        crf_pool = None
+        if options.crf and jobs:
+            crf_pool = stack.enter_context(
+                CRFPool(options.workers, params=crf_params, max_labels=None))
+        writer = None
+        if options.workers > 0 and jobs:
+            writer = ThreadPoolExecutor(max_workers=min(4, options.workers))
+            # cancel_futures: on Ctrl-C, queued writes are dropped; running ones finish.
+            stack.callback(writer.shutdown, wait=True, cancel_futures=True)
+        run = _Run(segmenter, options, emit, crf_pool, writer)
+        for index, image, reason in decode_images([j.item.path for j in jobs], options.workers):
+            job = jobs[index]
+            if image is None:
+                run.fail(job, reason or "unreadable")
+                continue
+            job.image = image
+            run.add(job)
+            run.drain_crf()
+            run.drain_writes()
+        run.flush()
+        run.drain_crf(wait=True)
+        run.drain_writes(wait=True)
+    if jobs:
+        elapsed = time.perf_counter() - started
+        logger.info("processed %d images in %.1f s", len(jobs), elapsed)
+    return [results[i] for i in sorted(results)]

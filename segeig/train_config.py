@@ -1,0 +1,249 @@
+"""Training configuration and the per-dataset defaults of DESIGN §1.
+
+A :class:`TrainConfig` is everything that determines a training run (except the
+device and the number of processes), so it is stored whole in the resume state
+and in the checkpoint (``extra["training"]``). :func:`default_config` gives the
+reference settings for a dataset; every field can be overridden.
+
+Per-dataset defaults (``β = 0.08·256/K`` follows from ``ObjectiveConfig``):
+
+=============== ==== ===== ====== ===== ============ ============= ========
+dataset          K   crop  batch  epochs scale        resize_short  kmeans_k
+=============== ==== ===== ====== ===== ============ ============= ========
+pascal_context  256  480   16     40    0.5–2.0      –             60
+ade20k          512  512   16     20    0.5–2.0      –             150
+cityscapes      256  512   16     40    0.375–1.0    –             27
+custom          128  384   8      20    1.0–2.0      384           classes.txt, else 32
+folder          64   320   8      20    1.0–2.0      320           32
+=============== ==== ===== ====== ===== ============ ============= ========
+
+Why: Pascal Context and ADE20K are the paper's settings. Cityscapes frames are
+2048×1024, so a scale relative to the image of 0.375–1.0 shows a 512 crop
+between ~¼ and ½ of the frame's width — the range both evaluation protocols
+see objects at (short side 320 … 1024) — without padding most crops. Custom
+sets and folders hold photos of any size, so they are first resized to a short
+side equal to the crop and then only zoomed in (never padded). ``kmeans_k``
+for the benchmarks is the class count of their largest protocol (Hungarian
+matching needs at least as many clusters as classes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from segeig.config import BackboneConfig, HeadConfig, KernelConfig, ObjectiveConfig, from_dict
+
+TrainMethod = Literal["eigen", "kmeans"]
+AmpMode = Literal["auto", "bf16", "fp16", "off"]
+
+DATASET_NAMES = ("ade20k", "pascal_context", "cityscapes", "custom", "folder")
+
+
+@dataclass
+class TrainConfig:
+    """One training run.
+
+    Attributes:
+        dataset: registry name (see :data:`segeig.data.DATASETS`).
+        root: dataset root directory (a description string when the images
+            were given as a list).
+        split: split to train on (labels are never read).
+        method: ``"eigen"`` trains the head and then fits ``eigen+kmeans``
+            centroids on its hidden features; ``"kmeans"`` trains nothing and
+            fits the baseline centroids on raw final backbone features.
+        backbone, head, kernel, objective: model and loss settings.
+        epochs: passes over the data; ignored when ``steps`` is set.
+        steps: total optimisation steps (overrides ``epochs``; the last epoch
+            is then cut short).
+        batch_size: images per step *per process*.
+        crop: side of the square training crops (pixels).
+        scale: random rescale range, relative to the (pre-resized) image.
+        resize_short: resize each image to this short side before augmenting
+            (``None`` or 0: use the image as stored).
+        hflip, photometric: augmentation switches.
+        lr, lr_min: Adam learning rate, cosine-annealed per iteration to ``lr_min``.
+        amp: mixed precision on CUDA: ``auto`` (bf16 if supported, else fp16),
+            ``bf16``, ``fp16`` or ``off``. ``bf16`` also works on CPU (slow;
+            for tests); ``auto`` means ``off`` on CPU.
+        seed: seeds head init, data order, augmentation and Gumbel noise.
+        workers: DataLoader worker processes (0 = load in the main process).
+        min_valid: a patch takes part in the kernel and loss only when at least
+            this fraction of its pixels is real image (not crop padding).
+        global_graph: in multi-process runs, build the kernel over the
+            features of all processes' batches (the graph of the global batch).
+        log_every: write a step record to the JSONL log every this many steps.
+        save_every: also save the resume state every this many steps (0: only
+            at epoch ends).
+        checkpoint_every: save model checkpoint + resume state every this many
+            epochs (0: only at the end of training).
+        kmeans_k: centroids fitted after training (``None``: per-dataset default).
+        kmeans_tokens: tokens kept (uniform reservoir sample) for each k-means fit.
+        kmeans_iters: Lloyd iterations.
+        kmeans_images: images visited by the k-means pass (``None``: all).
+        baseline_centroids: with ``method="eigen"``, also fit the ``kmeans``
+            baseline centroids in the same pass, so one checkpoint runs all
+            three methods.
+        cache_images: keep decoded (pre-resized) images in memory; for small
+            sets of large photos.
+    """
+
+    dataset: str = "folder"
+    root: str = ""
+    split: str = "train"
+    method: TrainMethod = "eigen"
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    kernel: KernelConfig = field(default_factory=KernelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    epochs: int = 20
+    steps: int | None = None
+    batch_size: int = 16
+    crop: int = 480
+    scale: tuple[float, float] = (0.5, 2.0)
+    resize_short: int | None = None
+    hflip: bool = True
+    photometric: bool = True
+    lr: float = 1e-3
+    lr_min: float = 1e-5
+    amp: AmpMode = "auto"
+    seed: int = 0
+    workers: int = 4
+    min_valid: float = 0.5
+    global_graph: bool = False
+    log_every: int = 10
+    save_every: int = 0
+    checkpoint_every: int = 1
+    kmeans_k: int | None = None
+    kmeans_tokens: int = 262_144
+    kmeans_iters: int = 30
+    kmeans_images: int | None = None
+    baseline_centroids: bool = False
+    cache_images: bool = False
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first nonsensical setting."""
+        checks = [
+            (self.method in ("eigen", "kmeans"),
+             f"method must be eigen|kmeans, not {self.method!r}"),
+            (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
+            (self.steps is None or self.steps >= 1, f"steps must be ≥ 1, got {self.steps}"),
+            (self.batch_size >= 1, f"batch size must be ≥ 1, got {self.batch_size}"),
+            (self.crop >= 16, f"crop must be ≥ 16 pixels, got {self.crop}"),
+            (0 < self.scale[0] <= self.scale[1], f"scale must be 0 < min ≤ max, got {self.scale}"),
+            (self.lr > 0 and 0 <= self.lr_min <= self.lr,
+             f"need 0 ≤ lr_min ≤ lr and lr > 0, got lr={self.lr}, lr_min={self.lr_min}"),
+            (self.amp in ("auto", "bf16", "fp16", "off"),
+             f"amp must be auto|bf16|fp16|off, not {self.amp!r}"),
+            (self.head.k >= 2, f"K must be ≥ 2, got {self.head.k}"),
+            (0 < self.min_valid <= 1, f"min_valid must be in (0, 1], got {self.min_valid}"),
+            (self.kmeans_k is None or self.kmeans_k >= 1,
+             f"kmeans_k must be ≥ 1, got {self.kmeans_k}"),
+            (self.kmeans_tokens >= 1, "kmeans_tokens must be ≥ 1"),
+            (self.workers >= 0, "workers must be ≥ 0"),
+            (self.log_every >= 1, "log_every must be ≥ 1"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"invalid training setting: {message}")
+
+
+#: Per-dataset overrides of the :class:`TrainConfig` defaults (see module docstring).
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "pascal_context": dict(k=256, crop=480, batch_size=16, epochs=40, kmeans_k=60),
+    "ade20k": dict(k=512, crop=512, batch_size=16, epochs=20, kmeans_k=150),
+    "cityscapes": dict(k=256, crop=512, batch_size=16, epochs=40, kmeans_k=27,
+                       scale=(0.375, 1.0)),
+    "custom": dict(k=128, crop=384, batch_size=8, epochs=20, kmeans_k=None,
+                   scale=(1.0, 2.0), resize_short=384),
+    "folder": dict(k=64, crop=320, batch_size=8, epochs=20, kmeans_k=32,
+                   scale=(1.0, 2.0), resize_short=320),
+}
+
+#: Fields that may differ when resuming: they do not change what is computed.
+RESUME_MUTABLE = frozenset({"workers", "log_every", "save_every", "checkpoint_every"})
+
+
+def apply_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
+    """``config`` with ``overrides`` applied (validated).
+
+    Args:
+        config: the base configuration.
+        overrides: any :class:`TrainConfig` field, plus the shortcuts ``k``
+            (head K), ``head_kind`` and ``backbone_name``, ``backbone_weights``,
+            ``backbone_arch_overrides``, ``backbone_kernel_features``. ``None``
+            values are ignored, so CLI flags can be passed as they are (use
+            ``resize_short=0`` for "no pre-resize").
+
+    Raises:
+        ValueError: unknown field or invalid value.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    head = given.pop("head", config.head)
+    if "k" in given:
+        head = replace(head, k=int(given.pop("k")))
+    if "head_kind" in given:
+        head = replace(head, kind=given.pop("head_kind"))
+    backbone = given.pop("backbone", config.backbone)
+    for name in ("name", "weights", "arch_overrides", "kernel_features"):
+        if f"backbone_{name}" in given:
+            backbone = replace(backbone, **{name: given.pop(f"backbone_{name}")})
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(given) - names)
+    if unknown:
+        raise ValueError(f"unknown training settings {unknown}")
+    if "scale" in given:
+        given["scale"] = tuple(float(v) for v in given["scale"])
+    out = replace(config, head=head, backbone=backbone, **given)
+    out.validate()
+    return out
+
+
+def default_config(dataset: str, root: str | os.PathLike = "", **overrides: Any) -> TrainConfig:
+    """The reference configuration for ``dataset`` with ``overrides`` applied.
+
+    Args:
+        dataset: one of :data:`DATASET_NAMES` (``-`` accepted for ``_``).
+        root: dataset root.
+        overrides: see :func:`apply_overrides`.
+
+    Raises:
+        ValueError: unknown dataset or field, invalid value.
+    """
+    key = dataset.lower().replace("-", "_")
+    if key not in DATASET_DEFAULTS:
+        raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DATASET_NAMES)}")
+    defaults = dict(DATASET_DEFAULTS[key])
+    base = TrainConfig(dataset=key, root=str(root), head=HeadConfig(k=defaults.pop("k")),
+                       **defaults)
+    return apply_overrides(base, **overrides)
+
+
+def config_to_dict(config: TrainConfig) -> dict[str, Any]:
+    """JSON-ready dict of a :class:`TrainConfig` (nested configs as dicts)."""
+    return dataclasses.asdict(config)
+
+
+def config_from_dict(data: dict[str, Any]) -> TrainConfig:
+    """Inverse of :func:`config_to_dict`; unknown keys raise ``ValueError``."""
+    data = dict(data)
+    nested = {"backbone": BackboneConfig, "head": HeadConfig, "kernel": KernelConfig,
+              "objective": ObjectiveConfig}
+    for name, cls in nested.items():
+        if name in data:
+            data[name] = from_dict(cls, data[name])
+    if "scale" in data:
+        data["scale"] = tuple(float(v) for v in data["scale"])
+    return from_dict(TrainConfig, data)
+
+
+def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
+    """``field: saved → requested`` for every setting that changes the computation."""
+    a, b = config_to_dict(saved), config_to_dict(requested)
+    out = []
+    for key in a:
+        if key not in RESUME_MUTABLE and a[key] != b.get(key):
+            out.append(f"{key}: {a[key]!r} → {b.get(key)!r}")
+    return out

@@ -1,0 +1,337 @@
+"""The training loop: frozen backbone → kernel over the batch → head → NeuralEF loss.
+
+One step (DESIGN §1):
+
+1. A batch of augmented crops (uint8) and their pixel-validity masks.
+2. Backbone forward (frozen, no grad; autocast on CUDA).
+3. Kernel κ in float32 outside autocast, over the *valid* patches only: a patch
+   made mostly of crop padding (the rescaled image was smaller than the crop)
+   would otherwise join a spurious "black" cluster. The pixel graph uses the
+   same augmented crop the backbone saw (after photometric jitter): the graph
+   must describe the image the features came from, and the jitter is global
+   (brightness/contrast/hue), so colour *distances* within a crop barely move.
+4. Head forward (autocast), Gumbel-softmax of the flattened logits with a
+   per-step seeded generator and τ cosine-annealed per iteration, rows of the
+   valid patches → NeuralEF loss in float32.
+5. Adam step; lr cosine-annealed per iteration to ``lr_min``.
+
+The transformer head attends over all patches of a crop, padded ones included
+(they are only removed from the graph and the loss).
+
+Multi-process: DistributedDataParallel averages gradients. With
+``global_graph`` the kernel features, crops and masks of all ranks are gathered
+(no grad) and each rank builds the kernel of the global batch; the Gumbel
+probabilities are gathered with a differentiable all-gather, so every rank
+computes the same global loss and the averaged gradient is exactly its
+gradient (see :meth:`segeig.distributed.DistContext.all_gather_grad`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segeig.backbone import Backbone
+from segeig.centroids import centroid_methods, fit_centroids
+from segeig.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from segeig.config import to_dict
+from segeig.data import SegDataset
+from segeig.distributed import DistContext
+from segeig.head import gumbel_probs, tau_at
+from segeig.kernel import build_kernel
+from segeig.model import SegEigModel, build_model
+from segeig.objective import neuralef_loss
+from segeig.precision import autocast, full_precision, resolve_amp
+from segeig.predictor import resolve_device
+from segeig.train_config import TrainConfig, config_differences, config_to_dict
+from segeig.train_data import (
+    build_train_dataset,
+    make_train_loader,
+    steps_per_epoch,
+    token_validity,
+)
+from segeig.train_log import LOG_NAME, JsonlLog
+from segeig.train_state import STATE_NAME, Progress, load_train_state, restore_rng, save_train_state
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, dict], None]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN/inf; nothing after the last good checkpoint was saved."""
+
+
+def lr_at(step: int, total: int, lr: float, lr_min: float) -> float:
+    """Cosine schedule per iteration: ``lr`` at step 0 → ``lr_min`` at ``total``."""
+    progress = min(max(step / max(total, 1), 0.0), 1.0)
+    return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * progress))
+
+
+def noise_seed(seed: int, step: int) -> int:
+    """Seed of the Gumbel noise of the global batch at ``step``."""
+    return int(np.random.SeedSequence([seed, step, 0x6E015E]).generate_state(1)[0])
+
+
+class Trainer:
+    """One training run; see :func:`segeig.training.train` for the arguments."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path, *, device: str = "auto",
+                 resume: bool = False, overwrite: bool = False, dist: DistContext | None = None,
+                 progress: ProgressFn | None = None, dataset: SegDataset | None = None,
+                 checkpoint_path: str | Path | None = None, log_path: str | Path | None = None):
+        config.validate()
+        self.dist = dist or DistContext()
+        self.device = resolve_device(device)
+        self.out_dir = Path(out_dir)
+        self.ckpt_path = Path(checkpoint_path or self.out_dir / CHECKPOINT_NAME)
+        self.state_path = self.out_dir / STATE_NAME
+        self.progress_fn = progress if self.dist.is_main else None
+        self.state = None
+        if resume:
+            if not self.state_path.is_file():
+                raise ValueError(f"nothing to resume: {self.state_path} does not exist; "
+                                 "start the run without --resume")
+            self.state = load_train_state(self.state_path)
+            changed = config_differences(self.state.config, config)
+            if changed:
+                raise ValueError("--resume must use the interrupted run's settings; these differ: "
+                                 + "; ".join(changed))
+        else:
+            outputs = [self.ckpt_path, Path(log_path or self.out_dir / LOG_NAME)]
+            if config.checkpoint_every:
+                outputs.append(self.state_path)
+            existing = [p for p in outputs if p.exists()]
+            if existing and not overwrite:
+                raise ValueError(f"{self.out_dir} already holds a training run "
+                                 f"({', '.join(p.name for p in existing)}); pass --resume to "
+                                 "continue it, --overwrite to replace it, or another --out")
+        self.config = config
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            if not resume and config.checkpoint_every:
+                # A replaced run's state must not be resumed by mistake later.
+                self.state_path.unlink(missing_ok=True)
+        self.dist.barrier()
+        self.log = JsonlLog(log_path or self.out_dir / LOG_NAME, enabled=self.dist.is_main,
+                            fresh=not resume)
+        self.dataset = dataset if dataset is not None else build_train_dataset(config)
+        if len(self.dataset) == 0:
+            raise ValueError(f"the training set at {config.root} is empty")
+        self.amp_dtype = resolve_amp(config.amp, self.device)
+        head_config = config.head if config.method == "eigen" else None
+        # Seeded init (a random backbone too, so a resumed smoke run sees the same
+        # one) without touching the caller's RNG.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            backbone = Backbone(config.backbone)
+            self.model: SegEigModel = build_model(backbone, head_config).to(self.device)
+        self.spe = steps_per_epoch(len(self.dataset), config.batch_size, self.dist.world_size)
+        self.total = config.steps or config.epochs * self.spe
+        self.progress = self.state.progress if self.state else Progress()
+        saved_world = self.progress.extra.setdefault("world_size", self.dist.world_size)
+        if saved_world != self.dist.world_size:
+            raise ValueError(f"this run was trained with {saved_world} process(es); resume it "
+                             f"with the same number (now {self.dist.world_size}), since the "
+                             "batches and the data order depend on it")
+        if self.progress.kmeans_k is None:
+            self.progress.kmeans_k = (config.kmeans_k or self.dataset.num_classes or 32)
+        self.optimizer = self.scaler = None
+        if self.model.head is not None:
+            self.optimizer = torch.optim.Adam(self.model.head.parameters(), lr=config.lr,
+                                              weight_decay=0.0)
+            self.scaler = torch.amp.GradScaler(self.device.type,
+                                               enabled=self.amp_dtype == torch.float16)
+        if self.state is not None:
+            self._restore()
+
+    def _restore(self) -> None:
+        state = self.state
+        if self.model.head is not None:
+            self.model.head.load_state_dict(state.head)
+            self.optimizer.load_state_dict(state.optimizer)
+            if state.scaler:
+                self.scaler.load_state_dict(state.scaler)
+        restore_rng(state.rng)
+        self.log.truncate_after(self.progress.step)
+        self.log.write("resume", step=self.progress.step, phase=self.progress.phase)
+        logger.info("resuming %s at step %d/%d (%s)", self.out_dir, self.progress.step,
+                    self.total, self.progress.phase)
+
+    # -- saving -----------------------------------------------------------
+    def _extra(self) -> dict:
+        c = self.config
+        training = {**config_to_dict(c), "num_images": len(self.dataset),
+                    "steps_per_epoch": self.spe, "total_steps": self.total,
+                    "world_size": self.dist.world_size, "kmeans_k": self.progress.kmeans_k,
+                    "steps_done": self.progress.step}
+        extra = {"training": training, "kernel": to_dict(c.kernel),
+                 "objective": {**to_dict(c.objective), "beta_effective": c.objective.beta_for(
+                     c.head.k)}}
+        if self.progress.eigenvalues is not None:
+            extra["eigenvalues"] = self.progress.eigenvalues
+        return extra
+
+    def _save(self, model_checkpoint: bool = True) -> None:
+        if self.dist.is_main:
+            head = self.model.head
+            if head is not None and not all(torch.isfinite(p).all() for p in head.parameters()):
+                self._diverged(float("nan"), "the head's weights are no longer finite")
+            save_train_state(self.state_path, config=self.config, progress=self.progress,
+                             head=head if head is not None else torch.nn.Module(),
+                             optimizer=self.optimizer, scaler=self.scaler)
+            if model_checkpoint:
+                save_checkpoint(self.ckpt_path, self.model, extra=self._extra())
+        self.dist.barrier()
+
+    def _diverged(self, loss: float, why: str) -> None:
+        self.log.write("diverged", step=self.progress.step + 1, loss=loss)
+        saved = self.progress.extra.get("step_saved")
+        last = (f"the last good checkpoint is {self.ckpt_path} (step {saved})"
+                if saved else "no checkpoint had been written yet")
+        raise TrainingDivergedError(
+            f"training diverged at step {self.progress.step + 1}/{self.total} "
+            f"(epoch {self.progress.step // self.spe + 1}): {why}. Nothing after the last "
+            f"checkpoint was saved; {last}. Try a lower --lr (now {self.config.lr:g}) or "
+            "--amp off, then rerun (or --resume from that checkpoint)."
+        )
+
+    # -- the loop ---------------------------------------------------------
+    def _step(self, crops: torch.Tensor, valid_px: torch.Tensor, step: int,
+              generator: torch.Generator, head: torch.nn.Module) -> tuple[torch.Tensor, int]:
+        """Loss of one step (before backward) and the number of graph nodes."""
+        c, dist, device = self.config, self.dist, self.device
+        crops = crops.to(device, non_blocking=True)
+        images = crops.float().div_(255)
+        valid = token_validity(valid_px.to(device), self.model.backbone.patch_size, c.min_valid)
+        with autocast(device, self.amp_dtype):
+            features = self.model.backbone(images)
+        kfeat, kimages, kvalid = features.kernel.float(), images, valid
+        if c.global_graph and dist.active:
+            # Crops travel as uint8 (4× less traffic than float).
+            kfeat, kvalid = dist.all_gather(kfeat), dist.all_gather(valid)
+            kimages = dist.all_gather(crops).float().div_(255)
+        with full_precision(device):
+            kernel = build_kernel(kfeat, kimages, c.kernel, valid=kvalid)
+        with autocast(device, self.amp_dtype):
+            logits, _ = head(features.stacked)
+        with full_precision(device):
+            flat = logits.float().flatten(2).transpose(1, 2).reshape(-1, c.head.k)
+            tau = tau_at(step, self.total, c.head.tau_max, c.head.tau_min)
+            # Noise is drawn for the global batch and sliced, so a patch gets the
+            # same noise whatever the number of processes.
+            n = flat.shape[0]
+            noise = torch.empty(n * dist.world_size, c.head.k, device=device)
+            noise = noise.exponential_(generator=generator)[dist.rank * n : (dist.rank + 1) * n]
+            probs = gumbel_probs(flat, tau, noise=noise)
+            if c.global_graph and dist.active:
+                probs = dist.all_gather_grad(probs)
+            out = neuralef_loss(probs[kvalid.reshape(-1)], kernel,
+                                c.objective.beta_for(c.head.k), c.objective.t)
+        return out, int(kvalid.sum())
+
+    def _train(self) -> None:
+        c, p = self.config, self.progress
+        head = self.model.head
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            head = DistributedDataParallel(head, device_ids=ids)
+        head.train()
+        loader = make_train_loader(c, self.dataset, rank=self.dist.rank,
+                                   world_size=self.dist.world_size, start_step=p.step,
+                                   total_steps=self.total, pin_memory=self.device.type == "cuda")
+        generator = torch.Generator(device=self.device)
+        last_time, last_step = self.log.elapsed(), p.step
+        for step, (crops, valid_px) in zip(range(p.step, self.total), loader, strict=True):
+            epoch = step // self.spe
+            lr = lr_at(step, self.total, c.lr, c.lr_min)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            generator.manual_seed(noise_seed(c.seed, step))
+            out, tokens = self._step(crops, valid_px, step, generator, head)
+            stats = torch.cat([out.loss.detach()[None], out.trace[None], out.penalty[None],
+                               out.eigenvalues])
+            stats = self.dist.all_reduce_mean(stats).cpu().double()
+            loss = float(stats[0])
+            if not math.isfinite(loss):
+                self._diverged(loss, f"the loss became {loss}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            p.eig_sum = stats[3:] if p.eig_sum is None else p.eig_sum + stats[3:]
+            p.eig_count += 1
+            p.loss_sum += loss
+            p.step = step + 1
+            tau = tau_at(step, self.total, c.head.tau_max, c.head.tau_min)
+            info = {"phase": "train", "loss": loss, "trace": float(stats[1]),
+                    "penalty": float(stats[2]), "lr": lr, "tau": tau, "epoch": epoch}
+            if p.step % c.log_every == 0 or p.step == self.total:
+                now = self.log.elapsed()
+                self.log.write("step", step=p.step, epoch=epoch, loss=loss, trace=info["trace"],
+                               penalty=info["penalty"], lr=lr, tau=tau, tokens=tokens,
+                               it_s=(p.step - last_step) / max(now - last_time, 1e-9))
+                last_time, last_step = now, p.step
+            if p.step % self.spe == 0 or p.step == self.total:
+                self._end_epoch(epoch)
+            elif c.save_every and p.step % c.save_every == 0:
+                self._save(model_checkpoint=False)
+            if self.progress_fn is not None:
+                self.progress_fn(p.step, self.total, info)
+
+    def _end_epoch(self, epoch: int) -> None:
+        c, p = self.config, self.progress
+        p.eigenvalues = (p.eig_sum / p.eig_count).tolist()
+        record = {"epoch": epoch + 1, "step": p.step, "loss": p.loss_sum / p.eig_count,
+                  "eigenvalues": [round(v, 6) for v in p.eigenvalues]}
+        if self.device.type == "cuda":
+            record["max_memory_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        self.log.write("epoch", **record)
+        p.eig_sum, p.eig_count, p.loss_sum = None, 0, 0.0
+        finished = p.step == self.total
+        if finished:
+            p.phase = "trained"
+        if c.checkpoint_every and ((epoch + 1) % c.checkpoint_every == 0 or finished):
+            p.extra["step_saved"] = p.step
+            self._save()
+
+    def run(self) -> Path:
+        """Train (or continue), fit centroids, write the final checkpoint; returns its path."""
+        c, p = self.config, self.progress
+        if p.phase == "done":
+            logger.info("%s: this run is already complete", self.out_dir)
+            return self.ckpt_path
+        if self.state is None:
+            self.log.write("start", config=config_to_dict(c), num_images=len(self.dataset),
+                           steps_per_epoch=self.spe, total_steps=self.total,
+                           world_size=self.dist.world_size, device=str(self.device),
+                           amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype
+                           else "off")
+        if self.model.head is not None and p.phase == "train":
+            self._train()
+        self.model.eval()
+        methods = centroid_methods(self.model, c.baseline_centroids)
+        centroids = fit_centroids(
+            self.model, self.dataset, k=p.kmeans_k, crop=c.crop, batch_size=c.batch_size,
+            max_tokens=c.kmeans_tokens, iters=c.kmeans_iters, seed=c.seed, device=self.device,
+            methods=methods, workers=c.workers, max_images=c.kmeans_images,
+            autocast_dtype=self.amp_dtype, dist=self.dist, progress=self.progress_fn)
+        for method, value in centroids.items():
+            self.model.set_centroids(method, value)
+            self.log.write("centroids", method=method, k=int(value.shape[0]))
+        p.phase = "done"
+        if c.checkpoint_every:
+            self._save()
+        else:  # no resume state wanted (short fits): the model checkpoint alone
+            if self.dist.is_main:
+                save_checkpoint(self.ckpt_path, self.model, extra=self._extra())
+            self.dist.barrier()
+        self.log.write("end", checkpoint=str(self.ckpt_path))
+        return self.ckpt_path

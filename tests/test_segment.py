@@ -1,0 +1,414 @@
+"""Batch segmentation: formats, failures, resume, shards, summary, CLI, fit-on-inputs."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import segeig
+from segeig.backbone import Backbone
+from segeig.checkpoint import CHECKPOINT_NAME, save_checkpoint
+from segeig.cli import main
+from segeig.config import HeadConfig
+from segeig.imageio import read_image
+from segeig.inputs import expand_inputs, select_shard
+from segeig.model import build_model
+from segeig.outputs import read_scores, read_segments
+from segeig.pipeline import SegmentOptions, segment_files
+from segeig.segment import fit_or_reuse_checkpoint, segment_inputs, summary_path
+from tests.conftest import random_image, tiny_backbone_config
+
+K, CENTROIDS = 12, 5
+
+
+def _tiny_checkpoint(path: Path) -> Path:
+    torch.manual_seed(0)
+    model = build_model(Backbone(tiny_backbone_config()), HeadConfig(kind="mlp", k=K))
+    model.set_centroids("eigen+kmeans", torch.randn(CENTROIDS, model.head.hidden_dim))
+    return save_checkpoint(path, model)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return _tiny_checkpoint(tmp_path_factory.mktemp("ckpt"))
+
+
+@pytest.fixture(scope="module")
+def segmenter(checkpoint):
+    return segeig.load(checkpoint, device="cpu")
+
+
+def _write_mixed(root: Path) -> dict[str, str]:
+    """A folder as people have it; returns ``{key: expected outcome}``."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+
+    def img(h, w):
+        return random_image(rng, h, w)
+
+    Image.fromarray(img(40, 56)).save(root / "a.jpg", quality=90)
+    Image.fromarray(img(40, 56)).save(root / "a.png")  # same stem as a.jpg
+    Image.fromarray(img(33, 47)).convert("RGBA").save(root / "rgba.png")
+    Image.fromarray(img(30, 40)).save(root / "photo.webp")
+    Image.fromarray(img(30, 20)).save(root / "old.bmp")
+    Image.fromarray(img(48, 48)).convert("L").save(root / "grey.png")
+    Image.fromarray(img(48, 48)).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "pal.png")
+    grey16 = (rng.integers(0, 65536, (36, 44))).astype(np.uint16)
+    Image.fromarray(grey16).save(root / "grey16.png")
+    colour16 = (rng.integers(0, 65536, (20, 28, 3))).astype(np.uint16)
+    cv2.imwrite(str(root / "colour16.tif"), colour16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90°: the label map must follow the displayed orientation
+    Image.fromarray(img(24, 64)).save(root / "rot.jpg", exif=exif)
+    (root / "sub").mkdir(exist_ok=True)
+    Image.fromarray(img(5, 3)).save(root / "sub" / "tiny.png")  # smaller than one patch
+    Image.fromarray(img(90, 150)).save(root / "sub" / "big.jpg")  # windows at max_side=64
+    good = (root / "a.jpg").read_bytes()
+    (root / "sub" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "garbage.png").write_bytes(b"\x89PNG but not really")
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "readme.txt").write_text("not an image, not listed")
+    ok = ["a.jpg", "a.png", "rgba", "photo", "old", "grey", "pal", "grey16", "colour16", "rot",
+          "sub/tiny", "sub/big"]
+    return {**{k: "segmented" for k in ok},
+            **{k: "failed" for k in ["sub/truncated", "garbage", "empty"]}}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    root = tmp_path_factory.mktemp("mixed") / "in"
+    return root, _write_mixed(root)
+
+
+def _files_under(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".json"}
+
+
+def test_mixed_folder(segmenter, mixed, tmp_path):
+    root, expected = mixed
+    files, conflicts = expand_inputs([root])
+    assert conflicts == []
+    options = SegmentOptions(overlay=True, save_probs=True, max_side=64, batch_size=2)
+    results = segment_files(segmenter, files, tmp_path, options)
+    assert {r.key: r.status for r in results} == expected
+    failed = {r.key: r.reason for r in results if r.status == "failed"}
+    assert "empty" in failed["empty"]
+    assert "decoding failed" in failed["sub/truncated"] or "truncated" in failed["sub/truncated"]
+    assert "not a recognised image format" in failed["garbage"]
+    for item in files:
+        if expected[item.key] != "segmented":
+            assert not (tmp_path / "labels" / f"{item.key}.png").exists()
+            continue
+        size = read_image(item.path).shape[:2]  # after EXIF orientation
+        labels = read_segments(tmp_path / "labels" / f"{item.key}.png")
+        assert labels.shape == size, item.key
+        assert labels.min() >= 0 and labels.max() < CENTROIDS  # eigen+kmeans by default
+        with Image.open(tmp_path / "overlays" / f"{item.key}.jpg") as overlay:
+            assert overlay.size == size[::-1]
+        scores = read_scores(tmp_path / "probs" / f"{item.key}.npz")
+        assert scores["scores"].shape == (CENTROIDS, -(-size[0] // 16), -(-size[1] // 16))
+        assert scores["image_size"] == size
+    assert read_segments(tmp_path / "labels" / "rot.png").shape == (64, 24)
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_labels_match_predictor_and_batching(segmenter, mixed, tmp_path):
+    root, _ = mixed
+    files, _ = expand_inputs([root / "a.jpg", root / "a.png", root / "sub" / "big.jpg"])
+    for batch in (1, 3):
+        out = tmp_path / f"b{batch}"
+        segment_files(segmenter, files, out,
+                      SegmentOptions(method="eigen", batch_size=batch, max_side=64))
+        for item in files:
+            got = read_segments(out / "labels" / f"{item.key}.png")
+            want = segmenter.predict(read_image(item.path), "eigen", max_side=64)
+            # Batched matmuls may differ in the last bits from single ones.
+            assert (got == want).mean() > 0.999, (batch, item.key)
+
+
+def _interrupt_after(n: int):
+    seen = []
+
+    def progress(result):
+        seen.append(result)
+        if len(seen) == n:
+            raise KeyboardInterrupt
+
+    return progress
+
+
+@pytest.mark.parametrize("workers,crf", [(0, False), (1, True)])
+def test_resume_after_interrupt_gives_identical_outputs(segmenter, checkpoint, mixed, tmp_path,
+                                                        workers, crf):
+    root, expected = mixed
+    files, _ = expand_inputs([root])
+    if crf:  # the CRF variant spawns processes: keep it to a few files
+        files = [f for f in files if f.key in ("a.jpg", "rgba", "grey", "sub/big", "garbage")]
+    options = SegmentOptions(overlay=True, save_probs=True, max_side=64, crf=crf,
+                             workers=workers)
+    clean, resumed = tmp_path / "clean", tmp_path / "resumed"
+    segment_inputs(segmenter, files, clean, options, checkpoint=checkpoint)
+
+    with pytest.raises(KeyboardInterrupt):
+        segment_inputs(segmenter, files, resumed, options, checkpoint=checkpoint,
+                       progress=_interrupt_after(3))
+    assert not list(resumed.rglob("*.tmp"))
+    partial = json.loads(summary_path(resumed).read_text())
+    assert partial["complete"] is False
+    done_before = set(_files_under(resumed))
+    assert 0 < len(done_before) < len(_files_under(clean))
+
+    summary = segment_inputs(segmenter, files, resumed, options, checkpoint=checkpoint)
+    assert summary.complete and summary.skipped >= 1
+    assert summary.succeeded == sum(expected[f.key] == "segmented" for f in files)
+    a, b = _files_under(clean), _files_under(resumed)
+    assert sorted(a) == sorted(b)
+    for name in a:
+        if name.endswith(".npz"):  # zip headers carry timestamps: compare contents
+            np.testing.assert_array_equal(read_scores(clean / name)["scores"],
+                                          read_scores(resumed / name)["scores"])
+        else:
+            assert a[name] == b[name], name
+    assert not list(resumed.rglob("*.tmp"))
+
+
+def test_summary_and_settings_guard(segmenter, checkpoint, mixed, tmp_path):
+    root, expected = mixed
+    files, _ = expand_inputs([root / "a.jpg", root / "empty.jpg"])
+    summary = segment_inputs(segmenter, files, tmp_path, checkpoint=checkpoint)
+    doc = json.loads((tmp_path / "summary.json").read_text())
+    assert doc["counts"] == {"total": 2, "segmented": 1, "skipped": 0, "failed": 1}
+    assert doc["failures"][0]["input"].endswith("empty.jpg")
+    assert "empty" in doc["failures"][0]["reason"]
+    assert doc["checkpoint"]["sha256"] == summary.checkpoint["sha256"]
+    assert doc["settings"]["method"] == "eigen+kmeans" and doc["complete"] is True
+    # Resuming with settings that change the outputs would mix two kinds of results.
+    with pytest.raises(ValueError, match="crf: False -> True"):
+        segment_inputs(segmenter, files, tmp_path, SegmentOptions(crf=True),
+                       checkpoint=checkpoint)
+    again = segment_inputs(segmenter, files, tmp_path, SegmentOptions(method="eigen",
+                           overwrite=True), checkpoint=checkpoint)
+    assert again.segmented == 1 and again.skipped == 0
+    assert read_segments(tmp_path / "labels" / "a.png").max() < K
+
+
+def test_unsafe_output_is_a_per_file_failure(segmenter, mixed, tmp_path):
+    root, _ = mixed
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "out" / "labels").mkdir(parents=True)
+    (tmp_path / "out" / "labels" / "sub").symlink_to(outside)
+    files, _ = expand_inputs([root / "a.jpg", root / "sub"])
+    results = segment_files(segmenter, files, tmp_path / "out")
+    status = {r.key: r.status for r in results}
+    assert status["a"] == "segmented"
+    assert status["big"] == "segmented"  # root/sub passed as its own folder: keys "big", "tiny"
+    (tmp_path / "out2" / "labels").mkdir(parents=True)
+    (tmp_path / "out2" / "labels" / "sub").symlink_to(outside)
+    files, _ = expand_inputs([root])
+    results = segment_files(segmenter, files, tmp_path / "out2")
+    refused = [r for r in results if r.key.startswith("sub/")]
+    assert refused and all(r.status == "failed" and "outside" in r.reason for r in refused)
+    assert list(outside.iterdir()) == []
+
+
+def test_shards_cover_everything_once(checkpoint, mixed, tmp_path):
+    root, expected = mixed
+    whole = tmp_path / "whole"
+    assert main(["-q", "segment", str(root), "--out", str(whole), "--checkpoint",
+                 str(checkpoint), "--workers", "0", "--max-side", "64"]) == 0
+    sharded = tmp_path / "sharded"
+    for i in range(3):
+        assert main(["-q", "segment", str(root), "--out", str(sharded), "--checkpoint",
+                     str(checkpoint), "--workers", "0", "--max-side", "64",
+                     "--shard", f"{i}/3"]) == 0
+    assert _files_under(whole) == _files_under(sharded)
+    counts = [json.loads((sharded / f"summary.shard-{i}-of-3.json").read_text())["counts"]
+              for i in range(3)]
+    assert sum(c["total"] for c in counts) == len(expected)
+    assert not (sharded / "summary.json").exists()
+
+
+def test_torchrun_env_selects_the_shard(checkpoint, mixed, tmp_path, monkeypatch):
+    root, _ = mixed
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["-q", "segment", str(root), "--out", str(tmp_path), "--checkpoint",
+                 str(checkpoint), "--workers", "0"]) == 0
+    files, _ = expand_inputs([root])
+    doc = json.loads((tmp_path / "summary.shard-1-of-2.json").read_text())
+    assert doc["counts"]["total"] == len(select_shard(files, 1, 2))
+
+
+def test_cli_exit_status(checkpoint, mixed, tmp_path, capsys):
+    root, _ = mixed
+    args = ["-q", "segment", "--checkpoint", str(checkpoint), "--workers", "0"]
+    assert main([*args, str(root / "a.jpg"), str(root / "empty.jpg"), "--out",
+                 str(tmp_path / "o1")]) == 0
+    assert main([*args, str(root / "a.jpg"), str(root / "empty.jpg"), "--out",
+                 str(tmp_path / "o1"), "--strict"]) == 1
+    assert main([*args, str(root / "empty.jpg"), "--out", str(tmp_path / "o2")]) == 1
+    err = capsys.readouterr().err
+    assert "empty.jpg" in err and "empty" in err
+    assert main([*args, str(tmp_path / "missing"), "--out", str(tmp_path / "o3")]) == 2
+    assert main([*args, str(root), "--out", str(tmp_path / "o4"), "--shard", "3/3"]) == 2
+    assert "0-based" in capsys.readouterr().err
+
+
+@pytest.fixture
+def fake_fit(monkeypatch):
+    """Stand-in for segeig.training.fit_images (signature of the training issue)."""
+    calls = []
+
+    def fit_images(images, out_dir, *, backbone=None, k=None, steps=None, device="auto",
+                   seed=0, progress=None):
+        calls.append({"images": list(images), "backbone": backbone, "k": k, "steps": steps})
+        for step in (1, 2):
+            if progress is not None:
+                progress(step, 2, {"loss": -0.1 * step})
+        return _tiny_checkpoint(Path(out_dir))
+
+    module = types.ModuleType("segeig.training")
+    module.fit_images = fit_images
+    monkeypatch.setitem(sys.modules, "segeig.training", module)
+    monkeypatch.setattr(segeig, "training", module, raising=False)
+    return calls
+
+
+def test_without_checkpoint_fits_on_inputs_then_reuses(fake_fit, mixed, tmp_path):
+    root, expected = mixed
+    out = tmp_path / "out"
+    args = ["-q", "segment", str(root), "--out", str(out), "--workers", "0",
+            "--backbone-weights", "random", "--k", "5", "--fit-steps", "2"]
+    assert main(args) == 0
+    assert len(fake_fit) == 1
+    call = fake_fit[0]
+    assert (call["k"], call["steps"], call["backbone"].weights) == (5, 2, "random")
+    assert len(call["images"]) == len(expected)
+    assert (out / CHECKPOINT_NAME).is_file()
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["checkpoint"]["fitted_here"] is True
+    assert doc["counts"]["segmented"] == list(expected.values()).count("segmented")
+
+    assert main(args) == 0  # resumed: same checkpoint, nothing to do
+    assert len(fake_fit) == 1
+    doc = json.loads((out / "summary.json").read_text())
+    assert doc["counts"]["skipped"] == list(expected.values()).count("segmented")
+    assert doc["checkpoint"]["fitted_here"] is False
+
+    assert main([*args, "--overwrite"]) == 0
+    assert len(fake_fit) == 2
+
+
+def test_other_shards_wait_for_the_fit(fake_fit, tmp_path):
+    with pytest.raises(TimeoutError):
+        fit_or_reuse_checkpoint(tmp_path, [], wait=True, poll_seconds=0.01, timeout=0.05)
+    _tiny_checkpoint(tmp_path)
+    path, fitted = fit_or_reuse_checkpoint(tmp_path, [], wait=True, poll_seconds=0.01)
+    assert path == tmp_path / CHECKPOINT_NAME and not fitted
+    assert fake_fit == []
+    with pytest.raises(ValueError, match="race"):
+        fit_or_reuse_checkpoint(tmp_path, [], wait=True, overwrite=True)
+
+
+def test_backbone_weights_override_with_checkpoint(checkpoint, mixed, tmp_path):
+    root, _ = mixed
+    args = ["-q", "segment", str(root / "a.jpg"), "--checkpoint", str(checkpoint),
+            "--workers", "0", "--method", "eigen"]
+    assert main([*args, "--out", str(tmp_path / "embedded")]) == 0
+    assert main([*args, "--out", str(tmp_path / "random"), "--backbone-weights", "random"]) == 0
+    embedded = read_segments(tmp_path / "embedded" / "labels" / "a.png")
+    rebuilt = read_segments(tmp_path / "random" / "labels" / "a.png")
+    assert embedded.shape == rebuilt.shape
+    assert not np.array_equal(embedded, rebuilt)  # a fresh random backbone, not the stored one
+
+
+@pytest.mark.slow
+def test_real_ctrl_c_then_resume(checkpoint, tmp_path):
+    """SIGINT to the whole process group (as a terminal sends it), workers included."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "in").mkdir()
+    for i in range(24):
+        Image.fromarray(random_image(rng, 256, 256)).save(tmp_path / "in" / f"{i:02d}.jpg")
+    cmd = [sys.executable, "-m", "segeig", "-q", "segment", str(tmp_path / "in"),
+           "--checkpoint", str(checkpoint), "--crf", "--overlay", "--workers", "2",
+           "--batch-size", "1"]
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen(
+        [*cmd, "--out", str(tmp_path / "out")], cwd=repo, start_new_session=True,
+        # A shell starts background jobs with SIGINT ignored; restore the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    labels = tmp_path / "out" / "labels"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(labels.glob("*.png"))) < 3:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(timeout=60) == 130
+    written = len(list(labels.glob("*.png")))
+    assert 3 <= written < 24
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+    for out in ("out", "clean"):
+        subprocess.run([*cmd, "--out", str(tmp_path / out)], cwd=repo, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert _files_under(tmp_path / "out") == _files_under(tmp_path / "clean")
+
+
+def test_crf_downscaled_for_large_images(segmenter, mixed, tmp_path):
+    root, _ = mixed
+    files, _ = expand_inputs([root / "sub" / "big.jpg"])  # 90×150
+    full, small = tmp_path / "full", tmp_path / "small"
+    segment_files(segmenter, files, full, SegmentOptions(crf=True))
+    segment_files(segmenter, files, small, SegmentOptions(crf=True, crf_max_pixels=90 * 150 // 4))
+    a = read_segments(full / "labels" / "big.png")
+    b = read_segments(small / "labels" / "big.png")
+    assert a.shape == b.shape == (90, 150)
+    assert (a == b).mean() > 0.7  # same segments, coarser boundaries
+
+
+def test_crf_inputs_scale_and_pool_submit(segmenter, rng):
+    from segeig.crf import CRFPool, crf_labels
+    from segeig.predictor import crf_inputs_from_scores
+
+    image = random_image(rng, 45, 70)
+    scores = segmenter.patch_scores(image, "eigen")
+    probs, ids = crf_inputs_from_scores(scores, 16, (45, 70), max_labels=4)
+    assert probs.shape == (4, 45, 70) and ids.shape == (4,)
+    np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
+    half, ids_half = crf_inputs_from_scores(scores, 16, (45, 70), max_labels=4, scale=0.5)
+    assert half.shape == (4, 22, 35) and np.array_equal(ids, ids_half)
+    want = ids[crf_labels(image, probs, max_labels=None)]
+    with CRFPool(0) as pool:
+        np.testing.assert_array_equal(pool.submit(image, probs, ids).result(), want)
+        # Reduced inside the pool when given more planes than max_labels.
+        pool.max_labels = 2
+        got = pool.submit(image, probs, ids).result()
+        assert set(np.unique(got)) <= set(ids.tolist())
+
+
+def test_more_than_256_segments_give_16_bit_maps(rng, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(Backbone(tiny_backbone_config()), HeadConfig(kind="mlp", k=300))
+    seg = segeig.Segmenter(model, device="cpu")
+    Image.fromarray(random_image(rng, 40, 50)).save(tmp_path / "x.png")
+    files, _ = expand_inputs([tmp_path / "x.png"])
+    segment_files(seg, files, tmp_path / "out", SegmentOptions(method="eigen", overlay=True))
+    path = tmp_path / "out" / "labels" / "x.png"
+    with Image.open(path) as img:
+        assert img.mode == "I;16"
+    labels = read_segments(path)
+    np.testing.assert_array_equal(labels, seg.predict(read_image(tmp_path / "x.png"), "eigen"))

@@ -1,4 +1,4 @@
-"""The k-means pass after training: centroids for ``eigen+kmeans`` and ``kmeans``.
+"""The k-means pass after training: centroids for ``eigen+kmeans``, ``kmeans`` and ``spectral``.
 
 One pass over the training images (deterministic views: short side → crop,
 centre crop) collects per-patch features — the head's hidden features for
@@ -9,6 +9,11 @@ the training device. The reservoir bounds memory at ``kmeans_tokens × D``
 whatever the dataset size (ADE20K: 20k images × 1024 patches = 20M tokens →
 262k kept by default, ≥ 500 per centroid), and a uniform sample of that size
 estimates the centroids of the full token set well.
+
+The ``spectral`` baseline samples segments rather than patches: each view is
+cut into per-image spectral segments (exact eigenvectors of its own kernel,
+:func:`segeig.spectral.segment_features`, settings from ``model.spectral``)
+and the mean final backbone feature of each segment joins its reservoir.
 
 With several processes each rank samples its shard of the images into a
 reservoir of ``kmeans_tokens / world_size``; rank 0 gathers them and fits.
@@ -27,16 +32,29 @@ from segeig.data import SegDataset
 from segeig.distributed import DistContext
 from segeig.model import SegEigModel
 from segeig.precision import autocast
+from segeig.spectral import segment_features
 from segeig.train_data import CenterViews
 
 logger = logging.getLogger(__name__)
 
 
-def centroid_methods(model: SegEigModel, baseline: bool) -> list[str]:
-    """Which centroid sets the pass fits for ``model``."""
-    if model.head is None:
-        return ["kmeans"]
-    return ["eigen+kmeans", "kmeans"] if baseline else ["eigen+kmeans"]
+def centroid_methods(model: SegEigModel, baseline: bool, spectral: bool = False,
+                     method: str | None = None) -> list[str]:
+    """Which centroid sets the pass fits.
+
+    Args:
+        model: the model (``eigen+kmeans`` needs its head).
+        baseline: also fit ``kmeans`` (always fitted for ``method="kmeans"``).
+        spectral: also fit ``spectral`` (always fitted for ``method="spectral"``).
+        method: the training method; default ``eigen`` with a head, else ``kmeans``.
+    """
+    method = method or ("eigen" if model.head is not None else "kmeans")
+    out = ["eigen+kmeans"] if method == "eigen" and model.head is not None else []
+    if baseline or method == "kmeans":
+        out.append("kmeans")
+    if spectral or method == "spectral":
+        out.append("spectral")
+    return out
 
 
 def _gather_tokens(tokens: torch.Tensor, dist: DistContext, device: torch.device) -> torch.Tensor:
@@ -78,7 +96,8 @@ def fit_centroids(
         k: centroids per method.
         crop: side of the centre views (pixels).
         max_tokens: reservoir capacity per method (over all ranks).
-        methods: subset of ``["eigen+kmeans", "kmeans"]``.
+        methods: subset of ``["eigen+kmeans", "kmeans", "spectral"]``
+            (``spectral`` uses ``model.spectral`` and samples segments, not patches).
         max_images: visit only the first this many images (``None``: all).
         autocast_dtype: run backbone and head under autocast with this dtype.
         progress: ``progress(batch, total_batches, {"phase": "kmeans"})``.
@@ -95,7 +114,7 @@ def fit_centroids(
     loader = DataLoader(views, batch_size=batch_size, num_workers=workers,
                         pin_memory=device.type == "cuda")
     dims = {"eigen+kmeans": model.head.hidden_dim if model.head is not None else 0,
-            "kmeans": model.backbone.embed_dim}
+            "kmeans": model.backbone.embed_dim, "spectral": model.backbone.embed_dim}
     capacity = max(1, max_tokens // dist.world_size)
     reservoirs = {m: TokenReservoir(capacity, dims[m], seed=seed + 7919 * dist.rank)
                   for m in methods}
@@ -109,6 +128,10 @@ def fit_centroids(
             reservoirs["eigen+kmeans"].add(hidden.float().permute(0, 2, 3, 1).flatten(0, 2))
         if "kmeans" in methods:
             reservoirs["kmeans"].add(features.layers[2].permute(0, 2, 3, 1).flatten(0, 2))
+        if "spectral" in methods:
+            reservoirs["spectral"].add(segment_features(
+                features.kernel.float(), features.layers[2].float(), images,
+                *model.spectral, seed=seed))
         if progress is not None and dist.is_main:
             progress(i + 1, len(loader), {"phase": "kmeans"})
     out: dict[str, torch.Tensor] = {}
@@ -117,9 +140,11 @@ def fit_centroids(
         if not dist.is_main:
             continue
         if len(tokens) < k:
+            unit = "segments" if method == "spectral" else "patches"
+            hint = ", raise --spectral-segments" if method == "spectral" else ""
             raise ValueError(
-                f"the k-means pass for {method!r} saw only {len(tokens)} patches in {n} images, "
-                f"fewer than the {k} centroids requested; lower --kmeans-k or add images"
+                f"the k-means pass for {method!r} saw only {len(tokens)} {unit} in {n} images, "
+                f"fewer than the {k} centroids requested; lower --kmeans-k{hint} or add images"
             )
         logger.info("fitting %d %s centroids on %d of %d tokens", k, method, len(tokens),
                     reservoir.seen * dist.world_size)

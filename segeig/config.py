@@ -91,6 +91,25 @@ class KernelConfig:
 
 
 @dataclass
+class SpectralConfig:
+    """Per-image spectral clustering settings.
+
+    Attributes:
+        n_eigenvectors: top eigenvectors of each image's kernel used as the
+            embedding (the first, ∝ √degree, is kept: rows are normalised).
+        segments_per_image: k-means clusters of the embedding rows per image.
+        k_feat: feature-graph neighbours within one image (the training
+            kernel's 256 is over a batch of 16 images).
+        kmeans_iters: Lloyd iterations for the per-image clustering.
+    """
+
+    n_eigenvectors: int = 8
+    segments_per_image: int = 8
+    k_feat: int = 64
+    kmeans_iters: int = 20
+
+
+@dataclass
 class ObjectiveConfig:
     """NeuralEF objective.
 

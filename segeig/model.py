@@ -137,8 +137,11 @@ class SegEigModel(nn.Module):
             scores = centroid_score_maps(features.layers[2], self.centroids(method))
             return ModelOutput(scores / CENTROID_TEMPERATURE, None, features)
         if method == "spectral":
-            scores = spectral_scores(features.kernel, features.layers[2], images,
-                                     self.centroids(method), *self.spectral)
+            # Exact eigenvectors in float32 even under autocast (bf16 similarities
+            # would reorder near-tied neighbours and eigenvectors).
+            with torch.autocast(images.device.type, enabled=False):
+                scores = spectral_scores(features.kernel.float(), features.layers[2].float(),
+                                         images.float(), self.centroids(method), *self.spectral)
             return ModelOutput(scores / CENTROID_TEMPERATURE, None, features)
         logits, hidden = self.head(features.stacked)
         if method == "eigen":

@@ -19,8 +19,8 @@ Ng–Jordan–Weiss style: row-normalised eigenvector embeddings, k-means.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 import numpy as np
 import scipy.sparse
@@ -29,32 +29,18 @@ import torch
 import torch.nn.functional as F
 
 from segeig.cluster import fit_kmeans
-from segeig.config import KernelConfig
-from segeig.kernel import build_kernel
+from segeig.config import KernelConfig, SpectralConfig
+from segeig.kernel import (
+    build_kernel,
+    feature_knn_graph,
+    pixel_knn_graph,
+    symmetric_normalize,
+)
 
 logger = logging.getLogger(__name__)
 
 #: Graphs up to this many nodes use a dense eigensolver (faster, exact).
 DENSE_LIMIT = 256
-
-
-@dataclass
-class SpectralConfig:
-    """Per-image spectral clustering settings.
-
-    Attributes:
-        n_eigenvectors: top eigenvectors of each image's kernel used as the
-            embedding (the first, ∝ √degree, is kept: rows are normalised).
-        segments_per_image: k-means clusters of the embedding rows per image.
-        k_feat: feature-graph neighbours within one image (the training
-            kernel's 256 is over a batch of 16 images).
-        kmeans_iters: Lloyd iterations for the per-image clustering.
-    """
-
-    n_eigenvectors: int = 8
-    segments_per_image: int = 8
-    k_feat: int = 64
-    kmeans_iters: int = 20
 
 
 def to_scipy(kernel: torch.Tensor) -> scipy.sparse.csr_matrix:
@@ -90,6 +76,24 @@ def top_eigenvectors(kernel: torch.Tensor, n: int, seed: int = 0) -> tuple[np.nd
     return values[order], vectors[:, order]
 
 
+def embedding_scores(vectors: np.ndarray, n_clusters: int, iters: int = 20,
+                     seed: int = 0) -> torch.Tensor:
+    """Ng–Jordan–Weiss clustering of eigenvector rows, as soft scores.
+
+    Args:
+        vectors: ``N×n`` eigenvector embedding.
+        n_clusters: number of clusters S (clipped to N).
+
+    Returns:
+        ``N×S`` float32 cosine similarities in [-1, 1] of each row-normalised
+        row to the spherical k-means centroids; the argmax is the cluster.
+    """
+    rows = torch.from_numpy(np.ascontiguousarray(vectors)).float()
+    n_clusters = min(n_clusters, rows.shape[0])
+    centroids = fit_kmeans(rows, n_clusters, iters=iters, seed=seed)
+    return F.normalize(rows, dim=1) @ centroids.T
+
+
 def cluster_embedding(vectors: np.ndarray, n_clusters: int, iters: int = 20,
                       seed: int = 0) -> np.ndarray:
     """Ng–Jordan–Weiss clustering of eigenvector rows.
@@ -101,10 +105,7 @@ def cluster_embedding(vectors: np.ndarray, n_clusters: int, iters: int = 20,
     Returns:
         ``N`` int64 cluster ids in ``[0, n_clusters)``.
     """
-    rows = torch.from_numpy(np.ascontiguousarray(vectors)).float()
-    n_clusters = min(n_clusters, rows.shape[0])
-    centroids = fit_kmeans(rows, n_clusters, iters=iters, seed=seed)
-    return (F.normalize(rows, dim=1) @ centroids.T).argmax(1).numpy()
+    return embedding_scores(vectors, n_clusters, iters, seed).argmax(1).numpy()
 
 
 def spectral_clustering(kernel: torch.Tensor, n_clusters: int, n_eigenvectors: int | None = None,
@@ -195,6 +196,33 @@ def spectral_scores(
     return torch.stack(out)
 
 
+def segment_features(
+    kernel_features: torch.Tensor,
+    final_features: torch.Tensor,
+    images: torch.Tensor,
+    kernel_config: KernelConfig,
+    config: SpectralConfig,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Mean final feature of every per-image spectral segment of a batch.
+
+    What the ``spectral`` centroids are fitted on (one row per segment).
+
+    Args:
+        kernel_features: ``B×Dk×h×w``; final_features: ``B×D×h×w``;
+        images: ``B×3×H×W`` in [0, 1].
+
+    Returns:
+        ``S'×D`` float32 on ``final_features.device``, S' ≤ B·segments_per_image.
+    """
+    rows = []
+    for i in range(final_features.shape[0]):
+        segments = image_segments(kernel_features[i : i + 1].float(), images[i : i + 1].float(),
+                                  kernel_config, config, seed)
+        rows.append(segment_means(final_features[i], segments)[0])
+    return torch.cat(rows)
+
+
 def fit_spectral_centroids(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
     n_centroids: int,
@@ -213,12 +241,9 @@ def fit_spectral_centroids(
     Returns:
         ``K×D`` float32 unit-norm centroids.
     """
-    collected = []
-    for kernel_features, final_features, images in batches:
-        for i in range(final_features.shape[0]):
-            segments = image_segments(kernel_features[i : i + 1], images[i : i + 1],
-                                      kernel_config, config, seed)
-            collected.append(segment_means(final_features[i], segments)[0].cpu())
+    collected = [segment_features(kernel_features, final_features, images, kernel_config,
+                                  config, seed).cpu()
+                 for kernel_features, final_features, images in batches]
     if not collected:
         raise ValueError("no images to fit spectral centroids on")
     features = torch.cat(collected)
@@ -257,3 +282,95 @@ def dataset_spectral_clustering(
     kernel = build_kernel(kernel_features, images, kernel_config)
     labels, values = spectral_clustering(kernel, n_clusters, n_eigenvectors, seed=seed)
     return labels.reshape(b, h, w), values
+
+
+def set_kernel(
+    features: Sequence[torch.Tensor],
+    images: Sequence[torch.Tensor] | None,
+    config: KernelConfig,
+) -> torch.Tensor:
+    """The training kernel over a set of images of any sizes, as one batch.
+
+    Equal to :func:`segeig.kernel.build_kernel` on the stacked set when all
+    grids are the same size; here each image may have its own grid.
+
+    Args:
+        features: ``D×h_i×w_i`` kernel features per image.
+        images: ``3×H_i×W_i`` float RGB in [0, 1] per image (any size: each is
+            resampled to its grid for the pixel graph), or ``None``.
+        config: graph settings.
+
+    Returns:
+        Coalesced sparse ``N×N`` float32, N = Σ h_i·w_i, image-major then
+        row-major over each grid.
+    """
+    flat = torch.cat([f.reshape(f.shape[0], -1).T.float() for f in features])
+    n = flat.shape[0]
+    kernel = symmetric_normalize(feature_knn_graph(flat, config.k_feat, config.chunk_size))
+    if images is None or config.alpha <= 0 or not config.pixel_passes:
+        return kernel
+    parts, offset = [], 0
+    for feature, image in zip(features, images, strict=True):
+        grid = tuple(feature.shape[-2:])
+        graph = pixel_knn_graph(image[None].float(), grid, config.pixel_passes,
+                                config.chunk_size)
+        parts.append(graph.indices() + offset)
+        offset += grid[0] * grid[1]
+    indices = torch.cat(parts, dim=1)
+    pixel = torch.sparse_coo_tensor(indices, torch.ones(indices.shape[1], device=indices.device),
+                                    (n, n)).coalesce()
+    return (kernel + symmetric_normalize(pixel) * config.alpha).coalesce()
+
+
+def spectral_cluster_set(
+    features: Sequence[torch.Tensor],
+    images: Sequence[torch.Tensor] | None,
+    kernel_config: KernelConfig,
+    n_clusters: int,
+    n_eigenvectors: int | None = None,
+    seed: int = 0,
+) -> tuple[list[torch.Tensor], np.ndarray]:
+    """:func:`dataset_spectral_clustering` for images of different sizes, with scores.
+
+    Args:
+        features: ``D×h_i×w_i`` kernel features per image.
+        images: ``3×H_i×W_i`` in [0, 1] per image, or ``None``.
+        n_clusters: clusters S of the eigenvector rows.
+        n_eigenvectors: embedding size (default ``n_clusters``).
+
+    Returns:
+        ``(scores, eigenvalues)``: one ``S×h_i×w_i`` float32 CPU tensor per
+        image (cosine similarity of the patch's embedding to each cluster
+        centre; the argmax over S is its cluster) and the eigenvalues,
+        descending.
+    """
+    kernel = set_kernel(features, images, kernel_config)
+    values, vectors = top_eigenvectors(kernel, n_eigenvectors or n_clusters, seed)
+    scores = embedding_scores(vectors, n_clusters, seed=seed)
+    out, offset = [], 0
+    for feature in features:
+        h, w = feature.shape[-2:]
+        out.append(scores[offset : offset + h * w].T.reshape(-1, h, w).contiguous())
+        offset += h * w
+    return out, values
+
+
+#: Bytes per (token × feature neighbour) at the peak of an exact decomposition
+#: (kernel build with its coalesced copies, float64 CSR copy, Lanczos), measured
+#: on CPU with ``scripts/benchmark.py``: 190–225 between 8k and 33k tokens at
+#: k_feat = 256 (docs/benchmarks.md).
+EXACT_BYTES_PER_EDGE = 225
+#: Bytes per token besides the feature edges (pixel graph, eigenvectors, labels).
+EXACT_BYTES_PER_TOKEN = 2048
+
+
+def exact_spectral_bytes(n_tokens: int, k_feat: int, chunk_size: int = 1024) -> int:
+    """Estimated peak extra memory (bytes) of an exact decomposition over ``n_tokens`` patches.
+
+    Sparse edges dominate (``n·k_feat`` feature edges stored both ways, their
+    coalesced copies, the float64 CSR matrix); the similarity chunk adds
+    ``chunk_size·n`` float32. A dense ``eigh`` would need ``8·n²`` bytes instead.
+    """
+    k = min(k_feat, max(n_tokens - 1, 1))
+    return (EXACT_BYTES_PER_EDGE * k + 4 * min(chunk_size, n_tokens)
+            + EXACT_BYTES_PER_TOKEN) * n_tokens

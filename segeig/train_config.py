@@ -34,9 +34,16 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from segeig.config import BackboneConfig, HeadConfig, KernelConfig, ObjectiveConfig, from_dict
+from segeig.config import (
+    BackboneConfig,
+    HeadConfig,
+    KernelConfig,
+    ObjectiveConfig,
+    SpectralConfig,
+    from_dict,
+)
 
-TrainMethod = Literal["eigen", "kmeans"]
+TrainMethod = Literal["eigen", "kmeans", "spectral"]
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
 
 DATASET_NAMES = ("ade20k", "pascal_context", "cityscapes", "custom", "folder")
@@ -53,8 +60,13 @@ class TrainConfig:
         split: split to train on (labels are never read).
         method: ``"eigen"`` trains the head and then fits ``eigen+kmeans``
             centroids on its hidden features; ``"kmeans"`` trains nothing and
-            fits the baseline centroids on raw final backbone features.
+            fits the baseline centroids on raw final backbone features;
+            ``"spectral"`` trains nothing and fits the classic baseline's
+            centroids: k-means over the mean final features of per-image
+            exact spectral segments (:mod:`segeig.spectral`).
         backbone, head, kernel, objective: model and loss settings.
+        spectral: per-image spectral clustering of the ``spectral`` method
+            (its per-image kernel is ``kernel`` with ``spectral.k_feat``).
         epochs: passes over the data; ignored when ``steps`` is set.
         steps: total optimisation steps (overrides ``epochs``; the last epoch
             is then cut short).
@@ -86,6 +98,8 @@ class TrainConfig:
         baseline_centroids: with ``method="eigen"``, also fit the ``kmeans``
             baseline centroids in the same pass, so one checkpoint runs all
             three methods.
+        spectral_centroids: also fit the ``spectral`` baseline's centroids
+            (with ``method="eigen"`` or ``"kmeans"``).
         cache_images: keep decoded (pre-resized) images in memory; for small
             sets of large photos.
     """
@@ -98,6 +112,7 @@ class TrainConfig:
     head: HeadConfig = field(default_factory=HeadConfig)
     kernel: KernelConfig = field(default_factory=KernelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    spectral: SpectralConfig = field(default_factory=SpectralConfig)
     epochs: int = 20
     steps: int | None = None
     batch_size: int = 16
@@ -121,13 +136,17 @@ class TrainConfig:
     kmeans_iters: int = 30
     kmeans_images: int | None = None
     baseline_centroids: bool = False
+    spectral_centroids: bool = False
     cache_images: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first nonsensical setting."""
         checks = [
-            (self.method in ("eigen", "kmeans"),
-             f"method must be eigen|kmeans, not {self.method!r}"),
+            (self.method in ("eigen", "kmeans", "spectral"),
+             f"method must be eigen|kmeans|spectral, not {self.method!r}"),
+            (min(self.spectral.segments_per_image, self.spectral.n_eigenvectors,
+                 self.spectral.k_feat, self.spectral.kmeans_iters) >= 1,
+             f"spectral settings must all be ≥ 1, got {self.spectral}"),
             (self.epochs >= 1, f"epochs must be ≥ 1, got {self.epochs}"),
             (self.steps is None or self.steps >= 1, f"steps must be ≥ 1, got {self.steps}"),
             (self.batch_size >= 1, f"batch size must be ≥ 1, got {self.batch_size}"),
@@ -172,8 +191,9 @@ def apply_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
     Args:
         config: the base configuration.
         overrides: any :class:`TrainConfig` field, plus the shortcuts ``k``
-            (head K), ``head_kind`` and ``backbone_name``, ``backbone_weights``,
-            ``backbone_arch_overrides``, ``backbone_kernel_features``. ``None``
+            (head K), ``head_kind``, ``backbone_name``, ``backbone_weights``,
+            ``backbone_arch_overrides``, ``backbone_kernel_features``,
+            ``spectral_segments`` and ``spectral_eigenvectors``. ``None``
             values are ignored, so CLI flags can be passed as they are (use
             ``resize_short=0`` for "no pre-resize").
 
@@ -190,13 +210,18 @@ def apply_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
     for name in ("name", "weights", "arch_overrides", "kernel_features"):
         if f"backbone_{name}" in given:
             backbone = replace(backbone, **{name: given.pop(f"backbone_{name}")})
+    spectral = given.pop("spectral", config.spectral)
+    for short, name in (("spectral_segments", "segments_per_image"),
+                        ("spectral_eigenvectors", "n_eigenvectors")):
+        if short in given:
+            spectral = replace(spectral, **{name: int(given.pop(short))})
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     unknown = sorted(set(given) - names)
     if unknown:
         raise ValueError(f"unknown training settings {unknown}")
     if "scale" in given:
         given["scale"] = tuple(float(v) for v in given["scale"])
-    out = replace(config, head=head, backbone=backbone, **given)
+    out = replace(config, head=head, backbone=backbone, spectral=spectral, **given)
     out.validate()
     return out
 
@@ -230,7 +255,7 @@ def config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """Inverse of :func:`config_to_dict`; unknown keys raise ``ValueError``."""
     data = dict(data)
     nested = {"backbone": BackboneConfig, "head": HeadConfig, "kernel": KernelConfig,
-              "objective": ObjectiveConfig}
+              "objective": ObjectiveConfig, "spectral": SpectralConfig}
     for name, cls in nested.items():
         if name in data:
             data[name] = from_dict(cls, data[name])

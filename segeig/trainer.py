@@ -131,6 +131,7 @@ class Trainer:
             torch.manual_seed(config.seed)
             backbone = Backbone(config.backbone)
             self.model: SegEigModel = build_model(backbone, head_config).to(self.device)
+        self.model.spectral = (config.kernel, config.spectral)
         self.spe = steps_per_epoch(len(self.dataset), config.batch_size, self.dist.world_size)
         self.total = config.steps or config.epochs * self.spe
         self.progress = self.state.progress if self.state else Progress()
@@ -317,7 +318,8 @@ class Trainer:
         if self.model.head is not None and p.phase == "train":
             self._train()
         self.model.eval()
-        methods = centroid_methods(self.model, c.baseline_centroids)
+        methods = centroid_methods(self.model, c.baseline_centroids, c.spectral_centroids,
+                                   c.method)
         centroids = fit_centroids(
             self.model, self.dataset, k=p.kmeans_k, crop=c.crop, batch_size=c.batch_size,
             max_tokens=c.kmeans_tokens, iters=c.kmeans_iters, seed=c.seed, device=self.device,

@@ -28,8 +28,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--protocol", choices=PROTOCOL_NAMES, default=None,
                         help="default: stego for pascal_context/cityscapes, full for ade20k, "
                              "native for custom")
-    parser.add_argument("--method", choices=("eigen", "eigen+kmeans", "kmeans"), default=None,
-                        help="default: the checkpoint's default (eigen, or kmeans without a head)")
+    parser.add_argument("--method", default=None,
+                        choices=("eigen", "eigen+kmeans", "kmeans", "spectral",
+                                 "spectral-dataset"),
+                        help="default: the checkpoint's default (eigen, or its baseline without "
+                             "a head). spectral-dataset: exact spectral clustering of all "
+                             "evaluated images as one graph (any checkpoint; small sets only)")
     parser.add_argument("--match", choices=("hungarian", "majority"), default="hungarian")
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
                         help="also score CRF-refined predictions (default: on)")
@@ -54,6 +58,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads. Default on CPU: the CPUs not running CRF "
                              "workers (oversubscribed cores slow everything down)")
+    spectral = parser.add_argument_group("spectral-dataset")
+    spectral.add_argument("--clusters", type=int, default=None, metavar="S",
+                          help="clusters of the exact decomposition (default: the classes)")
+    spectral.add_argument("--max-tokens", type=int, default=None, metavar="N",
+                          help="refuse sets with more patches than this (default 200000, "
+                               "~10 GiB)")
     parser.add_argument("--crf-max-labels", type=int, default=32,
                         help="segments per image given to the CRF (default 32)")
     parser.set_defaults(func=run)
@@ -68,9 +78,10 @@ def run(args: argparse.Namespace) -> int:
     from segeig.protocols import load_eval_dataset, resolve_protocol
     from segeig.report import format_table, write_json, write_report
 
-    for name in ("max_images", "examples", "batch_size", "workers", "crf_workers", "threads"):
+    for name in ("max_images", "examples", "batch_size", "workers", "crf_workers", "threads",
+                 "clusters", "max_tokens"):
         value = getattr(args, name)
-        minimum = 1 if name in ("max_images", "batch_size", "threads") else 0
+        minimum = 0 if name in ("examples", "workers", "crf_workers") else 1
         if value is not None and value < minimum:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}")
     if args.crf_max_labels < 1:
@@ -96,10 +107,22 @@ def run(args: argparse.Namespace) -> int:
         return tqdm(iterable, total=total, desc="evaluate", unit="img", file=sys.stderr,
                     dynamic_ncols=True)
 
-    result = evaluate(segmenter, dataset, protocol, method=args.method, match=args.match,
-                      crf=args.crf, max_images=args.max_images, progress=progress,
-                      crf_workers=crf_workers, batch_size=batch_size, loader_workers=workers,
-                      n_examples=args.examples, crf_max_labels=args.crf_max_labels)
+    common = dict(match=args.match, crf=args.crf, max_images=args.max_images,
+                  progress=progress, crf_workers=crf_workers, loader_workers=workers,
+                  n_examples=args.examples, crf_max_labels=args.crf_max_labels)
+    if args.method == "spectral-dataset":
+        from segeig.spectral_eval import DEFAULT_MAX_TOKENS, evaluate_spectral_dataset
+
+        result = evaluate_spectral_dataset(segmenter, dataset, protocol,
+                                           n_clusters=args.clusters,
+                                           max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
+                                           **common)
+    else:
+        if args.clusters is not None or args.max_tokens is not None:
+            raise ValueError("--clusters and --max-tokens apply to --method spectral-dataset "
+                             "only")
+        result = evaluate(segmenter, dataset, protocol, method=args.method,
+                          batch_size=batch_size, **common)
     print(format_table(result))
     meta = {"checkpoint": str(args.checkpoint), "root": str(args.root),
             "device": str(segmenter.device), "torch_threads": torch.get_num_threads(),

@@ -30,8 +30,12 @@ def run(args: argparse.Namespace) -> int:
     if head:
         print(f"head     : {head['kind']}, K={head['k']}, tau_min={head['tau_min']}")
     else:
-        print("head     : none (k-means baseline)")
+        print("head     : none (baseline without a head)")
     print(f"methods  : {', '.join(config['methods'])}")
+    spectral = config.get("spectral")
+    if spectral:
+        print(f"spectral : {spectral['segments_per_image']} segments per image from "
+              f"{spectral['n_eigenvectors']} eigenvectors, k_feat {spectral['k_feat']}")
     training = config.get("training")
     if training:
         print(f"training : {json.dumps(training)}")

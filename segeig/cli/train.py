@@ -1,4 +1,4 @@
-"""``segeig train``: train on a dataset (or fit the k-means baseline).
+"""``segeig train``: train on a dataset (or fit the k-means or spectral baseline).
 
 Single process::
 
@@ -94,9 +94,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N (default auto)")
     add_backbone_arguments(parser)
     model = parser.add_argument_group("model and objective")
-    model.add_argument("--method", choices=("eigen", "kmeans"),
+    model.add_argument("--method", choices=("eigen", "kmeans", "spectral"),
                        help="eigen: train the head (+ eigen+kmeans centroids); kmeans: the "
-                            "baseline on raw backbone features (default eigen)")
+                            "baseline on raw backbone features; spectral: the classic "
+                            "baseline, exact per-image spectral segments labelled by k-means "
+                            "centroids of their features (default eigen)")
     model.add_argument("--head", choices=("transformer", "mlp"), help="head architecture")
     model.add_argument("--k", type=int, help="eigenfunctions K (β is scaled as 0.08·256/K)")
     opt = parser.add_argument_group("optimisation")
@@ -131,6 +133,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     km.add_argument("--kmeans-images", type=int, help="images visited (default all)")
     km.add_argument("--baseline-centroids", action="store_const", const=True,
                     help="also fit the kmeans baseline into the same checkpoint")
+    km.add_argument("--spectral-centroids", action="store_const", const=True,
+                    help="also fit the spectral baseline into the same checkpoint")
+    sp = parser.add_argument_group("spectral baseline (--method spectral or "
+                                   "--spectral-centroids)")
+    sp.add_argument("--spectral-segments", type=int,
+                    help="segments cut from each image (default 8)")
+    sp.add_argument("--spectral-eigenvectors", type=int,
+                    help="eigenvectors of each image's kernel used to cut it (default 8)")
     parser.set_defaults(func=run)
 
 
@@ -140,7 +150,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
              "resize_short", "hflip", "photometric", "lr", "lr_min", "amp", "seed", "workers",
              "min_valid", "global_graph", "log_every", "save_every", "checkpoint_every",
              "kmeans_k", "kmeans_tokens", "kmeans_iters", "kmeans_images",
-             "baseline_centroids")
+             "baseline_centroids", "spectral_centroids", "spectral_segments",
+             "spectral_eigenvectors")
     overrides = {name: getattr(args, name) for name in names}
     overrides["head_kind"] = args.head
     overrides.update(backbone_overrides(args))

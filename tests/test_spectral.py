@@ -2,24 +2,47 @@
 
 from __future__ import annotations
 
+import json
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
+from PIL import Image
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
+from segeig.centroids import centroid_methods
+from segeig.checkpoint import load_model, read_config
+from segeig.cli import main
 from segeig.config import HeadConfig, KernelConfig, ObjectiveConfig
+from segeig.evaluation import evaluate
 from segeig.head import EigenHead, gumbel_probs, tau_at
 from segeig.kernel import build_kernel
+from segeig.model import SegEigModel
 from segeig.objective import neuralef_loss
+from segeig.predictor import Segmenter
+from segeig.protocols import load_eval_dataset, resolve_protocol
 from segeig.spectral import (
     SpectralConfig,
     dataset_spectral_clustering,
+    exact_spectral_bytes,
     fit_spectral_centroids,
     image_segments,
     segment_means,
+    set_kernel,
+    spectral_cluster_set,
     spectral_scores,
     top_eigenvectors,
 )
+from segeig.spectral_eval import (
+    DEFAULT_MAX_TOKENS,
+    SpectralSetTooLargeError,
+    evaluate_spectral_dataset,
+)
+from segeig.synthetic import make_synthetic_dataset
+from segeig.transforms import to_tensor
+from tests.conftest import TINY_ARCH
 
 
 def planted_maps(n_images: int, n_classes: int, grid: int, dim: int, seed: int):
@@ -119,3 +142,184 @@ def test_learned_eigenfunctions_agree_with_exact_dataset_spectral_clustering():
     assert exact_nmi > 0.9
     assert agreement_nmi > 0.8
     assert agreement_ari > 0.7
+
+
+# -- kernels over sets of mixed sizes ---------------------------------------------------------
+
+
+def test_set_kernel_equals_batch_kernel_and_keeps_pixel_edges_within_images():
+    torch.manual_seed(5)
+    feats, images = torch.randn(3, 8, 5, 6), torch.rand(3, 3, 80, 96)
+    config = KernelConfig(k_feat=7)
+    batch = build_kernel(feats, images, config).to_dense()
+    mixed = set_kernel(list(feats), list(images), config).to_dense()
+    torch.testing.assert_close(mixed, batch)
+    # Mixed grids: the pixel part stays block diagonal.
+    sizes = [(4, 4), (3, 5), (6, 2)]
+    feats = [torch.randn(8, h, w) for h, w in sizes]
+    imgs = [torch.rand(3, 16 * h, 16 * w) for h, w in sizes]
+    no_pixel = set_kernel(feats, None, config).to_dense()
+    pixel = set_kernel(feats, imgs, config).to_dense() - no_pixel
+    starts = np.cumsum([0] + [h * w for h, w in sizes])
+    block = torch.zeros_like(pixel, dtype=torch.bool)
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        block[a:b, a:b] = True
+    assert pixel[~block].abs().max() < 1e-6 and pixel[block].max() > 0
+    torch.testing.assert_close(mixed.sum(), mixed.T.sum())
+
+
+def test_cluster_set_scores_match_dataset_clustering():
+    feats, images, truth, _ = planted_maps(20, 3, 6, 16, seed=6)
+    config = KernelConfig(k_feat=16)
+    labels, values = dataset_spectral_clustering(feats, images, config, n_clusters=3)
+    grids, values_set = spectral_cluster_set(list(feats), list(images), config, n_clusters=3)
+    np.testing.assert_allclose(values_set, values)
+    assert all(g.shape == (3, 6, 6) for g in grids)
+    assert (torch.stack(grids).argmax(1).numpy() == labels).all()
+    assert normalized_mutual_info_score(truth.flatten().numpy(), labels.flatten()) > 0.9
+
+
+def test_memory_estimate_grows_with_tokens_and_neighbours():
+    assert exact_spectral_bytes(20_000, 256) > exact_spectral_bytes(10_000, 256) > 0
+    assert exact_spectral_bytes(10_000, 256) > exact_spectral_bytes(10_000, 32)
+    # About 10 GiB for the default limit at the paper's k_feat.
+    assert 8 < exact_spectral_bytes(DEFAULT_MAX_TOKENS, 256) / 2**30 < 16
+
+
+# -- both methods through evaluate, on images with known structure ------------------------------
+
+COLOURS = np.array([[1.0, 0.1, 0.1], [0.1, 1.0, 0.1], [0.1, 0.1, 1.0], [1.0, 1.0, 0.1]])
+
+
+class ColourBackbone(torch.nn.Module):
+    """Stand-in backbone whose patch features are the patch's mean colour (centred):
+    the classes of :func:`write_halves` are then separable by construction."""
+
+    patch_size, embed_dim = 16, 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(1))  # SegEigModel reads the device
+
+    def forward(self, images):
+        pooled = F.avg_pool2d(images, 16, ceil_mode=True) - 0.5
+        return SimpleNamespace(kernel=pooled, layers=(pooled, pooled, pooled), stacked=pooled)
+
+
+def write_halves(root, n: int, seed: int):
+    """Custom-layout set: each 64×96 image is two classes split at a patch boundary."""
+    rng = np.random.default_rng(seed)
+    for split in ("images/val", "annotations/val"):
+        (root / split).mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("red\ngreen\nblue\nyellow\n")
+    for i in range(n):
+        a, b = rng.choice(4, 2, replace=False)
+        label = np.full((64, 96), a, np.uint8)
+        label[:, 16 * int(rng.integers(1, 6)):] = b
+        image = COLOURS[label] * 255 + rng.normal(0, 10, (64, 96, 3))
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(
+            root / "images/val" / f"{i:03d}.png")
+        Image.fromarray(label).save(root / "annotations/val" / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture
+def halves(tmp_path):
+    root = write_halves(tmp_path / "halves", 12, seed=7)
+    return root, load_eval_dataset(resolve_protocol(None, "custom"), root, "val")
+
+
+def test_spectral_method_recovers_known_classes_through_evaluate(halves):
+    root, dataset = halves
+    model = SegEigModel(ColourBackbone())
+    config = SpectralConfig(n_eigenvectors=2, segments_per_image=2, k_feat=8)
+    model.spectral = (KernelConfig(), config)
+    images = torch.stack([to_tensor(dataset.load(i).image) for i in range(len(dataset))])
+    pooled = model.backbone(images).kernel
+    model.set_centroids("spectral", fit_spectral_centroids([(pooled, pooled, images)], 4,
+                                                           KernelConfig(), config))
+    result = evaluate(Segmenter(model, device="cpu"), dataset, method="spectral", crf=False)
+    assert result.method == "spectral" and result.n_segments == 4
+    assert result.scores.miou > 95
+
+
+def test_spectral_dataset_recovers_known_classes(halves):
+    root, dataset = halves
+    segmenter = Segmenter(SegEigModel(ColourBackbone()), device="cpu")
+    result = evaluate_spectral_dataset(segmenter, dataset, crf=True,
+                                       kernel_config=KernelConfig(k_feat=16))
+    assert result.method == "spectral-dataset" and result.n_segments == 4
+    assert result.scores.miou > 95 and result.scores_crf.miou > 90
+    assert result.timing["spectral"] > 0
+    # Over-clustering with majority matching also works; too few clusters for Hungarian not.
+    assert evaluate_spectral_dataset(segmenter, dataset, n_clusters=6, match="majority",
+                                     crf=False, kernel_config=KernelConfig(k_feat=16)
+                                     ).scores.miou > 90
+    with pytest.raises(ValueError, match="at least 4 clusters"):
+        evaluate_spectral_dataset(segmenter, dataset, n_clusters=3, crf=False)
+
+
+def test_spectral_dataset_refuses_large_sets(halves):
+    _, dataset = halves
+    segmenter = Segmenter(SegEigModel(ColourBackbone()), device="cpu")
+    with pytest.raises(SpectralSetTooLargeError, match=r"over the limit of 50 .*--max-images"):
+        evaluate_spectral_dataset(segmenter, dataset, max_tokens=50, crf=False)
+
+
+# -- the command line: train, info, evaluate and segment with spectral methods ---------------
+
+
+def test_spectral_from_the_command_line(tmp_path, capsys):
+    root = make_synthetic_dataset(tmp_path / "synth", n_train=6, n_val=3, size=64, n_classes=3)
+    arch = [f"--backbone-arch={k}={v}" for k, v in TINY_ARCH.items()]
+    common = ["--dataset", "custom", "--root", str(root), "--backbone-weights", "random", *arch,
+              "--crop", "64", "--workers", "0", "--device", "cpu", "--kmeans-k", "4"]
+    out = tmp_path / "sp"
+    assert main(["train", *common, "--out", str(out), "--method", "spectral",
+                 "--spectral-segments", "3", "--spectral-eigenvectors", "2"]) == 0
+    config = read_config(out)
+    assert config["methods"] == ["spectral"] and config["head"] is None
+    assert config["spectral"]["segments_per_image"] == 3
+    assert config["spectral"]["n_eigenvectors"] == 2
+    assert config["spectral"]["kernel"]["k_feat"] == 256  # the training kernel, k_feat per image
+    assert main(["info", str(out)]) == 0
+    assert "3 segments per image from 2 eigenvectors" in capsys.readouterr().out
+    model, _ = load_model(out)
+    assert model.spectral[1] == SpectralConfig(n_eigenvectors=2, segments_per_image=3)
+    assert model.centroids("spectral").shape == (4, TINY_ARCH["embed_dim"])
+
+    evaluated = {}
+    for method in ("spectral", "spectral-dataset"):
+        path = tmp_path / f"{method}.json"
+        assert main(["evaluate", "--checkpoint", str(out), "--dataset", "custom", "--root",
+                     str(root), "--method", method, "--no-crf", "--device", "cpu",
+                     "--json", str(path), "--match", "majority"]) == 0
+        evaluated[method] = json.loads(path.read_text())
+    assert evaluated["spectral"]["n_segments"] == 4
+    assert evaluated["spectral-dataset"]["n_segments"] == 3  # the classes, by default
+    assert all(r["n_images"] == 3 and r["method"] == m for m, r in evaluated.items())
+    assert main(["evaluate", "--checkpoint", str(out), "--dataset", "custom", "--root",
+                 str(root), "--method", "spectral", "--clusters", "5"]) == 2
+    assert "spectral-dataset only" in capsys.readouterr().err
+
+    seg = tmp_path / "seg"
+    assert main(["segment", str(root / "images" / "val"), "--checkpoint", str(out), "--method",
+                 "spectral", "--out", str(seg), "--workers", "0", "--device", "cpu"]) == 0
+    labels = sorted((seg / "labels").glob("*.png"))
+    assert len(labels) == 3
+    assert np.asarray(Image.open(labels[0])).max() < 4
+
+    # Added beside a trained head (and the kmeans baseline): one checkpoint, four methods.
+    both = tmp_path / "both"
+    assert main(["train", *common, "--out", str(both), "--k", "6", "--steps", "2",
+                 "--batch-size", "2", "--baseline-centroids", "--spectral-centroids"]) == 0
+    assert read_config(both)["methods"] == ["eigen", "eigen+kmeans", "kmeans", "spectral"]
+
+
+def test_centroid_methods_per_training_method(tiny_model):
+    assert centroid_methods(tiny_model, False) == ["eigen+kmeans"]
+    assert centroid_methods(tiny_model, True, True) == ["eigen+kmeans", "kmeans", "spectral"]
+    headless = SegEigModel(tiny_model.backbone)
+    assert centroid_methods(headless, False) == ["kmeans"]
+    assert centroid_methods(headless, False, method="spectral") == ["spectral"]
+    assert centroid_methods(headless, True, method="spectral") == ["kmeans", "spectral"]

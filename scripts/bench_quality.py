@@ -1,0 +1,138 @@
+"""Quality half of ``scripts/benchmark.py``: both heads trained briefly on a synthetic
+custom set, every method scored on its validation split.
+
+A proxy: the synthetic classes are colour/texture families and the backbone is
+a randomly initialised ViT (the only one available offline), so the numbers
+rank the heads and methods on *this* data, not on a real benchmark with DINO.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+from segeig.centroids import fit_centroids
+from segeig.config import BackboneConfig, KernelConfig
+from segeig.data import build_dataset
+from segeig.evaluation import evaluate
+from segeig.predictor import Segmenter, load
+from segeig.protocols import load_eval_dataset, resolve_protocol
+from segeig.spectral import spectral_cluster_set
+from segeig.spectral_eval import evaluate_spectral_dataset, kernel_config_of
+from segeig.synthetic import make_synthetic_dataset
+from segeig.train_config import default_config
+from segeig.training import train
+from segeig.transforms import to_tensor
+
+logger = logging.getLogger(__name__)
+
+HEADS = ("mlp", "transformer")
+
+
+@dataclass
+class QualitySettings:
+    """What the quality section trains and scores (see ``benchmark.py --help``)."""
+
+    n_train: int = 48
+    n_val: int = 16
+    size: int = 128
+    classes: int = 6
+    k: int = 24
+    steps: int = 150
+    batch: int = 8
+    k_feat: int = 32
+    seed: int = 0
+
+
+@dataclass
+class QualityResult:
+    """mIoU (in [0, 100]) per (head or "-", method, matching); CRF variants under "+crf"."""
+
+    miou: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    agreement: dict[str, tuple[float, float]] = field(default_factory=dict)  # head → (NMI, ARI)
+    train_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _patch_labels_eigen(segmenter: Segmenter, images: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate([segmenter.forward(to_tensor(im)[None], "eigen").scores.argmax(1)
+                           .flatten().cpu().numpy() for im in images])
+
+
+def _patch_labels_exact(segmenter: Segmenter, images: list[np.ndarray], n_clusters: int,
+                        kernel: KernelConfig) -> np.ndarray:
+    features, smalls = [], []
+    with torch.no_grad():
+        for image in images:
+            x = to_tensor(image)[None].to(segmenter.device)
+            f = segmenter.model.backbone(x).kernel.float()[0].cpu()
+            features.append(f)
+            smalls.append(F.interpolate(x.float(), size=f.shape[-2:], mode="bilinear",
+                                        align_corners=False)[0].cpu())
+    grids, _ = spectral_cluster_set(features, smalls, kernel, n_clusters)
+    return np.concatenate([g.argmax(0).flatten().numpy() for g in grids])
+
+
+def run_quality(settings: QualitySettings, backbone: BackboneConfig, workdir: Path,
+                device: torch.device, heads: tuple[str, ...] = HEADS) -> QualityResult:
+    """Train each head, fit centroids at S = classes and S = K, score everything."""
+    s = settings
+    root = make_synthetic_dataset(workdir / "synth", s.n_train, s.n_val, s.size, s.classes,
+                                  seed=s.seed)
+    protocol = resolve_protocol("native", "custom")
+    val = load_eval_dataset(protocol, root, "val")
+    train_set = build_dataset("custom", root, "train", with_labels=False)
+    val_images = [val.load(i).image for i in range(len(val))]
+    out = QualityResult()
+    for index, head in enumerate(heads):
+        first = index == 0  # the head-free baselines are fitted once, with the first head
+        config = default_config(
+            "custom", root, backbone=backbone, head_kind=head, k=s.k, steps=s.steps,
+            batch_size=s.batch, crop=s.size, resize_short=s.size, scale=(1.0, 1.5),
+            kmeans_k=s.classes, workers=0, checkpoint_every=0, log_every=max(1, s.steps),
+            kernel=KernelConfig(k_feat=s.k_feat), baseline_centroids=first,
+            spectral_centroids=first, seed=s.seed)
+        start = time.perf_counter()
+        checkpoint = train(config, workdir / head, device=str(device), overwrite=True)
+        out.train_seconds[head] = time.perf_counter() - start
+        segmenter = load(checkpoint, device=device)
+        for method in segmenter.methods:
+            key = head if method.startswith("eigen") else "-"
+            if method == "eigen":
+                continue  # K clusters: scored below with majority matching
+            result = evaluate(segmenter, val, protocol, method=method, match="hungarian")
+            out.miou[key, method, "hungarian"] = result.scores.miou
+            out.miou[key, method, "hungarian+crf"] = result.scores_crf.miou
+        # Over-clustering: K segments, many-to-one matching.
+        methods = ["eigen+kmeans"] + (["kmeans", "spectral"] if first else [])
+        centroids = fit_centroids(segmenter.model, train_set, k=s.k, crop=s.size,
+                                  batch_size=s.batch, max_tokens=1 << 18, iters=30, seed=s.seed,
+                                  device=segmenter.device, methods=methods)
+        for method, value in centroids.items():
+            segmenter.model.set_centroids(method, value)
+        for method in ["eigen", *methods]:
+            key = head if method.startswith("eigen") else "-"
+            result = evaluate(segmenter, val, protocol, method=method, match="majority",
+                              crf=False)
+            out.miou[key, method, "majority"] = result.scores.miou
+        if first:
+            exact = evaluate_spectral_dataset(segmenter, val, protocol, n_clusters=s.classes)
+            out.miou["-", "spectral-dataset", "hungarian"] = exact.scores.miou
+            out.miou["-", "spectral-dataset", "hungarian+crf"] = exact.scores_crf.miou
+            exact_k = evaluate_spectral_dataset(segmenter, val, protocol, n_clusters=s.k,
+                                                match="majority", crf=False)
+            out.miou["-", "spectral-dataset", "majority"] = exact_k.scores.miou
+        # How well the learned eigenfunctions' argmax agrees with the exact
+        # clustering of the same kernel on the same (validation) patches.
+        learned = _patch_labels_eigen(segmenter, val_images)
+        exact_labels = _patch_labels_exact(segmenter, val_images, s.k,
+                                           kernel_config_of(segmenter))
+        out.agreement[head] = (normalized_mutual_info_score(exact_labels, learned),
+                               adjusted_rand_score(exact_labels, learned))
+    return out

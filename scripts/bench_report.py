@@ -1,0 +1,225 @@
+"""Table and plots of ``scripts/benchmark.py``."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from bench_quality import HEADS, QualityResult, QualitySettings  # noqa: E402
+
+from segeig.config import BackboneConfig  # noqa: E402
+from segeig.spectral import exact_spectral_bytes  # noqa: E402
+from segeig.viz import atomic_write  # noqa: E402
+
+#: Full training sets for the clearly labelled extrapolations: (name, images, tokens/image).
+DATASETS = (("Pascal Context train, 480 px crops", 4998, 900),
+            ("ADE20K train, 512 px crops", 20210, 1024))
+MLP_TARGET = 10.0  # % of the backbone's time
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 10 else f"{seconds:.1f} s"
+
+
+def size_text(n_bytes: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.1f} {unit}"
+    return f"{n_bytes / 1e3:.0f} kB"
+
+
+def duration_text(seconds: float) -> str:
+    for unit, scale in (("days", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= scale:
+            return f"{seconds / scale:.1f} {unit}"
+    return f"{seconds:.1f} s"
+
+
+class Table:
+    """Rows of ``section | configuration | measured | relative | notes``."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, str, str]] = []
+
+    def add(self, *row: str) -> None:
+        self.rows.append(tuple(str(c) for c in row))  # type: ignore[arg-type]
+
+    def markdown(self) -> str:
+        lines = ["| section | configuration | measured | relative | notes |",
+                 "|---|---|---:|---:|---|"]
+        last = None
+        for section, *rest in self.rows:
+            shown = section if section != last else ""
+            last = section
+            lines.append("| " + " | ".join([shown, *rest]).replace("\n", " ") + " |")
+        return "\n".join(lines)
+
+    def inference(self, times: dict[str, float], size: int, names: list[str]) -> None:
+        base = times["backbone"]
+        section = f"inference per image, {size}×{size} px"
+        self.add(section, "backbone forward alone", ms(base), "1.00×", "reference")
+        for name in names:
+            self.add(section, name, ms(times[name]), f"{times[name] / base:.2f}×",
+                     "predict(): forward, scores, full-size argmax")
+        for name in names:
+            self.add(section, f"{name} + CRF", ms(times[f"{name}+crf"]),
+                     f"{times[f'{name}+crf'] / base:.2f}×", "dense CRF inline, 10 iterations")
+        section = f"after the backbone, {size}×{size} px"
+        for name in names:
+            after = times[f"{name}/after"]
+            share = 100 * after / base
+            note = "head/clustering + upsampling + argmax"
+            if name.endswith("· mlp"):
+                verdict = "met" if share < MLP_TARGET else "MISSED"
+                note += f"; target < {MLP_TARGET:.0f} %: {verdict}"
+            self.add(section, name, ms(after), f"{share:.1f} % of backbone", note)
+
+    def quality(self, q: QualityResult, s: QualitySettings) -> None:
+        section = (f"quality, synthetic proxy ({s.n_val} val images, {s.classes} classes, "
+                   "random ViT)")
+
+        def cell(key: str, method: str) -> tuple[str, str]:
+            hung, crf = q.miou.get((key, method, "hungarian")), q.miou.get(
+                (key, method, "hungarian+crf"))
+            major = q.miou.get((key, method, "majority"))
+            first = (f"Hungarian S={s.classes}: {hung:.1f} (CRF {crf:.1f})"
+                     if hung is not None else "–")
+            return first, f"majority S={s.k}: {major:.1f}" if major is not None else "–"
+
+        for head in HEADS:
+            if head not in q.train_seconds:
+                continue
+            nmi, ari = q.agreement[head]
+            first, second = cell(head, "eigen")
+            self.add(section, f"eigen · {head}", first, second,
+                     f"argmax of K={s.k}; vs exact spectral (same kernel, val patches): "
+                     f"NMI {nmi:.2f}, ARI {ari:.2f}")
+            self.add(section, f"eigen+kmeans · {head}", *cell(head, "eigen+kmeans"),
+                     f"trained {s.steps} steps × {s.batch} crops of {s.size} px in "
+                     f"{q.train_seconds[head]:.0f} s")
+        for method, note in (("kmeans", "k-means of raw backbone features"),
+                             ("spectral", "exact per-image segments + centroids"),
+                             ("spectral-dataset", "exact, one graph over all val patches "
+                                                  f"(k_feat {s.k_feat}); transductive")):
+            self.add(section, method, *cell("-", method), note)
+
+    def memory(self, probes: dict[str, list[dict]], k_feat: int, steps: dict[str, dict],
+               tokens_per_step: int) -> None:
+        section = f"graph kernel per batch (k_feat {k_feat})"
+        for p in probes["kernel"]:
+            per_edge = p["cpu_bytes"] / max(1, p["tokens"] * min(k_feat, p["tokens"] - 1))
+            gpu = f", GPU +{size_text(p['gpu_bytes'])}" if p.get("gpu_bytes") else ""
+            self.add(section, f"{p['tokens']} tokens ({p['batch']} × {p['grid']}²)",
+                     ms(p["seconds"]), f"peak +{size_text(p['cpu_bytes'])}{gpu}",
+                     f"{per_edge:.0f} B per token·neighbour")
+        section = "exact spectral clustering, one graph"
+        for p in probes["exact"]:
+            n = p["tokens"]
+            gpu = f", GPU +{size_text(p['gpu_bytes'])}" if p.get("gpu_bytes") else ""
+            self.add(section, f"{n} tokens", ms(p["seconds"]),
+                     f"peak +{size_text(p['cpu_bytes'])}{gpu}",
+                     f"dense eigh: {size_text(8 * n * n)} for the matrix alone")
+        for head, phases in steps.items():
+            self.add(section, f"vs one training step of the {head} head",
+                     ms(sum(phases.values())), f"{tokens_per_step} tokens per step",
+                     "constant in the dataset size; memory: one batch's kernel")
+        if not probes["exact"]:
+            return
+        largest = max(probes["exact"], key=lambda p: p["tokens"])
+        section = "EXTRAPOLATED, not measured"
+        for name, images, per_image in DATASETS:
+            n = images * per_image
+            seconds = largest["seconds"] * (n / largest["tokens"]) ** 2
+            self.add(section, f"exact spectral over {name} ({n / 1e6:.1f} M tokens)",
+                     f"~{duration_text(seconds)}",
+                     f"~{size_text(exact_spectral_bytes(n, k_feat))} sparse",
+                     f"dense eigh: {size_text(8 * n * n)}; time scaled as N² from "
+                     f"{largest['tokens']} tokens on this machine, memory from the "
+                     "calibrated estimate (segeig.spectral.exact_spectral_bytes)")
+
+    def training(self, steps: dict[str, dict], batch: int, crop: int, k: int) -> None:
+        section = f"training step, {batch} crops of {crop} px, K={k}"
+        for head, phases in steps.items():
+            total = sum(phases.values())
+            split = " · ".join(f"{name} {100 * v / total:.0f} %" for name, v in phases.items())
+            detail = ", ".join(f"{name} {ms(v)}" for name, v in phases.items())
+            self.add(section, f"{head} head", ms(total), split, detail)
+
+
+def machine_line(device: torch.device, threads: int, backbone: BackboneConfig,
+                 load_start: tuple, load_end: tuple, elapsed: float) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""
+    return (f"Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {cpu} "
+            f"({threads} torch threads{gpu}), device {device}, torch {torch.__version__}; "
+            f"backbone {backbone.name} with random weights (same cost as DINO); load average "
+            f"{load_start[0]:.2f} at start, {load_end[0]:.2f} at end; whole run {elapsed:.0f} s.")
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    plt.close(fig)
+    return path
+
+
+def plot_times(by_size: dict[int, dict[str, float]], names: list[str], path: Path) -> Path:
+    sizes = sorted(by_size)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    left.plot(sizes, [1000 * by_size[s]["backbone"] for s in sizes], "k-o", lw=2,
+              label="backbone alone")
+    for name in names:
+        left.plot(sizes, [1000 * by_size[s][name] for s in sizes], "-o", label=name)
+        right.plot(sizes, [100 * by_size[s][f"{name}/after"] / by_size[s]["backbone"]
+                           for s in sizes], "-o", label=name)
+    left.set(xlabel="image side (px)", ylabel="ms per image", yscale="log",
+             title="end to end (no CRF)")
+    right.axhline(MLP_TARGET, color="grey", ls="--", lw=1, label="mlp target")
+    right.set(xlabel="image side (px)", ylabel="% of the backbone's time", yscale="log",
+              title="work after the backbone")
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+    right.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_memory(probes: dict[str, list[dict]], steps: dict[str, dict], tokens_per_step: int,
+                k_feat: int, path: Path) -> Path:
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for kind, style, label in (("kernel", "b-o", "kernel build (measured)"),
+                               ("exact", "r-s", "exact spectral (measured)")):
+        points = sorted(probes[kind], key=lambda p: p["tokens"])
+        if points:
+            x = [p["tokens"] for p in points]
+            left.plot(x, [p["cpu_bytes"] / 1e6 for p in points], style, label=label)
+            right.plot(x, [p["seconds"] for p in points], style, label=label)
+    every = [p["tokens"] for kind in probes for p in probes[kind]] or [tokens_per_step]
+    grid = [int(v) for v in torch.logspace(torch.log10(torch.tensor(min(every) / 2.0)),
+                                           6, 40).tolist()]
+    left.plot(grid, [8 * n * n / 1e6 for n in grid], "k--", lw=1,
+              label="dense eigh matrix, 8·N² (computed)")
+    left.plot(grid, [exact_spectral_bytes(n, k_feat) / 1e6 for n in grid], "r:", lw=1,
+              label="exact spectral estimate (extrapolated)")
+    for head, phases in steps.items():
+        right.axhline(sum(phases.values()), ls="--", lw=1,
+                      label=f"one {head}-head training step ({tokens_per_step} tokens)")
+    left.set(xlabel="tokens in the graph", ylabel="peak extra memory (MB)", xscale="log",
+             yscale="log", title=f"memory (k_feat {k_feat})")
+    right.set(xlabel="tokens in the graph", ylabel="seconds", xscale="log", yscale="log",
+              title="time")
+    for ax in (left, right):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=8)
+    return _save(fig, path)

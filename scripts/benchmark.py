@@ -1,0 +1,200 @@
+"""What the neural eigenfunctions buy: one Markdown table, measured in one run.
+
+Sections (all on the same backbone; timing on the same images):
+
+* inference per image at ``--size`` for ``eigen``, ``eigen+kmeans`` (both
+  heads), ``kmeans`` and ``spectral`` (exact per-image eigenvectors), each
+  without and with dense CRF, as a ratio to the backbone forward alone;
+* the work after the backbone (head or clustering, upsampling, argmax) as a
+  percentage of the backbone's time — target for the ``mlp`` head: < 10 %;
+* quality of both heads, trained briefly on a synthetic custom set (a proxy:
+  random ViT weights, synthetic classes): Hungarian mIoU at S = classes and
+  majority mIoU at S = K (over-clustering), plus the baselines and the exact
+  ``spectral-dataset`` clustering, and how well each head's argmax agrees with
+  the exact clustering of the same kernel (NMI/ARI);
+* graph-kernel build time and peak memory vs tokens per batch; exact
+  dataset-level spectral clustering time and peak memory vs tokens (with the
+  dense ``eigh`` matrix size as the naive reference and clearly labelled
+  extrapolations to full training sets);
+* one training step split into backbone / kernel / head / loss / backward,
+  for both heads (constant in the dataset size).
+
+The backbone is ViT-S/16 with random weights (``--backbone-weights random``
+is implied: nothing is downloaded), which costs exactly what DINO costs.
+
+    PYTHONPATH=. python scripts/benchmark.py                      # CPU, < 10 min
+    PYTHONPATH=. python scripts/benchmark.py --device cuda --plots docs/img
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_parts import inference_times, run_probe, synthetic_crops, train_step_split  # noqa: E402
+from bench_quality import HEADS, QualitySettings, run_quality  # noqa: E402
+from bench_report import Table, machine_line, plot_memory, plot_times  # noqa: E402
+
+from segeig.backbone import Backbone  # noqa: E402
+from segeig.cli.train import parse_arch  # noqa: E402
+from segeig.config import DEFAULT_BACKBONE, BackboneConfig, HeadConfig, KernelConfig  # noqa: E402
+from segeig.model import build_model  # noqa: E402
+from segeig.predictor import Segmenter, resolve_device  # noqa: E402
+from segeig.synthetic import render_sample  # noqa: E402
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    """``"4x14,16x30"`` → ``[(4, 14), (16, 30)]`` (images × grid side)."""
+    out = []
+    for part in filter(None, text.split(",")):
+        batch, _, grid = part.partition("x")
+        out.append((int(batch), int(grid)))
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: all CPUs)")
+    parser.add_argument("--backbone", default=DEFAULT_BACKBONE)
+    parser.add_argument("--backbone-arch", action="append", metavar="KEY=VALUE",
+                        help="timm architecture override (tests shrink the ViT)")
+    inf = parser.add_argument_group("inference timing")
+    inf.add_argument("--size", type=int, default=320, help="image side for the main rows")
+    inf.add_argument("--sizes", default="224,320,448,640",
+                     help="image sides for the time-vs-size plot (comma-separated)")
+    inf.add_argument("--images", type=int, default=3, help="images timed per size")
+    inf.add_argument("--repeats", type=int, default=3, help="repeats (median reported)")
+    inf.add_argument("--k", type=int, default=256, help="eigenfunctions of the timed heads")
+    inf.add_argument("--segments", type=int, default=32, help="centroids of the timed methods")
+    qual = parser.add_argument_group("quality (synthetic proxy)")
+    qual.add_argument("--no-quality", dest="quality", action="store_false")
+    defaults = QualitySettings()
+    for name in ("n_train", "n_val", "size", "classes", "k", "steps", "batch", "k_feat"):
+        qual.add_argument(f"--quality-{name.replace('_', '-')}", type=int,
+                          default=getattr(defaults, name), dest=f"quality_{name}",
+                          help=f"default {getattr(defaults, name)}")
+    mem = parser.add_argument_group("kernel and exact spectral clustering (batch x grid side)")
+    mem.add_argument("--kernel-sizes", default="4x14,16x14,16x20,16x30",
+                     help="batches timed for the kernel build (default up to 16 crops of "
+                          "480 px = 14400 tokens)")
+    mem.add_argument("--exact-sizes", default="4x14,16x14,16x20,16x30",
+                     help="sets decomposed exactly")
+    mem.add_argument("--k-feat", type=int, default=256, help="feature neighbours (paper: 256)")
+    mem.add_argument("--exact-clusters", type=int, default=32)
+    step = parser.add_argument_group("training step")
+    step.add_argument("--train-batch", type=int, default=8)
+    step.add_argument("--train-crop", type=int, default=224)
+    step.add_argument("--train-k", type=int, default=256)
+    parser.add_argument("--plots", metavar="DIR", help="write time_vs_size.png and "
+                                                        "memory_vs_tokens.png here")
+    parser.add_argument("--out", metavar="FILE", help="also write the table (Markdown) here")
+    return parser.parse_args(argv)
+
+
+def timing_models(backbone: Backbone, k: int, segments: int, device: torch.device
+                  ) -> dict[str, tuple[Segmenter, str]]:
+    """Random heads of both kinds and random centroids for every method (cost only)."""
+    gen = torch.Generator().manual_seed(1)
+    variants = {}
+    for kind in HEADS:
+        model = build_model(backbone, HeadConfig(kind=kind, k=k)).eval()
+        model.set_centroids("eigen+kmeans", torch.randn(segments, model.head.hidden_dim,
+                                                        generator=gen))
+        if kind == "mlp":
+            model.set_centroids("kmeans", torch.randn(segments, backbone.embed_dim,
+                                                      generator=gen))
+            model.set_centroids("spectral", torch.randn(segments, backbone.embed_dim,
+                                                        generator=gen))
+        segmenter = Segmenter(model, device=device)
+        variants[f"eigen · {kind}"] = (segmenter, "eigen")
+        variants[f"eigen+kmeans · {kind}"] = (segmenter, "eigen+kmeans")
+        if kind == "mlp":
+            baselines = {"kmeans": (segmenter, "kmeans"),
+                         "spectral (exact, per image)": (segmenter, "spectral")}
+    return {**variants, **baselines}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("segeig.backbone").setLevel(logging.ERROR)  # the random-weights warning
+    logging.getLogger("segeig.checkpoint").setLevel(logging.ERROR)
+    device = resolve_device(args.device)
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    started, load_start = time.perf_counter(), os.getloadavg()
+    backbone_config = BackboneConfig(name=args.backbone, weights="random",
+                                     arch_overrides=parse_arch(args.backbone_arch) or {})
+    torch.manual_seed(0)  # the same random ViT as the quality runs (trainer seed 0)
+    backbone = Backbone(backbone_config).to(device).eval()
+    variants = timing_models(backbone, args.k, args.segments, device)
+    table = Table()
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+
+    sizes = sorted({int(s) for s in args.sizes.split(",") if s} | {args.size})
+    by_size: dict[int, dict[str, float]] = {}
+    for size in sizes:
+        say(f"inference timing at {size} px ...")
+        rng = np.random.default_rng(size)
+        images = [render_sample(rng, (size, size), 6)[0] for _ in range(args.images)]
+        by_size[size] = inference_times(backbone, variants, images, args.repeats,
+                                        crf=size == args.size, device=device)
+    table.inference(by_size[args.size], args.size, list(variants))
+
+    quality = None
+    if args.quality:
+        settings = QualitySettings(**{name: getattr(args, f"quality_{name}") for name in (
+            "n_train", "n_val", "size", "classes", "k", "steps", "batch", "k_feat")})
+        say(f"quality: training both heads for {settings.steps} steps ...")
+        with tempfile.TemporaryDirectory(prefix="segeig-bench-") as tmp:
+            quality = run_quality(settings, backbone_config, Path(tmp), device)
+        table.quality(quality, settings)
+
+    probes = {"kernel": [], "exact": []}
+    for kind, spec in (("kernel", args.kernel_sizes), ("exact", args.exact_sizes)):
+        for batch, grid in _sizes(spec):
+            say(f"{kind}: {batch} x {grid}x{grid} tokens in a fresh process ...")
+            probes[kind].append(run_probe(kind, batch, grid, backbone.embed_dim, args.k_feat,
+                                          args.exact_clusters, str(device), threads))
+
+    say("training step split ...")
+    crops = synthetic_crops(args.train_batch, args.train_crop)
+    steps = {kind: train_step_split(backbone, kind, args.train_k, crops,
+                                    KernelConfig(k_feat=args.k_feat), args.repeats, device)
+             for kind in HEADS}
+    tokens_per_step = args.train_batch * (-(-args.train_crop // backbone.patch_size)) ** 2
+    table.memory(probes, args.k_feat, steps, tokens_per_step)
+    table.training(steps, args.train_batch, args.train_crop, args.train_k)
+
+    elapsed = time.perf_counter() - started
+    header = machine_line(device, threads, backbone_config, load_start, os.getloadavg(), elapsed)
+    text = header + "\n\n" + table.markdown()
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    if args.plots:
+        folder = Path(args.plots)
+        folder.mkdir(parents=True, exist_ok=True)
+        for path in (plot_times(by_size, list(variants), folder / "time_vs_size.png"),
+                     plot_memory(probes, steps, tokens_per_step, args.k_feat,
+                                 folder / "memory_vs_tokens.png")):
+            say(f"wrote {path}")
+    say(f"done in {elapsed:.0f} s on {platform.node()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

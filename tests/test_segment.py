@@ -382,14 +382,14 @@ def test_crf_downscaled_for_large_images(segmenter, mixed, tmp_path):
 
 def test_crf_inputs_scale_and_pool_submit(segmenter, rng):
     from segeig.crf import CRFPool, crf_labels
-    from segeig.predictor import crf_inputs_from_scores
+    from segeig.resample import pixel_probs
 
     image = random_image(rng, 45, 70)
     scores = segmenter.patch_scores(image, "eigen")
-    probs, ids = crf_inputs_from_scores(scores, 16, (45, 70), max_labels=4)
+    probs, ids = pixel_probs(scores, 16, (45, 70), max_labels=4)
     assert probs.shape == (4, 45, 70) and ids.shape == (4,)
     np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
-    half, ids_half = crf_inputs_from_scores(scores, 16, (45, 70), max_labels=4, scale=0.5)
+    half, ids_half = pixel_probs(scores, 16, (45, 70), (22, 35), max_labels=4)
     assert half.shape == (4, 22, 35) and np.array_equal(ids, ids_half)
     want = ids[crf_labels(image, probs, max_labels=None)]
     with CRFPool(0) as pool:

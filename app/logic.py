@@ -20,7 +20,8 @@ from PIL import Image
 
 from segeig.imageio import ImageReadError, read_image
 from segeig.merge import MergeResult, merge_label_map, segment_profiles
-from segeig.predictor import Segmenter, upsample_argmax
+from segeig.predictor import Segmenter
+from segeig.resample import pixel_argmax, pixel_probs
 from segeig.transforms import limit_side
 from segeig.viz import eigenfunction_grid, legend_image, make_palette, overlay
 
@@ -143,14 +144,13 @@ def segment_image(seg: Segmenter, image: np.ndarray, name: str, method: str, crf
                         f"{', '.join(available_methods(seg))}")
     with lock or nullcontext():
         scores = seg.patch_scores(image, method, max_side=None)
-        if crf:
-            probs, ids = seg.crf_inputs(image, method, max_side=None)
     if crf:
         from segeig.crf import crf_labels
 
+        probs, ids = pixel_probs(scores, seg.patch_size, image.shape[:2])
         labels = ids[crf_labels(image, probs, max_labels=None)].astype(np.int32)
     else:
-        labels = upsample_argmax(scores, seg.patch_size, image.shape[:2])
+        labels = pixel_argmax(scores, seg.patch_size, image.shape[:2])
         labels = labels.to(torch.int32).cpu().numpy()
     ids, profiles, sizes = segment_profiles(labels, scores, seg.patch_size)
     return ImageResult(name, image, labels, ids, profiles, sizes, method, crf, notice)

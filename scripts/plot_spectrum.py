@@ -13,7 +13,6 @@ estimates of the first eigenfunctions evolved over the epochs.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from segeig.atomic import atomic_write  # noqa: E402
 from segeig.train_log import LOG_NAME, read_log  # noqa: E402
 
 
@@ -61,14 +61,10 @@ def plot(epochs: list[int], spectra: np.ndarray, out: Path, top: int = 16) -> Pa
     right.legend()
     right.grid(alpha=0.3)
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp-{os.getpid()}.png")
     try:
-        fig.savefig(tmp, dpi=120)
-        os.replace(tmp, out)
+        atomic_write(out, lambda f: fig.savefig(f, format="png", dpi=120))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
     return out
 
 

@@ -30,9 +30,9 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from segeig import __version__
+from segeig.atomic import write_safetensors
 from segeig.backbone import Backbone, create_vit
 from segeig.config import BackboneConfig, HeadConfig, KernelConfig, from_dict, to_dict
 from segeig.head import EigenHead
@@ -121,13 +121,7 @@ def save_checkpoint(
     if model.centroids("spectral") is not None:
         kernel_config, spectral_config = model.spectral
         document["spectral"] = {"kernel": to_dict(kernel_config), **to_dict(spectral_config)}
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={FORMAT: json.dumps(document)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_safetensors(path, tensors, FORMAT, document)
     return path
 
 

@@ -7,7 +7,7 @@ Layout under the output directory ``DIR`` for an input with output key ``KEY``
     DIR/overlays/KEY.jpg    colour overlay (optional; .png with overlay_format="png")
     DIR/probs/KEY.npz       patch-grid scores (optional; see save_scores)
 
-Every file goes through :func:`segeig.viz.atomic_write` (temp name + rename),
+Every file goes through :func:`segeig.atomic.atomic_write` (temp name + rename),
 and every path through :func:`safe_output_path`, which refuses anything that
 would land outside ``DIR``.
 """
@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segeig.viz import atomic_write, make_palette, overlay, save_palette_png
+from segeig.atomic import atomic_write
+from segeig.viz import make_palette, overlay, save_palette_png
 
 logger = logging.getLogger(__name__)
 

@@ -43,12 +43,8 @@ from segeig.outputs import (
     save_scores,
     save_segments,
 )
-from segeig.predictor import (
-    DEFAULT_MAX_SIDE,
-    Segmenter,
-    crf_inputs_from_scores,
-    upsample_argmax,
-)
+from segeig.predictor import DEFAULT_MAX_SIDE, Segmenter
+from segeig.resample import pixel_argmax, pixel_probs
 from segeig.transforms import to_tensor
 from segeig.viz import make_palette
 
@@ -217,12 +213,13 @@ class _Run:
             if self.opt.save_probs:
                 job.scores = scores.to(torch.float16).cpu().numpy()
             if self.crf_pool is None:
-                labels = upsample_argmax(scores, self.seg.patch_size, size)
+                labels = pixel_argmax(scores, self.seg.patch_size, size)
                 self.write(job, labels.to(torch.int32).cpu().numpy())
                 return
             scale = min(1.0, math.sqrt(self.opt.crf_max_pixels / (size[0] * size[1])))
-            probs, ids = crf_inputs_from_scores(scores, self.seg.patch_size, size,
-                                                self.opt.crf_max_labels, scale)
+            crf_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
+            probs, ids = pixel_probs(scores, self.seg.patch_size, size, crf_size,
+                                     self.opt.crf_max_labels)
             image = job.image
             if probs.shape[1:] != size:  # downscaled CRF for a very large image
                 small_h, small_w = probs.shape[1:]

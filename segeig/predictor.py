@@ -3,8 +3,9 @@
 A :class:`Segmenter` scores patches with one forward pass, upsamples the scores
 bilinearly to the input size and takes the argmax. Large images are processed
 in sliding windows whose scores are averaged on the patch grid, and the
-full-resolution argmax is computed in horizontal bands, so memory stays bounded
-by the window and band sizes rather than the image size.
+full-resolution argmax (:func:`segeig.resample.pixel_argmax`) only resamples
+the segments that can win each cell, in bands, so time and memory stay
+bounded by the window size and the number of competing segments.
 """
 
 from __future__ import annotations
@@ -20,14 +21,13 @@ import torch.nn.functional as F
 
 from segeig.checkpoint import load_model
 from segeig.model import ModelOutput, SegEigModel
+from segeig.resample import pixel_argmax, pixel_probs
 from segeig.transforms import to_tensor
 
 logger = logging.getLogger(__name__)
 
 #: Images with a side above this are processed in sliding windows by default.
 DEFAULT_MAX_SIDE = 1024
-#: Score elements (S·rows·W) upsampled at once when taking the full-size argmax.
-BAND_ELEMENTS = 1 << 25
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -56,76 +56,6 @@ def upsample_scores(scores: torch.Tensor, patch: int, size: tuple[int, int]) -> 
     full = F.interpolate(scores.float(), size=(h * patch, w * patch), mode="bilinear",
                          align_corners=False)
     return full[..., : size[0], : size[1]]
-
-
-def upsample_argmax(scores: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
-    """``argmax`` of :func:`upsample_scores` for one image, computed in bands.
-
-    Args:
-        scores: ``S×h×w`` float scores.
-        patch: patch size p.
-        size: output ``(H, W)``.
-
-    Returns:
-        ``H×W`` int64 labels in ``[0, S)``; identical to the unbanded argmax.
-    """
-    s, h, w = scores.shape
-    height, width = size
-    # Band of patch rows per step, keeping S·(rows·p)·(w·p) under BAND_ELEMENTS.
-    band = max(1, BAND_ELEMENTS // max(1, s * patch * patch * w))
-    out = torch.empty(height, width, dtype=torch.long, device=scores.device)
-    for r0 in range(0, h, band):
-        r1 = min(h, r0 + band)
-        # One patch row of margin each side makes the interior interpolation
-        # exact (bilinear only reads the two nearest rows).
-        m0, m1 = max(0, r0 - 1), min(h, r1 + 1)
-        part = F.interpolate(scores[None, :, m0:m1].float(), scale_factor=patch,
-                             mode="bilinear", align_corners=False)[0]
-        part = part[:, (r0 - m0) * patch : (r1 - m0) * patch, : width]
-        y0, y1 = r0 * patch, min(height, r1 * patch)
-        if y0 >= height:
-            break
-        out[y0:y1] = part[:, : y1 - y0].argmax(0)
-    return out
-
-
-def crf_inputs_from_scores(
-    scores: torch.Tensor,
-    patch: int,
-    size: tuple[int, int],
-    max_labels: int = 32,
-    scale: float = 1.0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """CRF inputs from patch-grid scores (what :meth:`Segmenter.crf_inputs` returns).
-
-    Args:
-        scores: ``S×h×w`` float scores of one image (any device).
-        patch: patch size p.
-        size: ``(H, W)`` of the image the scores belong to.
-        max_labels: keep at most this many segments M (chosen on the patch grid
-            by :func:`segeig.crf.topk_probs`); only they are upsampled.
-        scale: output resolution relative to the image (``< 1`` gives
-            probabilities for the image resized to ``round(H·scale)×round(W·scale)``,
-            which bounds CRF memory on very large images).
-
-    Returns:
-        ``(probs M×H'×W' float32 C-contiguous, summing to 1 over M; ids M int64)``.
-    """
-    from segeig.crf import topk_probs
-
-    _, ids = topk_probs(torch.softmax(scores.float(), 0).cpu().numpy(), max_labels)
-    kept = scores[torch.from_numpy(ids).to(scores.device)].float()
-    if scale == 1.0:
-        full = upsample_scores(kept[None], patch, size)[0]
-    else:
-        h, w = kept.shape[-2:]
-        out_h, out_w = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
-        # The grid covers the padded h·p×w·p pixels; scale that, then crop.
-        grid = (max(out_h, round(h * patch * scale)), max(out_w, round(w * patch * scale)))
-        full = F.interpolate(kept[None], size=grid, mode="bilinear", align_corners=False)[0]
-        full = full[:, :out_h, :out_w]
-    probs = np.ascontiguousarray(torch.softmax(full, dim=0).cpu().numpy())
-    return probs, ids
 
 
 def window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -286,7 +216,7 @@ class Segmenter:
             probs, ids = self.crf_inputs(image, method, **window)
             return ids[crf_labels(image, probs, max_labels=None)].astype(np.int32)
         scores = self.patch_scores(_check_image(image), method, **window)
-        labels = upsample_argmax(scores, self.patch_size, image.shape[:2])
+        labels = pixel_argmax(scores, self.patch_size, image.shape[:2])
         return labels.to(torch.int32).cpu().numpy()
 
     def crf_inputs(self, image: np.ndarray, method: str | None = None,
@@ -303,7 +233,7 @@ class Segmenter:
             ``ids[crf_labels(image, probs, max_labels=None)]`` gives segment ids.
         """
         scores = self.patch_scores(_check_image(image), method, **window)
-        return crf_inputs_from_scores(scores, self.patch_size, image.shape[:2], max_labels)
+        return pixel_probs(scores, self.patch_size, image.shape[:2], max_labels=max_labels)
 
     def predict_scores(self, image: np.ndarray, method: str | None = None,
                        **window: Any) -> np.ndarray:

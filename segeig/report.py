@@ -16,8 +16,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from segeig.atomic import atomic_write
 from segeig.evaluation import EvaluationResult, Scores
-from segeig.viz import atomic_write, colorize, comparison_grid, confusion_plot, legend_image
+from segeig.viz import colorize, comparison_grid, confusion_plot, legend_image
 
 __all__ = ["REPORT_FILES", "format_table", "write_json", "write_report"]
 

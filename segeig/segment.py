@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from segeig import __version__
+from segeig.atomic import atomic_write
 from segeig.checkpoint import CHECKPOINT_NAME, resolve_checkpoint_path
 from segeig.config import BackboneConfig
 from segeig.crf import CRFParams
@@ -32,7 +33,6 @@ from segeig.inputs import Conflict, InputFile
 from segeig.outputs import SUBDIRS
 from segeig.pipeline import ImageResult, SegmentOptions, resolve_method, segment_files
 from segeig.predictor import Segmenter
-from segeig.viz import atomic_write
 
 logger = logging.getLogger(__name__)
 

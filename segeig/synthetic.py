@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from segeig.viz import atomic_write
+from segeig.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 

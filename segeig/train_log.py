@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from segeig.atomic import write_text
+
 LOG_NAME = "train_log.jsonl"
 
 
@@ -66,9 +68,7 @@ class JsonlLog:
                 continue
             if record.get("step", 0) <= step:
                 kept.append(line)
-        tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        write_text(self.path, "".join(line + "\n" for line in kept))
 
 
 def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:

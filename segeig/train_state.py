@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
+from segeig.atomic import write_safetensors
 from segeig.train_config import TrainConfig, config_from_dict, config_to_dict
 
 STATE_NAME = "train_state.safetensors"
@@ -134,13 +134,7 @@ def save_train_state(path: str | os.PathLike, *, config: TrainConfig, progress: 
         "rng": {"numpy": [rng["numpy"][0], *rng["numpy"][2:]], "python": rng["python"],
                 "cuda": len(rng["cuda"])},
     }
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_file(tensors, str(tmp), metadata={_KEY: json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_safetensors(path, tensors, _KEY, meta)
     return path
 
 

@@ -11,10 +11,7 @@ from __future__ import annotations
 import colorsys
 import logging
 import os
-import secrets
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import IO
+from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -23,6 +20,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
+
+from segeig.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -192,30 +191,6 @@ def _render(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
-    """Write a file through a temp file in the same directory, then ``os.replace``.
-
-    Readers never see a partial file and an interruption (even Ctrl-C) leaves no
-    temp file behind. The temp file ``.NAME.<random>.tmp`` is created with mode
-    0o666 minus the umask, like any ordinary file (``mkstemp`` would make it 0600).
-
-    Args:
-        path: destination (parent directories are created).
-        write: called with the open binary temp file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _save_figure(fig: Figure, path: str | os.PathLike[str]) -> None:

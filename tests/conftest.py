@@ -14,6 +14,21 @@ from segeig.backbone import Backbone
 from segeig.config import BackboneConfig, HeadConfig
 from segeig.model import SegEigModel, build_model
 
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Run every test with one torch thread.
+
+    CI machines have 2 shared cores: OpenMP threads waiting on each other cost
+    more than these tiny operations gain (measured 10× slower with 2 threads
+    under load). Tests that need more threads set them themselves.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 #: A 4-block ViT-S/16 shape-alike with width 48: same code paths, tiny cost.
 TINY_ARCH = {"depth": 4, "embed_dim": 48, "num_heads": 2}
 

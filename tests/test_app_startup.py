@@ -175,3 +175,19 @@ def test_cli_serves_error_page_when_weights_missing(tmp_path, served, monkeypatc
 def test_cli_rejects_bad_limits(capsys):
     assert main(["demo", "--max-side", "0"]) == 2
     assert "--max-side must be >= 1" in capsys.readouterr().err
+
+
+def test_real_start_up_fit_on_examples(tmp_path, examples):
+    """The real fit (segeig.training.fit_images), not a stand-in, then the cached reuse."""
+    from tests.conftest import tiny_backbone_config
+
+    seen = []
+    path, how = startup.find_or_fit_checkpoint(
+        None, tmp_path / "weights", tiny_backbone_config(), examples, device="cpu",
+        progress=lambda step, total, info: seen.append((step, total)))
+    assert how == "fitted" and path.is_file()
+    assert seen and seen[-1][0] == seen[-1][1]  # progress reached the end
+    assert path.is_relative_to(tmp_path / "weights")
+    again, how_again = startup.find_or_fit_checkpoint(
+        None, tmp_path / "weights", tiny_backbone_config(), examples, device="cpu")
+    assert (again, how_again) == (path, "cached fit")

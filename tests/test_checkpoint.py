@@ -121,3 +121,16 @@ def test_backbone_weights_override(tmp_path, tiny_model):
     path = save_checkpoint(tmp_path / "c.safetensors", tiny_model, embed_backbone=False)
     model, _ = load_model(path, backbone_weights="random")
     assert model.backbone.config.weights == "random"
+
+
+def test_checkpoint_is_readable_by_others(tmp_path, tiny_model):
+    """Written with ordinary permissions (umask applies), not 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "c.safetensors", tiny_model)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644
+    assert not list(tmp_path.glob(".*tmp"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
 from segeig.checkpoint import read_config
 from segeig.cli import main
@@ -14,14 +13,6 @@ from tests.conftest import TINY_ARCH
 from tests.train_helpers import write_images
 
 ARCH = [f"--backbone-arch={k}={v}" for k, v in TINY_ARCH.items()]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 
 import pytest
-import torch
 
 import segeig
 from segeig.checkpoint import read_config
@@ -14,14 +13,6 @@ from segeig.train_log import read_log
 from segeig.training import FIT_DEFAULTS, fit_images
 from tests.conftest import TINY_ARCH, tiny_backbone_config
 from tests.train_helpers import write_images
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

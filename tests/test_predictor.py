@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segeig.predictor import Segmenter, resolve_device, upsample_argmax, upsample_scores
+from segeig.predictor import Segmenter, resolve_device, upsample_scores
 from tests.conftest import random_image
 
 
@@ -32,14 +32,10 @@ def test_proba_and_scores_agree_with_labels(segmenter, rng):
     np.testing.assert_array_equal(segmenter.predict_scores(image).argmax(0), probs.argmax(0))
 
 
-def test_banded_argmax_equals_full(monkeypatch):
-    import segeig.predictor as predictor
-
-    torch.manual_seed(0)
-    scores = torch.randn(5, 9, 7)
-    full = upsample_scores(scores[None], 16, (140, 100))[0].argmax(0)
-    monkeypatch.setattr(predictor, "BAND_ELEMENTS", 5 * 16 * 16 * 7 * 2)  # 2 patch rows/band
-    torch.testing.assert_close(upsample_argmax(scores, 16, (140, 100)), full)
+def test_predict_equals_argmax_of_upsampled_scores(segmenter, rng):
+    image = random_image(rng, 70, 45)
+    full = upsample_scores(segmenter.patch_scores(image)[None], 16, (70, 45))[0].argmax(0)
+    np.testing.assert_array_equal(segmenter.predict(image), full.numpy())
 
 
 def test_window_covering_image_equals_single_pass(segmenter, rng):

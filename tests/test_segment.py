@@ -24,7 +24,7 @@ from segeig.model import build_model
 from segeig.outputs import read_scores, read_segments
 from segeig.pipeline import SegmentOptions, segment_files
 from segeig.segment import fit_or_reuse_checkpoint, segment_inputs, summary_path
-from tests.conftest import random_image, tiny_backbone_config
+from tests.conftest import TINY_ARCH, random_image, tiny_backbone_config
 
 K, CENTROIDS = 12, 5
 
@@ -382,14 +382,14 @@ def test_crf_downscaled_for_large_images(segmenter, mixed, tmp_path):
 
 def test_crf_inputs_scale_and_pool_submit(segmenter, rng):
     from segeig.crf import CRFPool, crf_labels
-    from segeig.predictor import crf_inputs_from_scores
+    from segeig.resample import pixel_probs
 
     image = random_image(rng, 45, 70)
     scores = segmenter.patch_scores(image, "eigen")
-    probs, ids = crf_inputs_from_scores(scores, 16, (45, 70), max_labels=4)
+    probs, ids = pixel_probs(scores, 16, (45, 70), max_labels=4)
     assert probs.shape == (4, 45, 70) and ids.shape == (4,)
     np.testing.assert_allclose(probs.sum(0), 1, atol=1e-5)
-    half, ids_half = crf_inputs_from_scores(scores, 16, (45, 70), max_labels=4, scale=0.5)
+    half, ids_half = pixel_probs(scores, 16, (45, 70), (22, 35), max_labels=4)
     assert half.shape == (4, 22, 35) and np.array_equal(ids, ids_half)
     want = ids[crf_labels(image, probs, max_labels=None)]
     with CRFPool(0) as pool:
@@ -412,3 +412,25 @@ def test_more_than_256_segments_give_16_bit_maps(rng, tmp_path):
         assert img.mode == "I;16"
     labels = read_segments(path)
     np.testing.assert_array_equal(labels, seg.predict(read_image(tmp_path / "x.png"), "eigen"))
+
+
+def test_cli_without_checkpoint_fits_for_real_then_reuses(tmp_path, rng):
+    """The README's main job, end to end with the real fit on a tiny random ViT."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, size in enumerate([(48, 64), (64, 40), (56, 56)]):
+        Image.fromarray(random_image(rng, *size)).save(photos / f"p{i}.jpg")
+    out = tmp_path / "out"
+    arch = [f"--backbone-arch={k}={v}" for k, v in TINY_ARCH.items()]
+    argv = ["segment", str(photos), "--out", str(out), "--backbone-weights", "random", *arch,
+            "--fit-steps", "3", "--k", "4", "--overlay", "--device", "cpu"]
+    assert main(argv) == 0
+    assert (out / "checkpoint.safetensors").is_file()
+    labels = read_segments(out / "labels" / "p1.png")
+    assert labels.shape == (64, 40) and labels.max() < 4
+    assert (out / "overlays" / "p1.jpg").is_file()
+    stamp = (out / "checkpoint.safetensors").stat().st_mtime_ns
+    assert main(argv) == 0  # second run: reuses the fit, skips done images
+    assert (out / "checkpoint.safetensors").stat().st_mtime_ns == stamp
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["skipped"] == 3

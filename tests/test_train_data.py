@@ -29,14 +29,6 @@ from segeig.training import train
 from tests.train_helpers import tiny_config, write_images
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------ plan
 def test_epoch_plan_covers_each_image_once_and_is_reproducible():
     plan = epoch_plan(10, batch_size=2, world_size=1, seed=3, epoch=0)

@@ -22,16 +22,6 @@ from tests.conftest import random_image
 from tests.train_helpers import read_tensors, tiny_config, write_images
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # The CI box has 2 shared cores: OpenMP threads waiting on each other cost
-    # more than these tiny ops (measured 10× slower with 2 threads under load).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture
 def folder(tmp_path):
     root = tmp_path / "photos"

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from segeig.config import DEFAULT_BACKBONE
+from segeig.cli.common import add_backbone_arguments, backbone_config
 
 logger = logging.getLogger(__name__)
 
@@ -24,12 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="interface to bind (default 127.0.0.1: this machine only; "
                              "0.0.0.0 exposes the demo to the network)")
     parser.add_argument("--port", type=int, default=7860, help="TCP port (default 7860)")
-    parser.add_argument("--backbone", default=DEFAULT_BACKBONE,
-                        help=f"timm backbone for the start-up fit (default {DEFAULT_BACKBONE})")
-    parser.add_argument("--backbone-weights", metavar="hub|random|PATH",
-                        help="backbone weight source: 'hub' (download), 'random' (smoke runs "
-                             "only) or a local file; default: as recorded in the checkpoint, "
-                             "'hub' for the start-up fit")
+    add_backbone_arguments(
+        parser, "backbone (for the start-up fit; --backbone-weights also applies to a checkpoint)",
+        weights_help="backbone weight source: 'hub' (download), 'random' (smoke runs only) or a "
+                     "local file; default: as recorded in the checkpoint, 'hub' for the "
+                     "start-up fit")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda...")
     parser.add_argument("--max-side", type=int, default=768,
                         help="larger uploads are downscaled to this longer side (default 768)")
@@ -91,13 +90,12 @@ def run(args: argparse.Namespace) -> int:
         is_weights_error,
         weights_error_text,
     )
-    from segeig.config import BackboneConfig
     from segeig.predictor import load
 
     examples_dir = Path(args.examples) if args.examples else find_examples_dir()
     if args.examples and not examples_dir.is_dir():
         raise FileNotFoundError(f"--examples {examples_dir} is not a folder")
-    backbone = BackboneConfig(name=args.backbone, weights=args.backbone_weights or "hub")
+    backbone = backbone_config(args)
     how = {"given": None, "weights": f"checkpoint from {Path(args.weights_dir).name}/",
            "cached fit": "fitted on the bundled examples (cached)",
            "fitted": "fitted on the bundled examples at start-up"}
@@ -115,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         # Serve a page explaining the failure: in a container the browser may
         # be the only place the user looks.
         logger.error("%s", err)
-        name = args.backbone
+        name = backbone.name
         if args.checkpoint:  # the checkpoint names its own backbone
             from segeig.checkpoint import read_config
 

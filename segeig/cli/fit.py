@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segeig.cli.train import ProgressBars, add_backbone_arguments, backbone_config
+from segeig.cli.common import add_backbone_arguments, backbone_config
+from segeig.cli.train import ProgressBars
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from segeig.config import DEFAULT_BACKBONE
+from segeig.cli.common import add_backbone_arguments, backbone_config
 from segeig.predictor import DEFAULT_MAX_SIDE
 
 logger = logging.getLogger(__name__)
@@ -55,12 +55,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="exit with status 1 if any input failed (default: only if none "
                              "succeeded)")
     fit = parser.add_argument_group("fitting (only without --checkpoint)")
-    fit.add_argument("--backbone", default=DEFAULT_BACKBONE, metavar="NAME",
-                     help=f"timm ViT to fit on (default {DEFAULT_BACKBONE})")
-    fit.add_argument("--backbone-weights", metavar="hub|random|PATH",
-                     help="backbone weight source: hub (default; downloads once), random "
-                          "(offline smoke runs, meaningless segments) or a local file; with "
-                          "--checkpoint it overrides the recorded source")
+    add_backbone_arguments(
+        parser, "backbone (for the fit; --backbone-weights also applies to --checkpoint)",
+        weights_help="backbone weight source: hub (default; downloads once), random (offline "
+                     "smoke runs, meaningless segments) or a local file; with --checkpoint it "
+                     "overrides the recorded source")
     fit.add_argument("--k", type=int, help="number of segments to fit (default: fit's default)")
     fit.add_argument("--fit-steps", type=int, metavar="N",
                      help="training steps (default: fit's default)")
@@ -91,12 +90,11 @@ def _device(args: argparse.Namespace) -> str:
 def _checkpoint(args, files, shard, device) -> tuple[str, bool]:
     from tqdm import tqdm
 
-    from segeig.config import BackboneConfig
     from segeig.segment import fit_or_reuse_checkpoint
 
     if args.checkpoint:
         return args.checkpoint, False
-    backbone = BackboneConfig(name=args.backbone, weights=args.backbone_weights or "hub")
+    backbone = backbone_config(args)
     bar = None
 
     def progress(step: int, total: int, stats: dict) -> None:

@@ -22,58 +22,8 @@ import os
 import sys
 from pathlib import Path
 
+from segeig.cli.common import add_backbone_arguments, backbone_overrides
 from segeig.train_config import DATASET_NAMES
-
-
-def parse_arch(values: list[str] | None) -> dict | None:
-    """``["depth=4", "embed_dim=48"]`` → ``{"depth": 4, "embed_dim": 48}``."""
-    if not values:
-        return None
-    out = {}
-    for item in values:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--backbone-arch expects KEY=VALUE, got {item!r}")
-        for cast in (int, float):
-            try:
-                out[key] = cast(raw)
-                break
-            except ValueError:
-                continue
-        else:
-            out[key] = {"true": True, "false": False}.get(raw.lower(), raw)
-    return out
-
-
-def add_backbone_arguments(parser: argparse.ArgumentParser) -> None:
-    """Backbone flags shared by ``train`` and ``fit``."""
-    group = parser.add_argument_group("backbone")
-    group.add_argument("--backbone", metavar="NAME",
-                       help="timm model name (default vit_small_patch16_224.dino)")
-    group.add_argument("--backbone-weights", metavar="hub|random|PATH",
-                       help="where the backbone weights come from (default hub; random "
-                            "gives meaningless segments, for smoke runs only)")
-    group.add_argument("--backbone-arch", metavar="KEY=VALUE", action="append",
-                       help="timm architecture override, repeatable (e.g. depth=4)")
-    group.add_argument("--kernel-features", choices=("final", "keys"),
-                       help="features of the graph kernel (default final)")
-
-
-def backbone_config(args: argparse.Namespace):
-    """A BackboneConfig from the backbone flags (unset flags keep the defaults)."""
-    from dataclasses import replace
-
-    from segeig.config import BackboneConfig
-
-    changes = {key[len("backbone_"):]: value
-               for key, value in backbone_overrides(args).items() if value is not None}
-    return replace(BackboneConfig(), **changes)
-
-
-def backbone_overrides(args: argparse.Namespace) -> dict:
-    return {"backbone_name": args.backbone, "backbone_weights": args.backbone_weights,
-            "backbone_arch_overrides": parse_arch(args.backbone_arch),
-            "backbone_kernel_features": args.kernel_features}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

@@ -1,0 +1,60 @@
+"""Command-line pieces shared by several subcommands."""
+
+from __future__ import annotations
+
+import argparse
+
+from segeig.config import DEFAULT_BACKBONE
+
+
+def parse_arch(values: list[str] | None) -> dict | None:
+    """``["depth=4", "embed_dim=48"]`` → ``{"depth": 4, "embed_dim": 48}``."""
+    if not values:
+        return None
+    out = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--backbone-arch expects KEY=VALUE, got {item!r}")
+        for cast in (int, float):
+            try:
+                out[key] = cast(raw)
+                break
+            except ValueError:
+                continue
+        else:
+            out[key] = {"true": True, "false": False}.get(raw.lower(), raw)
+    return out
+
+
+def add_backbone_arguments(parser: argparse.ArgumentParser, title: str = "backbone",
+                           weights_help: str | None = None) -> None:
+    """Backbone flags shared by ``train``, ``fit``, ``segment`` and ``demo``."""
+    group = parser.add_argument_group(title)
+    group.add_argument("--backbone", metavar="NAME",
+                       help=f"timm model name (default {DEFAULT_BACKBONE})")
+    group.add_argument("--backbone-weights", metavar="hub|random|PATH",
+                       help=weights_help or "where the backbone weights come from: hub "
+                            "(default; downloads once), a local file, or random (meaningless "
+                            "segments, for smoke runs only)")
+    group.add_argument("--backbone-arch", metavar="KEY=VALUE", action="append",
+                       help="timm architecture override, repeatable (e.g. depth=4)")
+    group.add_argument("--kernel-features", choices=("final", "keys"),
+                       help="features of the graph kernel (default final)")
+
+
+def backbone_config(args: argparse.Namespace):
+    """A BackboneConfig from the backbone flags (unset flags keep the defaults)."""
+    from dataclasses import replace
+
+    from segeig.config import BackboneConfig
+
+    changes = {key[len("backbone_"):]: value
+               for key, value in backbone_overrides(args).items() if value is not None}
+    return replace(BackboneConfig(), **changes)
+
+
+def backbone_overrides(args: argparse.Namespace) -> dict:
+    return {"backbone_name": args.backbone, "backbone_weights": args.backbone_weights,
+            "backbone_arch_overrides": parse_arch(args.backbone_arch),
+            "backbone_kernel_features": args.kernel_features}

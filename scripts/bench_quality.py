@@ -53,11 +53,32 @@ class QualitySettings:
 
 @dataclass
 class QualityResult:
-    """mIoU (in [0, 100]) per (head or "-", method, matching); CRF variants under "+crf"."""
+    """mIoU (in [0, 100]) per (head or "-", method, matching); CRF variants under "+crf".
+
+    Merged over seeds (:func:`merge`): means, with the standard deviation over
+    seeds of each mIoU in ``spread`` (empty for one seed).
+    """
 
     miou: dict[tuple[str, str, str], float] = field(default_factory=dict)
     agreement: dict[str, tuple[float, float]] = field(default_factory=dict)  # head → (NMI, ARI)
     train_seconds: dict[str, float] = field(default_factory=dict)
+    spread: dict[tuple[str, str, str], float] = field(default_factory=dict)
+    seeds: int = 1
+
+
+def merge(results: list[QualityResult]) -> QualityResult:
+    """Mean over seeds (and the spread of every mIoU)."""
+    if len(results) == 1:
+        return results[0]
+    out = QualityResult(seeds=len(results))
+    for key in results[0].miou:
+        values = [r.miou[key] for r in results]
+        out.miou[key], out.spread[key] = float(np.mean(values)), float(np.std(values))
+    for head in results[0].agreement:
+        out.agreement[head] = tuple(float(np.mean([r.agreement[head][i] for r in results]))
+                                    for i in range(2))
+        out.train_seconds[head] = float(np.mean([r.train_seconds[head] for r in results]))
+    return out
 
 
 def _patch_labels_eigen(segmenter: Segmenter, images: list[np.ndarray]) -> np.ndarray:

@@ -13,9 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from bench_quality import HEADS, QualityResult, QualitySettings  # noqa: E402
 
+from segeig.atomic import atomic_write  # noqa: E402
 from segeig.config import BackboneConfig  # noqa: E402
 from segeig.spectral import exact_spectral_bytes  # noqa: E402
-from segeig.viz import atomic_write  # noqa: E402
 
 #: Full training sets for the clearly labelled extrapolations: (name, images, tokens/image).
 DATASETS = (("Pascal Context train, 480 px crops", 4998, 900),
@@ -71,6 +71,11 @@ class Table:
             self.add(section, f"{name} + CRF", ms(times[f"{name}+crf"]),
                      f"{times[f'{name}+crf'] / base:.2f}×", "dense CRF inline, 10 iterations")
         section = f"after the backbone, {size}×{size} px"
+        for head in HEADS:
+            if f"head:{head}" in times:
+                share = 100 * times[f"head:{head}"] / base
+                self.add(section, f"{head} head forward alone", ms(times[f"head:{head}"]),
+                         f"{share:.1f} % of backbone", "on the backbone's features")
         for name in names:
             after = times[f"{name}/after"]
             share = 100 * after / base
@@ -81,16 +86,21 @@ class Table:
             self.add(section, name, ms(after), f"{share:.1f} % of backbone", note)
 
     def quality(self, q: QualityResult, s: QualitySettings) -> None:
+        seeds = f", mean ± sd of {q.seeds} seeds" if q.seeds > 1 else ""
         section = (f"quality, synthetic proxy ({s.n_val} val images, {s.classes} classes, "
-                   "random ViT)")
+                   f"random ViT{seeds})")
+
+        def value(key: tuple[str, str, str]) -> str | None:
+            if key not in q.miou:
+                return None
+            sd = f" ± {q.spread[key]:.1f}" if key in q.spread else ""
+            return f"{q.miou[key]:.1f}{sd}"
 
         def cell(key: str, method: str) -> tuple[str, str]:
-            hung, crf = q.miou.get((key, method, "hungarian")), q.miou.get(
-                (key, method, "hungarian+crf"))
-            major = q.miou.get((key, method, "majority"))
-            first = (f"Hungarian S={s.classes}: {hung:.1f} (CRF {crf:.1f})"
-                     if hung is not None else "–")
-            return first, f"majority S={s.k}: {major:.1f}" if major is not None else "–"
+            hung, crf = value((key, method, "hungarian")), value((key, method, "hungarian+crf"))
+            major = value((key, method, "majority"))
+            first = f"Hungarian S={s.classes}: {hung} (CRF {crf})" if hung else "–"
+            return first, f"majority S={s.k}: {major}" if major else "–"
 
         for head in HEADS:
             if head not in q.train_seconds:
@@ -103,6 +113,8 @@ class Table:
             self.add(section, f"eigen+kmeans · {head}", *cell(head, "eigen+kmeans"),
                      f"trained {s.steps} steps × {s.batch} crops of {s.size} px in "
                      f"{q.train_seconds[head]:.0f} s")
+        if not any(k[0] == "-" for k in q.miou):
+            return
         for method, note in (("kmeans", "k-means of raw backbone features"),
                              ("spectral", "exact per-image segments + centroids"),
                              ("spectral-dataset", "exact, one graph over all val patches "
@@ -179,19 +191,27 @@ def plot_times(by_size: dict[int, dict[str, float]], names: list[str], path: Pat
     sizes = sorted(by_size)
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     left.plot(sizes, [1000 * by_size[s]["backbone"] for s in sizes], "k-o", lw=2,
-              label="backbone alone")
+              label="backbone forward")
+    for head in HEADS:
+        key = f"head:{head}"
+        if all(key in by_size[s] for s in sizes):
+            left.plot(sizes, [1000 * by_size[s][key] for s in sizes], "--", marker="^",
+                      label=f"{head} head forward")
+            right.plot(sizes, [100 * by_size[s][key] / by_size[s]["backbone"] for s in sizes],
+                       "--", marker="^", label=f"{head} head forward")
     for name in names:
-        left.plot(sizes, [1000 * by_size[s][name] for s in sizes], "-o", label=name)
+        left.plot(sizes, [1000 * by_size[s][f"{name}/after"] for s in sizes], "-o", label=name)
         right.plot(sizes, [100 * by_size[s][f"{name}/after"] / by_size[s]["backbone"]
                            for s in sizes], "-o", label=name)
     left.set(xlabel="image side (px)", ylabel="ms per image", yscale="log",
-             title="end to end (no CRF)")
+             title="backbone vs. work after it (no CRF)")
     right.axhline(MLP_TARGET, color="grey", ls="--", lw=1, label="mlp target")
     right.set(xlabel="image side (px)", ylabel="% of the backbone's time", yscale="log",
               title="work after the backbone")
     for ax in (left, right):
         ax.grid(alpha=0.3, which="both")
-    right.legend(fontsize=8)
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -35,6 +35,7 @@ import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -42,12 +43,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_parts import inference_times, run_probe, synthetic_crops, train_step_split  # noqa: E402
-from bench_quality import HEADS, QualitySettings, run_quality  # noqa: E402
+from bench_parts import inference_times, synthetic_crops, train_step_split  # noqa: E402
+from bench_probe import run_probe  # noqa: E402
+from bench_quality import HEADS, QualitySettings, merge, run_quality  # noqa: E402
 from bench_report import Table, machine_line, plot_memory, plot_times  # noqa: E402
 
+from segeig.atomic import atomic_write  # noqa: E402
 from segeig.backbone import Backbone  # noqa: E402
-from segeig.cli.train import parse_arch  # noqa: E402
+from segeig.cli.common import parse_arch  # noqa: E402
 from segeig.config import DEFAULT_BACKBONE, BackboneConfig, HeadConfig, KernelConfig  # noqa: E402
 from segeig.model import build_model  # noqa: E402
 from segeig.predictor import Segmenter, resolve_device  # noqa: E402
@@ -73,14 +76,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="timm architecture override (tests shrink the ViT)")
     inf = parser.add_argument_group("inference timing")
     inf.add_argument("--size", type=int, default=320, help="image side for the main rows")
-    inf.add_argument("--sizes", default="224,320,448,640",
+    inf.add_argument("--sizes", default="224,320,448",
                      help="image sides for the time-vs-size plot (comma-separated)")
-    inf.add_argument("--images", type=int, default=3, help="images timed per size")
+    inf.add_argument("--images", type=int, default=2, help="images timed per size")
     inf.add_argument("--repeats", type=int, default=3, help="repeats (median reported)")
     inf.add_argument("--k", type=int, default=256, help="eigenfunctions of the timed heads")
     inf.add_argument("--segments", type=int, default=32, help="centroids of the timed methods")
     qual = parser.add_argument_group("quality (synthetic proxy)")
     qual.add_argument("--no-quality", dest="quality", action="store_false")
+    qual.add_argument("--quality-seeds", type=int, default=1,
+                      help="repeat with this many seeds (data and training); mean ± sd")
+    qual.add_argument("--quality-heads", default=",".join(HEADS),
+                      help="heads to train (default mlp,transformer; the baselines are "
+                           "fitted with the first)")
+    parser.add_argument("--only", choices=("quality",),
+                        help="run only this section (supplementary measurements)")
     defaults = QualitySettings()
     for name in ("n_train", "n_val", "size", "classes", "k", "steps", "batch", "k_feat"):
         qual.add_argument(f"--quality-{name.replace('_', '-')}", type=int,
@@ -142,52 +152,61 @@ def main(argv: list[str] | None = None) -> int:
     backbone = Backbone(backbone_config).to(device).eval()
     variants = timing_models(backbone, args.k, args.segments, device)
     table = Table()
-    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+    everything = args.only is None
 
-    sizes = sorted({int(s) for s in args.sizes.split(",") if s} | {args.size})
+    def say(text: str) -> None:
+        print(f"[{time.perf_counter() - started:5.0f} s] {text}", file=sys.stderr, flush=True)
+
     by_size: dict[int, dict[str, float]] = {}
-    for size in sizes:
-        say(f"inference timing at {size} px ...")
-        rng = np.random.default_rng(size)
-        images = [render_sample(rng, (size, size), 6)[0] for _ in range(args.images)]
-        by_size[size] = inference_times(backbone, variants, images, args.repeats,
-                                        crf=size == args.size, device=device)
-    table.inference(by_size[args.size], args.size, list(variants))
+    if everything:
+        for size in sorted({int(s) for s in args.sizes.split(",") if s} | {args.size}):
+            say(f"inference timing at {size} px ...")
+            rng = np.random.default_rng(size)
+            images = [render_sample(rng, (size, size), 6)[0] for _ in range(args.images)]
+            by_size[size] = inference_times(backbone, variants, images, args.repeats,
+                                            full=size == args.size, device=device)
+        table.inference(by_size[args.size], args.size, list(variants))
 
-    quality = None
     if args.quality:
         settings = QualitySettings(**{name: getattr(args, f"quality_{name}") for name in (
             "n_train", "n_val", "size", "classes", "k", "steps", "batch", "k_feat")})
-        say(f"quality: training both heads for {settings.steps} steps ...")
-        with tempfile.TemporaryDirectory(prefix="segeig-bench-") as tmp:
-            quality = run_quality(settings, backbone_config, Path(tmp), device)
-        table.quality(quality, settings)
+        heads = tuple(h for h in args.quality_heads.split(",") if h)
+        results = []
+        for seed in range(args.quality_seeds):
+            say(f"quality (seed {seed}): training {', '.join(heads)} for {settings.steps} "
+                "steps each ...")
+            with tempfile.TemporaryDirectory(prefix="segeig-bench-") as tmp:
+                results.append(run_quality(replace(settings, seed=seed), backbone_config,
+                                           Path(tmp), device, heads))
+        table.quality(merge(results), settings)
 
-    probes = {"kernel": [], "exact": []}
-    for kind, spec in (("kernel", args.kernel_sizes), ("exact", args.exact_sizes)):
-        for batch, grid in _sizes(spec):
-            say(f"{kind}: {batch} x {grid}x{grid} tokens in a fresh process ...")
-            probes[kind].append(run_probe(kind, batch, grid, backbone.embed_dim, args.k_feat,
-                                          args.exact_clusters, str(device), threads))
-
-    say("training step split ...")
-    crops = synthetic_crops(args.train_batch, args.train_crop)
-    steps = {kind: train_step_split(backbone, kind, args.train_k, crops,
-                                    KernelConfig(k_feat=args.k_feat), args.repeats, device)
-             for kind in HEADS}
+    probes: dict[str, list[dict]] = {"kernel": [], "exact": []}
+    steps: dict[str, dict[str, float]] = {}
     tokens_per_step = args.train_batch * (-(-args.train_crop // backbone.patch_size)) ** 2
-    table.memory(probes, args.k_feat, steps, tokens_per_step)
-    table.training(steps, args.train_batch, args.train_crop, args.train_k)
+    if everything:
+        for kind, spec in (("kernel", args.kernel_sizes), ("exact", args.exact_sizes)):
+            for batch, grid in _sizes(spec):
+                say(f"{kind}: {batch} x {grid}x{grid} tokens in a fresh process ...")
+                probes[kind].append(run_probe(kind, batch, grid, backbone.embed_dim,
+                                              args.k_feat, args.exact_clusters, str(device),
+                                              threads))
+        say("training step split ...")
+        crops = synthetic_crops(args.train_batch, args.train_crop)
+        steps = {kind: train_step_split(backbone, kind, args.train_k, crops,
+                                        KernelConfig(k_feat=args.k_feat), args.repeats, device)
+                 for kind in HEADS}
+        table.memory(probes, args.k_feat, steps, tokens_per_step)
+        table.training(steps, args.train_batch, args.train_crop, args.train_k)
 
     elapsed = time.perf_counter() - started
+    command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = machine_line(device, threads, backbone_config, load_start, os.getloadavg(), elapsed)
-    text = header + "\n\n" + table.markdown()
+    text = f"{header}\nCommand: `{command.strip()}`\n\n{table.markdown()}"
     print(text)
     if args.out:
-        Path(args.out).write_text(text + "\n", encoding="utf-8")
-    if args.plots:
+        atomic_write(args.out, lambda f: f.write((text + "\n").encode("utf-8")))
+    if args.plots and everything:
         folder = Path(args.plots)
-        folder.mkdir(parents=True, exist_ok=True)
         for path in (plot_times(by_size, list(variants), folder / "time_vs_size.png"),
                      plot_memory(probes, steps, tokens_per_step, args.k_feat,
                                  folder / "memory_vs_tokens.png")):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
 from bench_quality import HEADS, QualityResult, QualitySettings  # noqa: E402
 
@@ -182,64 +184,118 @@ def machine_line(device: torch.device, threads: int, backbone: BackboneConfig,
 
 
 def _save(fig, path: Path) -> Path:
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"))
     plt.close(fig)
     return path
 
 
+def _labelled_ticks(ax, ticks: list[tuple[float, str]]) -> None:
+    """Log-axis ticks at readable values only (``(value, label)`` pairs)."""
+    low, high = ax.get_ylim()
+    kept = [(v, t) for v, t in ticks if low <= v <= high]
+    ax.yaxis.set_major_locator(matplotlib.ticker.FixedLocator([v for v, _ in kept]))
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FixedFormatter([t for _, t in kept]))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+
+
+PERCENT_TICKS = [(v, f"{v:g} %") for v in (0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500)]
+TIME_TICKS = [(1e-3, "1 ms"), (1e-2, "10 ms"), (0.1, "100 ms"), (1, "1 s"), (60, "1 min"),
+              (3600, "1 h"), (86400, "1 day"), (30 * 86400, "1 month"), (365 * 86400, "1 year"),
+              (3650 * 86400, "10 years")]
+BYTE_TICKS = [(10.0 ** e, f"1 {u}") for e, u in ((3, "kB"), (6, "MB"), (9, "GB"), (12, "TB"),
+                                                  (15, "PB"), (18, "EB"))]
+
+
 def plot_times(by_size: dict[int, dict[str, float]], names: list[str], path: Path) -> Path:
+    """Left: ms per image of the backbone and of the work after it, per method.
+    Right: that work as a percentage of the backbone's time."""
     sizes = sorted(by_size)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    left.plot(sizes, [1000 * by_size[s]["backbone"] for s in sizes], "k-o", lw=2,
-              label="backbone forward")
-    for head in HEADS:
-        key = f"head:{head}"
-        if all(key in by_size[s] for s in sizes):
-            left.plot(sizes, [1000 * by_size[s][key] for s in sizes], "--", marker="^",
-                      label=f"{head} head forward")
-            right.plot(sizes, [100 * by_size[s][key] / by_size[s]["backbone"] for s in sizes],
-                       "--", marker="^", label=f"{head} head forward")
-    for name in names:
-        left.plot(sizes, [1000 * by_size[s][f"{name}/after"] for s in sizes], "-o", label=name)
-        right.plot(sizes, [100 * by_size[s][f"{name}/after"] / by_size[s]["backbone"]
-                           for s in sizes], "-o", label=name)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    colours = iter(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 2)
+    left.plot(sizes, [1000 * by_size[s]["backbone"] for s in sizes], "k-o", lw=2.5,
+              label="backbone forward (reference)")
+    series = [(f"head:{h}", f"{h} head forward alone", "--^") for h in HEADS]
+    series += [(f"{n}/after", n, "-o") for n in names]
+    for key, label, style in series:
+        if not all(key in by_size[s] for s in sizes):
+            continue
+        colour = next(colours)
+        left.plot(sizes, [1000 * by_size[s][key] for s in sizes], style, color=colour,
+                  label=label)
+        right.plot(sizes, [100 * by_size[s][key] / by_size[s]["backbone"] for s in sizes],
+                   style, color=colour)
+    right.axhline(MLP_TARGET, color="grey", ls=":", lw=1.5)
+    right.text(sizes[0], MLP_TARGET * 1.08, f"mlp target {MLP_TARGET:g} %", color="grey",
+               fontsize=8)
     left.set(xlabel="image side (px)", ylabel="ms per image", yscale="log",
-             title="backbone vs. work after it (no CRF)")
-    right.axhline(MLP_TARGET, color="grey", ls="--", lw=1, label="mlp target")
-    right.set(xlabel="image side (px)", ylabel="% of the backbone's time", yscale="log",
-              title="work after the backbone")
+             title="backbone vs. the work after it (no CRF)")
+    right.set(xlabel="image side (px)", ylabel="share of the backbone's time", yscale="log",
+              title="work after the backbone, relative")
+    _labelled_ticks(right, PERCENT_TICKS)
     for ax in (left, right):
         ax.grid(alpha=0.3, which="both")
-    left.legend(fontsize=7)
-    right.legend(fontsize=7)
+        ax.set_xticks(sizes)
+    fig.legend(loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=4, fontsize=8,
+               frameon=False)
+    fig.tight_layout()
     return _save(fig, path)
 
 
 def plot_memory(probes: dict[str, list[dict]], steps: dict[str, dict], tokens_per_step: int,
                 k_feat: int, path: Path) -> Path:
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for kind, style, label in (("kernel", "b-o", "kernel build (measured)"),
-                               ("exact", "r-s", "exact spectral (measured)")):
-        points = sorted(probes[kind], key=lambda p: p["tokens"])
-        if points:
-            x = [p["tokens"] for p in points]
-            left.plot(x, [p["cpu_bytes"] / 1e6 for p in points], style, label=label)
-            right.plot(x, [p["seconds"] for p in points], style, label=label)
+    """Peak memory and time vs tokens in one graph: measured points, the dense
+    reference, and extrapolations (dotted, labelled) out to full training sets."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.6))
+    top = max(n * t for _, n, t in DATASETS) * 1.5
     every = [p["tokens"] for kind in probes for p in probes[kind]] or [tokens_per_step]
-    grid = [int(v) for v in torch.logspace(torch.log10(torch.tensor(min(every) / 2.0)),
-                                           6, 40).tolist()]
-    left.plot(grid, [8 * n * n / 1e6 for n in grid], "k--", lw=1,
-              label="dense eigh matrix, 8·N² (computed)")
-    left.plot(grid, [exact_spectral_bytes(n, k_feat) / 1e6 for n in grid], "r:", lw=1,
-              label="exact spectral estimate (extrapolated)")
-    for head, phases in steps.items():
-        right.axhline(sum(phases.values()), ls="--", lw=1,
+    grid = torch.logspace(torch.log10(torch.tensor(min(every) / 2.0)),
+                          torch.log10(torch.tensor(top)), 60).tolist()
+    for kind, colour, marker, label in (("kernel", "tab:blue", "o", "kernel build"),
+                                        ("exact", "tab:red", "s", "exact spectral clustering")):
+        points = sorted(probes[kind], key=lambda p: p["tokens"])
+        if not points:
+            continue
+        x = [p["tokens"] for p in points]
+        left.plot(x, [p["cpu_bytes"] for p in points], "-", marker=marker, color=colour,
+                  label=f"{label} (measured)")
+        right.plot(x, [p["seconds"] for p in points], "-", marker=marker, color=colour,
+                   label=f"{label} (measured)")
+        last = points[-1]
+        tail = [n for n in grid if n >= last["tokens"]]
+        right.plot(tail, [last["seconds"] * (n / last["tokens"]) ** 2 for n in tail], ":",
+                   color=colour, label=f"{label}, ∝ N² (extrapolated)")
+    left.plot(grid, [8 * n * n for n in grid], "k--", lw=1,
+              label="dense eigh matrix, 8·N² bytes (computed)")
+    left.plot(grid, [exact_spectral_bytes(int(n), k_feat) for n in grid], ":", color="tab:red",
+              label="exact spectral, calibrated estimate (extrapolated)")
+    ram = _ram_bytes()
+    if ram:
+        left.axhline(ram, color="grey", lw=1)
+        left.text(grid[0], ram * 1.3, f"this machine's RAM ({size_text(ram)})", fontsize=8,
+                  color="grey")
+    for (head, phases), colour in zip(steps.items(), ("tab:green", "tab:purple"), strict=False):
+        right.axhline(sum(phases.values()), ls="--", lw=1.2, color=colour,
                       label=f"one {head}-head training step ({tokens_per_step} tokens)")
-    left.set(xlabel="tokens in the graph", ylabel="peak extra memory (MB)", xscale="log",
-             yscale="log", title=f"memory (k_feat {k_feat})")
-    right.set(xlabel="tokens in the graph", ylabel="seconds", xscale="log", yscale="log",
-              title="time")
     for ax in (left, right):
+        for name, images, per_image in DATASETS:
+            ax.axvline(images * per_image, color="grey", ls="-.", lw=0.8)
+            ax.text(images * per_image, 0.02, " " + name.split(",")[0], rotation=90,
+                    fontsize=7, color="grey", transform=ax.get_xaxis_transform())
+        ax.set_xscale("log")
+        ax.set_yscale("log")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left")
+    left.set(xlabel="tokens in the graph", ylabel="peak extra memory",
+             title=f"memory (k_feat {k_feat})")
+    right.set(xlabel="tokens in the graph", ylabel="time", title="time on this machine")
+    _labelled_ticks(left, BYTE_TICKS)
+    _labelled_ticks(right, TIME_TICKS)
+    fig.tight_layout()
     return _save(fig, path)
+
+
+def _ram_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None

@@ -143,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("segeig.backbone").setLevel(logging.ERROR)  # the random-weights warning
     logging.getLogger("segeig.checkpoint").setLevel(logging.ERROR)
     device = resolve_device(args.device)
-    threads = args.threads or len(os.sched_getaffinity(0))
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                               else os.cpu_count() or 1)
     torch.set_num_threads(threads)
     started, load_start = time.perf_counter(), os.getloadavg()
     backbone_config = BackboneConfig(name=args.backbone, weights="random",

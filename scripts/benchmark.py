@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = machine_line(device, threads, backbone_config, load_start, os.getloadavg(), elapsed)
-    text = f"{header}\nCommand: `{command.strip()}`\n\n{table.markdown()}"
+    text = f"{header}\n\nCommand: `{command.strip()}`\n\n{table.markdown()}"
     print(text)
     if args.out:
         atomic_write(args.out, lambda f: f.write((text + "\n").encode("utf-8")))

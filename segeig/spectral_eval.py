@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -31,21 +29,18 @@ from segeig.config import KernelConfig, from_dict
 from segeig.crf import CRFParams, CRFPool
 from segeig.data import SegDataset
 from segeig.evaluation import (
-    MATCHES,
     EvaluationResult,
-    Example,
-    Scores,
-    _samples,
-    _Timer,
+    GridScorer,
+    StageTimer,
+    check_dataset,
+    check_segments,
+    prepared_samples,
 )
-from segeig.metrics import ConfusionAccumulator
 from segeig.model import CENTROID_TEMPERATURE
 from segeig.predictor import Segmenter
 from segeig.protocols import Protocol, resolve_protocol
-from segeig.resample import pixel_argmax, pixel_probs
 from segeig.spectral import exact_spectral_bytes, spectral_cluster_set
 from segeig.transforms import to_tensor
-from segeig.viz import make_palette
 
 logger = logging.getLogger(__name__)
 
@@ -126,32 +121,19 @@ def evaluate_spectral_dataset(
     start = time.perf_counter()
     if not isinstance(protocol, Protocol):
         protocol = resolve_protocol(protocol, dataset.name)
-    if match not in MATCHES:
-        raise ValueError(f"match must be one of {MATCHES}, got {match!r}")
-    if not dataset.with_labels or dataset.num_classes is None:
-        raise ValueError("evaluation needs labels: build the dataset with "
-                         "segeig.protocols.load_eval_dataset(protocol, root, split)")
-    if dataset.name != protocol.dataset:
-        raise ValueError(f"protocol {protocol.name!r} is defined for {protocol.dataset}, "
-                         f"but the dataset is {dataset.name}")
-    n_classes = dataset.num_classes
-    if protocol.num_classes is not None and n_classes != protocol.num_classes:
-        raise ValueError(f"protocol {protocol.name!r} scores {protocol.num_classes} classes but "
-                         f"the dataset has {n_classes}")
+    n_classes = check_dataset(dataset, protocol, match)
     n_clusters = n_clusters or n_classes
-    if match == "hungarian" and n_clusters < n_classes:
-        raise ValueError(f"hungarian matching needs at least {n_classes} clusters (one per "
-                         f"class), got {n_clusters}; use majority matching or more clusters")
+    check_segments(METHOD, n_clusters, n_classes, match)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     if n <= 0:
         raise ValueError(f"nothing to evaluate: {dataset!r} has {len(dataset)} images")
     kernel_config = kernel_config or kernel_config_of(segmenter)
     backbone, patch, device = segmenter.model.backbone, segmenter.patch_size, segmenter.device
-    timer = _Timer()
+    timer = StageTimer()
     timer.seconds["spectral"] = 0.0
 
     def images() -> Iterable:
-        samples = timer.timed(_samples(dataset, protocol, n, loader_workers), "data")
+        samples = timer.timed(prepared_samples(dataset, protocol, n, loader_workers), "data")
         return progress(samples, total=n) if progress is not None else samples
 
     # Pass 1: kernel features and the image at grid resolution (all the pixel
@@ -185,50 +167,10 @@ def evaluate_spectral_dataset(
     del features, smalls
 
     # Pass 2: score like any method (centroid-style temperature for the CRF unary).
-    acc = ConfusionAccumulator(n_clusters, n_classes)
-    acc_crf = ConfusionAccumulator(n_clusters, n_classes) if crf else None
-    examples: list[Example] = []
-    pending: deque = deque()
-
-    def drain(limit: int) -> None:
-        while pending and (len(pending) > limit or pending[0][0].done()):
-            future, label, example = pending.popleft()
-            with timer("crf"):
-                refined = future.result()
-            with timer("metrics"):
-                acc_crf.update(refined, label)
-            if example is not None:
-                example.pred_crf = refined.astype(np.int32)
-
     with CRFPool(crf_workers if crf else 0, crf_params, max_labels=None) as pool:
+        scorer = GridScorer(n_clusters, n_classes, patch, timer, pool if crf else None,
+                            crf_workers, crf_max_labels, n_examples)
         for s, grid in zip(images(), grids, strict=True):
-            grid = grid / CENTROID_TEMPERATURE
-            with timer("upsample"):
-                pred = pixel_argmax(grid, patch, s.in_size, s.out_size).numpy()
-            with timer("metrics"):
-                acc.update(pred, s.label)
-            example = None
-            if len(examples) < n_examples:
-                example = Example(s.name, s.eval_image, s.label, pred.astype(np.int32))
-                examples.append(example)
-            if acc_crf is not None:
-                with timer("crf_inputs"):
-                    probs, ids = pixel_probs(grid, patch, s.in_size, s.out_size, crf_max_labels)
-                with timer("crf"):
-                    pending.append((pool.submit(s.eval_image, probs, ids), s.label, example))
-                drain(2 * max(crf_workers, 1))
-        drain(0)
-
-    seconds = time.perf_counter() - start
-    timing = dict(timer.seconds)
-    timing["other"] = max(0.0, seconds - sum(timing.values()))
-    timing["total"] = seconds
-    names = list(dataset.class_names or [f"class {i}" for i in range(n_classes)])
-    palette = dataset.palette if dataset.palette is not None else make_palette(n_classes)
-    return EvaluationResult(
-        protocol=protocol, split=dataset.split, method=METHOD, match=match,
-        class_names=names, palette=np.asarray(palette, dtype=np.uint8), n_images=n,
-        n_segments=n_clusters, scores=Scores.from_confusion(acc.matrix.copy(), match),
-        scores_crf=Scores.from_confusion(acc_crf.matrix.copy(), match) if acc_crf else None,
-        timing=timing, seconds=seconds, examples=examples,
-    )
+            scorer.add(s, grid / CENTROID_TEMPERATURE)
+        scorer.drain(0)
+    return scorer.result(dataset, protocol, METHOD, match, n, start)

@@ -272,7 +272,7 @@ def test_cli_errors(synth_root, tiny_checkpoint, capsys):
 
 
 def test_unique_names_key_json():
-    from segeig.evaluation import unique_names
+    from segeig.scoring import unique_names
 
     assert unique_names(["wall", "sky", "wall"]) == ["0:wall", "sky", "2:wall"]
     assert unique_names(["a", "b"]) == ["a", "b"]

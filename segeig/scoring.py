@@ -1,0 +1,261 @@
+"""Scoring patch-grid predictions against labels, and the evaluation result types.
+
+:class:`GridScorer` turns each labelled sample's ``S×h×w`` grid scores into
+full-resolution predictions and fills two cluster×class confusion matrices —
+raw argmax and CRF-refined (the CRF runs on a worker pool while the caller
+moves on) — then packages an :class:`EvaluationResult`. Both
+:func:`segeig.evaluation.evaluate` and
+:func:`segeig.spectral_eval.evaluate_spectral_dataset` use it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from segeig.crf import CRFPool
+from segeig.data import SegDataset
+from segeig.metrics import ConfusionAccumulator, class_confusion, evaluate_confusion
+from segeig.protocols import Prepared, Protocol
+from segeig.resample import pixel_argmax, pixel_probs
+from segeig.viz import make_palette
+
+#: Stages of the main loop whose seconds are recorded (plus ``other`` and ``total``).
+TIMING_KEYS = ("data", "forward", "upsample", "metrics", "crf_inputs", "crf")
+
+
+#: Most bytes of CRF probabilities waiting for workers at once (full-resolution
+#: Cityscapes with 32 labels is 256 MiB per image).
+MAX_PENDING_BYTES = 2 << 30
+
+
+@dataclass
+class Scores:
+    """Scores of one confusion matrix under one matching.
+
+    Attributes:
+        miou: mean IoU in [0, 100] over classes with a non-empty union.
+        pixel_acc: pixel accuracy in [0, 100].
+        per_class_iou: ``C`` IoUs in [0, 100], NaN for classes never present
+            nor predicted.
+        mapping: ``S`` ints, cluster → class (``-1`` = unmatched, always wrong).
+        confusion: int64 ``S×C`` cluster × class pixel counts.
+    """
+
+    miou: float
+    pixel_acc: float
+    per_class_iou: list[float]
+    mapping: list[int]
+    confusion: np.ndarray
+
+    @classmethod
+    def from_confusion(cls, confusion: np.ndarray, match: str) -> Scores:
+        found = evaluate_confusion(confusion, match)  # type: ignore[arg-type]
+        return cls(found["miou"], found["pixel_acc"], found["per_class_iou"],
+                   found["mapping"], np.array(confusion, dtype=np.int64))
+
+    @property
+    def class_confusion(self) -> np.ndarray:
+        """int64 ``C×(C+1)`` class confusion (rows ground truth, last column unmatched)."""
+        return class_confusion(self.confusion, np.asarray(self.mapping, dtype=np.int64))
+
+    def map(self, clusters: np.ndarray) -> np.ndarray:
+        """Cluster ids → class ids (``-1`` for unmatched clusters), same shape."""
+        return np.asarray(self.mapping, dtype=np.int64)[clusters]
+
+
+@dataclass
+class Example:
+    """One evaluated image kept for pictures (arrays at the label's resolution).
+
+    Attributes:
+        name: sample name.
+        image: ``H×W×3`` uint8 RGB.
+        label: ``H×W`` uint8 ground truth (255 ignore).
+        pred: ``H×W`` int32 cluster ids.
+        pred_crf: ``H×W`` int32 CRF-refined cluster ids, or None without CRF.
+    """
+
+    name: str
+    image: np.ndarray
+    label: np.ndarray
+    pred: np.ndarray
+    pred_crf: np.ndarray | None = None
+
+
+@dataclass
+class EvaluationResult:
+    """Everything one evaluation produced. :meth:`to_dict` is the JSON form."""
+
+    protocol: Protocol
+    split: str
+    method: str
+    match: str
+    class_names: list[str]
+    palette: np.ndarray
+    n_images: int
+    n_segments: int
+    scores: Scores
+    scores_crf: Scores | None
+    timing: dict[str, float]
+    seconds: float
+    examples: list[Example] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (NaN → None); see docs/evaluation.md for the schema."""
+        names = unique_names(self.class_names)
+        crf = self.scores_crf
+        return {
+            "dataset": self.protocol.dataset,
+            "split": self.split,
+            "protocol": self.protocol.name,
+            "protocol_settings": self.protocol.to_dict(),
+            "method": self.method,
+            "match": self.match,
+            "n_images": self.n_images,
+            "n_segments": self.n_segments,
+            "num_classes": self.num_classes,
+            "class_names": list(self.class_names),
+            "miou": _num(self.scores.miou),
+            "pixel_acc": _num(self.scores.pixel_acc),
+            "per_class_iou": dict(zip(names, map(_num, self.scores.per_class_iou), strict=True)),
+            "miou_crf": _num(crf.miou) if crf else None,
+            "pixel_acc_crf": _num(crf.pixel_acc) if crf else None,
+            "per_class_iou_crf": (dict(zip(names, map(_num, crf.per_class_iou), strict=True))
+                                  if crf else None),
+            "mapping": list(self.scores.mapping),
+            "mapping_crf": list(crf.mapping) if crf else None,
+            "confusion": self.scores.confusion.tolist(),
+            "confusion_crf": crf.confusion.tolist() if crf else None,
+            "timing": {k: round(v, 4) for k, v in self.timing.items()},
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _num(value: float) -> float | None:
+    return None if value is None or math.isnan(value) else round(float(value), 4)
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Class names made unique (``"3:wall"`` for repeats) so they can key a JSON object."""
+    counts = Counter(names)
+    return [n if counts[n] == 1 else f"{i}:{n}" for i, n in enumerate(names)]
+
+
+class StageTimer:
+    """Seconds spent per named stage (``with timer("forward"): ...``)."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(TIMING_KEYS, 0.0)
+
+    @contextmanager
+    def __call__(self, key: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[key] += time.perf_counter() - start
+
+    def timed(self, iterable: Iterable, key: str) -> Iterator:
+        iterator, end = iter(iterable), object()
+        while True:
+            with self(key):
+                item = next(iterator, end)
+            if item is end:
+                return
+            yield item
+
+
+class GridScorer:
+    """Patch-grid scores of labelled samples → raw and CRF confusion matrices.
+
+    For each sample: full-resolution argmax (:func:`segeig.resample.pixel_argmax`)
+    into one confusion matrix; optionally the CRF on a worker pool, whose
+    results fill a second matrix as they arrive (a bounded queue keeps workers
+    busy without holding every image's probabilities).
+
+    Args:
+        n_segments, n_classes: confusion matrix shape.
+        patch: patch size of the grids.
+        timer: where stage seconds are booked.
+        pool: CRF workers, or ``None`` for no CRF scores.
+        crf_workers: the pool's size (bounds the queue).
+        crf_max_labels: segments per image passed to the CRF.
+        n_examples: keep the first N samples (with predictions) for pictures.
+    """
+
+    def __init__(self, n_segments: int, n_classes: int, patch: int, timer: StageTimer,
+                 pool: CRFPool | None, crf_workers: int, crf_max_labels: int,
+                 n_examples: int) -> None:
+        self.acc = ConfusionAccumulator(n_segments, n_classes)
+        self.acc_crf = ConfusionAccumulator(n_segments, n_classes) if pool else None
+        self.patch, self.timer, self.pool = patch, timer, pool
+        self.queue_limit = 2 * max(crf_workers, 1)
+        self.crf_max_labels, self.n_examples = crf_max_labels, n_examples
+        self.examples: list[Example] = []
+        self.pending: deque = deque()
+
+    def add(self, sample: Prepared, grid: torch.Tensor) -> None:
+        """Score one sample from its ``S×h×w`` grid scores."""
+        timer = self.timer
+        with timer("upsample"):
+            pred = pixel_argmax(grid, self.patch, sample.in_size, sample.out_size).cpu().numpy()
+        with timer("metrics"):
+            self.acc.update(pred, sample.label)
+        example = None
+        if len(self.examples) < self.n_examples:
+            example = Example(sample.name, sample.eval_image, sample.label, pred.astype(np.int32))
+            self.examples.append(example)
+        if self.pool is not None:
+            with timer("crf_inputs"):
+                probs, ids = pixel_probs(grid, self.patch, sample.in_size, sample.out_size,
+                                         self.crf_max_labels)
+            with timer("crf"):
+                future = self.pool.submit(sample.eval_image, probs, ids)
+            self.pending.append((future, sample.label, example, probs.nbytes))
+            self.drain(self.queue_limit)
+
+    def drain(self, limit: int = 0) -> None:
+        """Collect finished CRF results; wait until at most ``limit`` are pending."""
+        pending = self.pending
+        while pending and (len(pending) > limit or pending[0][0].done()
+                           or sum(p[3] for p in pending) > MAX_PENDING_BYTES):
+            future, label, example, _ = pending.popleft()
+            with self.timer("crf"):
+                refined = future.result()  # segment ids (the pool maps planes back)
+            with self.timer("metrics"):
+                self.acc_crf.update(refined, label)
+            if example is not None:
+                example.pred_crf = refined.astype(np.int32)
+
+    def result(self, dataset: SegDataset, protocol: Protocol, method: str, match: str,
+               n_images: int, start: float) -> EvaluationResult:
+        """Match clusters to classes and package everything (call after :meth:`drain`)."""
+        seconds = time.perf_counter() - start
+        timing = dict(self.timer.seconds)
+        timing["other"] = max(0.0, seconds - sum(timing.values()))
+        timing["total"] = seconds
+        n_classes = self.acc.matrix.shape[1]
+        names = list(dataset.class_names or [f"class {i}" for i in range(n_classes)])
+        palette = dataset.palette if dataset.palette is not None else make_palette(n_classes)
+        crf = self.acc_crf
+        return EvaluationResult(
+            protocol=protocol, split=dataset.split, method=method, match=match,
+            class_names=names, palette=np.asarray(palette, dtype=np.uint8),
+            n_images=n_images, n_segments=self.acc.matrix.shape[0],
+            scores=Scores.from_confusion(self.acc.matrix.copy(), match),
+            scores_crf=Scores.from_confusion(crf.matrix.copy(), match) if crf else None,
+            timing=timing, seconds=seconds, examples=self.examples,
+        )

@@ -12,17 +12,13 @@ import numpy as np
 
 from segeig.data.base import (
     DatasetLayoutError,
-    Item,
     SegDataset,
     Transform,
-    check_labels_present,
-    describe_dir,
+    images_and_annotations,
     label_lut,
     split_alias,
-    stem_name,
 )
 from segeig.data.classes import ADE20K_CLASSES, ADE20K_PALETTE
-from segeig.imageio import list_images
 
 LAYOUT = """\
   ROOT/ADEChallengeData2016/        (ROOT may also be this folder itself)
@@ -75,26 +71,7 @@ class ADE20K(SegDataset):
             raise ValueError(f"ade20k has {len(ADE20K_CLASSES)} classes, got {num_classes}")
         base = resolve_root(Path(root))
         sub = split_alias(split, _SPLITS, self.name)
-        img_dir = base / "images" / sub
-        if not img_dir.is_dir():
-            raise DatasetLayoutError(self.name, base, f"missing directory 'images/{sub}'",
-                                     LAYOUT, describe_dir(base / "images"))
-        ann_dir = base / "annotations" / sub
-        images = list_images(img_dir)
-        if not images:
-            raise DatasetLayoutError(self.name, base, f"no images in 'images/{sub}'", LAYOUT,
-                                     describe_dir(img_dir))
-        items = [Item(sub + "/" + stem_name(p, img_dir), p) for p in images]
-        if with_labels:
-            if not ann_dir.is_dir():
-                raise DatasetLayoutError(self.name, base, f"missing directory 'annotations/{sub}'",
-                                         LAYOUT)
-            items = check_labels_present(
-                self.name, base,
-                [Item(it.name, it.image, ann_dir / (stem_name(it.image, img_dir) + ".png"))
-                 for it in items],
-                LAYOUT,
-            )
+        items = images_and_annotations(self.name, base, sub, LAYOUT, with_labels)
         super().__init__(base, sub, items, with_labels=with_labels,
                          class_names=ADE20K_CLASSES, palette=ADE20K_PALETTE, transform=transform)
 

@@ -4,6 +4,7 @@ class, layout errors and label lookup tables."""
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 from torch.utils.data import Dataset
 
-from segeig.imageio import read_image, read_label
+from segeig.imageio import list_images, read_image, read_label
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,60 @@ def check_labels_present(
             found=f"missing annotations:\n{shown}{more}",
         )
     return items
+
+
+def images_and_annotations(
+    dataset: str, base: Path, sub: str, expected: str, with_labels: bool,
+    unique_names: bool = False,
+) -> list[Item]:
+    """Items of the ``images/<sub>`` + ``annotations/<sub>/<name>.png`` layout.
+
+    Shared by ADE20K and the custom layout. Annotation folders are not even
+    looked at when ``with_labels`` is False.
+
+    Args:
+        dataset: dataset name for error messages.
+        base: the dataset root holding ``images/`` (and ``annotations/``).
+        sub: split folder name.
+        expected: the layout tree shown in errors.
+        with_labels: attach (and require) annotation files.
+        unique_names: refuse images whose names clash once the extension is
+            dropped (their annotations would be the same file).
+
+    Raises:
+        DatasetLayoutError: missing folder, no images, clashing names or
+            missing annotations.
+    """
+    img_dir = base / "images" / sub
+    if not img_dir.is_dir():
+        raise DatasetLayoutError(dataset, base, f"missing directory 'images/{sub}'",
+                                 expected, describe_dir(base / "images"))
+    images = list_images(img_dir)
+    if not images:
+        raise DatasetLayoutError(dataset, base, f"no images in 'images/{sub}'", expected,
+                                 describe_dir(img_dir))
+    items = [Item(f"{sub}/{stem_name(p, img_dir)}", p) for p in images]
+    if unique_names:
+        counts = Counter(it.name for it in items)
+        dup = sorted(n for n, c in counts.items() if c > 1)
+        if dup:
+            raise DatasetLayoutError(
+                dataset, base,
+                f"several images share a name (e.g. {', '.join(dup[:5])}); each image needs "
+                "a unique name because its annotation is <name>.png", expected,
+            )
+    if not with_labels:
+        return items
+    ann_dir = base / "annotations" / sub
+    if not ann_dir.is_dir():
+        raise DatasetLayoutError(dataset, base, f"missing directory 'annotations/{sub}'",
+                                 expected)
+    return check_labels_present(
+        dataset, base,
+        [Item(it.name, it.image, ann_dir / (stem_name(it.image, img_dir) + ".png"))
+         for it in items],
+        expected,
+    )
 
 
 class SegDataset(Dataset):

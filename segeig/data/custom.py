@@ -11,7 +11,6 @@ lines ignored), or a one-time scan of the split's labels (max id other than
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +21,10 @@ from segeig.data.base import (
     Item,
     SegDataset,
     Transform,
-    check_labels_present,
-    describe_dir,
-    stem_name,
+    images_and_annotations,
 )
 from segeig.data.classes import voc_colormap
-from segeig.imageio import list_images, read_label
+from segeig.imageio import read_label
 
 logger = logging.getLogger(__name__)
 
@@ -76,33 +73,8 @@ class CustomDataset(SegDataset):
         sub = split
         if not (base / "images" / sub).is_dir() and (base / "images" / _ALT.get(sub, sub)).is_dir():
             sub = _ALT[sub]
-        img_dir = base / "images" / sub
-        if not img_dir.is_dir():
-            raise DatasetLayoutError(self.name, base, f"missing directory 'images/{split}'",
-                                     LAYOUT, describe_dir(base / "images"))
-        images = list_images(img_dir)
-        if not images:
-            raise DatasetLayoutError(self.name, base, f"no images under 'images/{sub}'",
-                                     LAYOUT, describe_dir(img_dir))
-        items = [Item(f"{sub}/{stem_name(p, img_dir)}", p) for p in images]
-        dup = sorted(n for n, c in Counter(it.name for it in items).items() if c > 1)
-        if dup:
-            raise DatasetLayoutError(
-                self.name, base,
-                f"several images share a name (e.g. {', '.join(dup[:5])}); each image needs "
-                "a unique name because its annotation is <name>.png", LAYOUT,
-            )
-        if with_labels:
-            ann_dir = base / "annotations" / sub
-            if not ann_dir.is_dir():
-                raise DatasetLayoutError(self.name, base, f"missing directory 'annotations/{sub}'",
-                                         LAYOUT)
-            items = check_labels_present(
-                self.name, base,
-                [Item(it.name, it.image, ann_dir / (stem_name(it.image, img_dir) + ".png"))
-                 for it in items],
-                LAYOUT,
-            )
+        items = images_and_annotations(self.name, base, sub, LAYOUT, with_labels,
+                                       unique_names=True)
         names = None
         classes_file = base / "classes.txt"
         if classes_file.is_file():

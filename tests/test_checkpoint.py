@@ -73,36 +73,32 @@ def test_kmeans_only_checkpoint(tmp_path, tiny_backbone):
     assert labels.max() < 4
 
 
+def _edit_description(path, edit) -> None:
+    """Rewrite a checkpoint with ``edit(doc)`` applied to its JSON description."""
+    with safe_open(str(path), framework="pt") as handle:
+        doc = json.loads(handle.metadata()["segeig"])
+        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
+    edit(doc)
+    save_file(tensors, str(path), metadata={"segeig": json.dumps(doc)})
+
+
 def test_wrong_k_is_a_clear_error(tmp_path, tiny_model):
     path = save_checkpoint(tmp_path / "c.safetensors", tiny_model)
-    with safe_open(str(path), framework="pt") as handle:
-        meta = handle.metadata()
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    doc = json.loads(meta["segeig"])
-    doc["head"]["k"] = 13
-    save_file(tensors, str(path), metadata={"segeig": json.dumps(doc)})
+    _edit_description(path, lambda doc: doc["head"].update(k=13))
     with pytest.raises(CheckpointError, match="K=13"):
         load_model(path)
 
 
 def test_backbone_width_mismatch(tmp_path, tiny_model):
     path = save_checkpoint(tmp_path / "c.safetensors", tiny_model)
-    with safe_open(str(path), framework="pt") as handle:
-        doc = json.loads(handle.metadata()["segeig"])
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    doc["backbone"]["embed_dim"] = 384
-    save_file(tensors, str(path), metadata={"segeig": json.dumps(doc)})
+    _edit_description(path, lambda doc: doc["backbone"].update(embed_dim=384))
     with pytest.raises(CheckpointError, match="width 384"):
         load_model(path)
 
 
 def test_newer_format_and_foreign_files(tmp_path, tiny_model):
     path = save_checkpoint(tmp_path / "c.safetensors", tiny_model)
-    with safe_open(str(path), framework="pt") as handle:
-        doc = json.loads(handle.metadata()["segeig"])
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
-    doc["format_version"] = 99
-    save_file(tensors, str(path), metadata={"segeig": json.dumps(doc)})
+    _edit_description(path, lambda doc: doc.update(format_version=99))
     with pytest.raises(CheckpointError, match="upgrade segeig"):
         read_config(path)
     foreign = tmp_path / "other.safetensors"

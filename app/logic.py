@@ -20,9 +20,10 @@ from PIL import Image
 
 from segeig.imageio import ImageReadError, read_image
 from segeig.merge import MergeResult, merge_label_map, segment_profiles
+from segeig.outputs import save_segments
 from segeig.predictor import Segmenter
 from segeig.resample import pixel_argmax, pixel_probs
-from segeig.transforms import limit_side
+from segeig.transforms import limit_side, to_tensor
 from segeig.viz import eigenfunction_grid, legend_image, make_palette, overlay
 
 logger = logging.getLogger(__name__)
@@ -131,19 +132,22 @@ class ImageResult:
 def segment_image(seg: Segmenter, image: np.ndarray, name: str, method: str, crf: bool,
                   notice: str | None = None,
                   lock: AbstractContextManager | None = None) -> ImageResult:
-    """Segment one image (one forward pass, plus one more for the CRF inputs).
+    """Segment one image with one forward pass.
 
     ``image`` is processed in a single pass at its own size (the caller has
-    already bounded its side), so no sliding window is used. ``lock`` (e.g. a
-    ``threading.Lock``) is held around the model's forward passes only, so
-    concurrent requests run the CRF and rendering in parallel but never the
-    model (whose backbone keeps per-call state in forward hooks).
+    already bounded its side), so no sliding window is used. The same pass
+    gives the eigenfunction values for the eigenfunctions tab when the method
+    runs the head. ``lock`` (e.g. a ``threading.Lock``) is held around the
+    model's forward pass only, so concurrent requests run the CRF and
+    rendering in parallel but never two model runs at once.
     """
     if method not in seg.methods:
         raise UserError(f"method {method!r} is not available; this model has "
                         f"{', '.join(available_methods(seg))}")
     with lock or nullcontext():
-        scores = seg.patch_scores(image, method, max_side=None)
+        out = seg.forward(to_tensor(image)[None], method)
+    scores = out.scores[0]
+    eigen = None if out.logits is None else _sorted_eigen(seg, out.logits[0].float().cpu().numpy())
     if crf:
         from segeig.crf import crf_labels
 
@@ -153,7 +157,7 @@ def segment_image(seg: Segmenter, image: np.ndarray, name: str, method: str, crf
         labels = pixel_argmax(scores, seg.patch_size, image.shape[:2])
         labels = labels.to(torch.int32).cpu().numpy()
     ids, profiles, sizes = segment_profiles(labels, scores, seg.patch_size)
-    return ImageResult(name, image, labels, ids, profiles, sizes, method, crf, notice)
+    return ImageResult(name, image, labels, ids, profiles, sizes, method, crf, notice, eigen)
 
 
 def merge(result: ImageResult, n_segments: int | None) -> MergeResult:
@@ -200,19 +204,6 @@ def legend_for(merged: MergeResult, palette: np.ndarray,
 
 
 # -- downloads -----------------------------------------------------------------
-def write_label_png(labels: np.ndarray, palette: np.ndarray, path: Path) -> None:
-    """Label map as PNG: palette-indexed for ids ≤ 255, 16-bit greyscale beyond.
-
-    Pixel values are the segment ids themselves either way.
-    """
-    from segeig.viz import save_palette_png
-
-    if labels.size and int(labels.max()) > 255:
-        Image.fromarray(labels.astype(np.uint16)).save(path, format="PNG")
-    else:
-        save_palette_png(labels, palette, path)
-
-
 def write_downloads(out_dir: Path, index: int, result: ImageResult, merged: MergeResult,
                     palette: np.ndarray, overlay_image: np.ndarray) -> list[Path]:
     """Write ``NN_<name>_labels.png`` and ``NN_<name>_overlay.png`` into ``out_dir``.
@@ -222,7 +213,9 @@ def write_downloads(out_dir: Path, index: int, result: ImageResult, merged: Merg
     stem = f"{index + 1:02d}_{safe_stem(result.name)}"
     labels_path = out_dir / f"{stem}_labels.png"
     overlay_path = out_dir / f"{stem}_overlay.png"
-    write_label_png(merged.labels, palette, labels_path)
+    # The same format as `segeig segment` (palette PNG up to 256 segments,
+    # 16-bit beyond), chosen by the method's segment count, not by this image.
+    save_segments(merged.labels, labels_path, len(palette), palette)
     Image.fromarray(overlay_image).save(overlay_path, format="PNG")
     return [labels_path, overlay_path]
 
@@ -249,16 +242,19 @@ def eigenfunctions_of(seg: Segmenter, result: ImageResult,
 
     ``lock``: held around the forward pass (see :func:`segment_image`).
     """
-    if result.eigen is None:
+    if result.eigen is None:  # the segmenting pass ran no head (e.g. method kmeans)
         if seg.model.head is None:
             raise UserError("this checkpoint has no eigenfunction head (k-means baseline only)")
         with lock or nullcontext():
             values = seg.eigenfunctions(result.image)
-        order, _ = eigen_order(seg)
-        if order is not None and len(order) == len(values):
-            values = values[order]
-        result.eigen = values
+        result.eigen = _sorted_eigen(seg, values)
     return result.eigen
+
+
+def _sorted_eigen(seg: Segmenter, values: np.ndarray) -> np.ndarray:
+    """``K×h×w`` eigenfunction values reordered by recorded eigenvalue (largest first)."""
+    order, _ = eigen_order(seg)
+    return values[order] if order is not None and len(order) == len(values) else values
 
 
 def eigen_grid_image(seg: Segmenter, result: ImageResult, n: int, tile_width: int = 240,

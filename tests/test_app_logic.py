@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from app import logic
 from segeig.predictor import Segmenter
@@ -130,13 +131,28 @@ def test_write_downloads_roundtrip(tmp_path, result):
     np.testing.assert_array_equal(read_label_png(files[0]), merged.labels)
 
 
-def test_label_png_beyond_255_is_16_bit(tmp_path):
+@pytest.mark.parametrize("n_segments", [256, 512])
+def test_label_download_format_follows_the_segment_count(tmp_path, result, n_segments):
+    """Like `segeig segment`: palette PNG up to 256 segments (id 255 keeps its colour),
+    16-bit beyond — decided by the method's segment count, not by the image."""
     from PIL import Image
 
-    labels = np.array([[0, 300], [511, 7]], np.int32)
-    logic.write_label_png(labels, make_palette(512), tmp_path / "l.png")
-    with Image.open(tmp_path / "l.png") as img:
-        np.testing.assert_array_equal(np.array(img), labels)
+    from segeig.merge import MergeResult
+    from segeig.outputs import read_segments
+
+    labels = np.array([[0, 255], [7, 255]], np.int32)
+    merged = MergeResult(labels, {0: [0], 7: [7], 255: [255]})
+    palette = make_palette(n_segments)
+    shown = np.zeros((2, 2, 3), np.uint8)
+    path = logic.write_downloads(tmp_path, 0, result, merged, palette, shown)[0]
+    np.testing.assert_array_equal(read_segments(path), labels)
+    with Image.open(path) as img:
+        if n_segments == 256:
+            assert img.mode == "P"
+            colours = np.array(img.getpalette()[: 3 * 256]).reshape(256, 3)
+            np.testing.assert_array_equal(colours[255], palette[255])
+        else:
+            assert img.mode.startswith("I")
 
 
 def test_eigenfunctions_sorted_by_eigenvalue(seg, result):
@@ -182,7 +198,7 @@ def test_model_runs_under_the_lock_and_crf_outside(seg, rng, monkeypatch):
 
     lock = threading.Lock()
     seen = []
-    for name in ("patch_scores", "crf_inputs", "eigenfunctions"):
+    for name in ("forward", "patch_scores", "crf_inputs", "eigenfunctions"):
         original = getattr(seg, name)
 
         def spy(*args, _original=original, _name=name, **kwargs):
@@ -200,7 +216,15 @@ def test_model_runs_under_the_lock_and_crf_outside(seg, rng, monkeypatch):
     result = logic.segment_image(seg, random_image(rng, 32, 32), "a.png", "eigen", True,
                                  lock=lock)
     logic.eigenfunctions_of(seg, result, lock)
-    # One forward pass serves both the labels and the CRF inputs.
-    assert [name for name, _ in seen] == ["patch_scores", "crf", "eigenfunctions"]
+    # One forward pass serves the labels, the CRF inputs and the eigenfunctions.
+    assert [name for name, _ in seen] == ["forward", "crf"]
     assert all(locked == (name != "crf") for name, locked in seen)
     assert not lock.locked()
+    # A method that runs no head falls back to one eigenfunction pass, under the lock.
+    seg.model.set_centroids("kmeans", torch.randn(5, seg.model.backbone.embed_dim))
+    seen.clear()
+    kmeans = logic.segment_image(seg, random_image(rng, 32, 32), "b.png", "kmeans", False,
+                                 lock=lock)
+    logic.eigenfunctions_of(seg, kmeans, lock)
+    # (the last "forward" is the one Segmenter.eigenfunctions runs itself)
+    assert seen == [("forward", True), ("eigenfunctions", True), ("forward", True)]

@@ -26,7 +26,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CRFParams", "CRFPool", "crf_labels", "dense_crf", "topk_probs"]
+__all__ = ["CRFParams", "CRFPool", "crf_labels", "dense_crf", "require_pydensecrf", "topk_probs"]
 
 _PROB_EPS = 1e-5  # floor before -log(p): keeps unaries finite without biasing real labels
 
@@ -52,7 +52,12 @@ class CRFParams:
     bilateral_compat: float = 4.0
 
 
-def _import_pydensecrf() -> tuple[ModuleType, Callable[..., np.ndarray]]:
+def require_pydensecrf() -> tuple[ModuleType, Callable[..., np.ndarray]]:
+    """Import pydensecrf, or raise ``ImportError`` saying how to install it.
+
+    Callers that will need the CRF later call this first, so a missing package
+    fails before any expensive work rather than after it.
+    """
     try:
         import pydensecrf.densecrf as dcrf
         from pydensecrf.utils import unary_from_softmax
@@ -94,7 +99,7 @@ def dense_crf(image: np.ndarray, probs: np.ndarray, params: CRFParams | None = N
     n_labels, height, width = probs.shape
     if n_labels == 1:
         return np.ones_like(probs, dtype=np.float32)
-    dcrf, unary_from_softmax = _import_pydensecrf()
+    dcrf, unary_from_softmax = require_pydensecrf()
 
     # pydensecrf reads raw buffers: every array handed to it must be
     # C-contiguous with the exact dtype it expects, or results are garbage.
@@ -264,7 +269,7 @@ class CRFPool:
 
     def _ensure_started(self) -> None:
         if self.workers > 0 and self._executor is None:
-            _import_pydensecrf()  # fail fast in the parent with the helpful message
+            require_pydensecrf()  # fail fast in the parent with the helpful message
             ctx = multiprocessing.get_context(self.start_method)
             self._executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=ctx)
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from segeig.crf import CRFParams, CRFPool
+from segeig.crf import CRFParams, CRFPool, require_pydensecrf
 from segeig.data import SegDataset
 from segeig.predictor import Segmenter
 from segeig.protocols import Prepared, Protocol, prepare, resolve_protocol
@@ -38,7 +38,8 @@ from segeig.transforms import to_tensor
 logger = logging.getLogger(__name__)
 
 __all__ = ["MATCHES", "TIMING_KEYS", "EvaluationResult", "Example", "GridScorer", "Scores",
-           "StageTimer", "check_dataset", "check_segments", "evaluate", "prepared_samples"]
+           "StageTimer", "check_crf_available", "check_dataset", "check_segments", "evaluate",
+           "prepared_samples"]
 
 MATCHES = ("hungarian", "majority")
 
@@ -102,6 +103,16 @@ def check_dataset(dataset: SegDataset, protocol: Protocol, match: str) -> int:
             f"{protocol.dataset} but the dataset was built with {n_classes}; build it with "
             "segeig.protocols.load_eval_dataset(protocol, root, split)")
     return n_classes
+
+
+def check_crf_available(crf: bool) -> None:
+    """Fail before any work when CRF scores are asked for but pydensecrf is missing."""
+    if crf:
+        try:
+            require_pydensecrf()
+        except ImportError as err:
+            raise RuntimeError("CRF scores need pydensecrf (`pip install pydensecrf2`); "
+                               "install it or evaluate without CRF (--no-crf)") from err
 
 
 def check_segments(method: str, n_segments: int, n_classes: int, match: str) -> None:
@@ -176,12 +187,7 @@ def evaluate(
     if n <= 0:
         raise ValueError(f"nothing to evaluate: {dataset!r} has {len(dataset)} images "
                          f"(max_images={max_images})")
-    if crf:
-        try:
-            import pydensecrf.densecrf  # noqa: F401
-        except ImportError as err:
-            raise RuntimeError("CRF scores need pydensecrf (`pip install pydensecrf2`); "
-                               "install it or evaluate without CRF (--no-crf)") from err
+    check_crf_available(crf)
     logger.info("evaluating %d images: %s; method %s, %s matching, %d segments%s",
                 n, protocol.describe(), method, match, n_segments, ", with CRF" if crf else "")
 

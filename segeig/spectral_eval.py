@@ -32,6 +32,7 @@ from segeig.evaluation import (
     EvaluationResult,
     GridScorer,
     StageTimer,
+    check_crf_available,
     check_dataset,
     check_segments,
     prepared_samples,
@@ -115,6 +116,7 @@ def evaluate_spectral_dataset(
 
     Raises:
         SpectralSetTooLargeError: more than ``max_tokens`` patches.
+        RuntimeError: CRF requested but pydensecrf is not installed.
         ValueError: bad match, unlabelled dataset, wrong class count, too few
             clusters for hungarian matching, no images.
     """
@@ -124,6 +126,7 @@ def evaluate_spectral_dataset(
     n_classes = check_dataset(dataset, protocol, match)
     n_clusters = n_clusters or n_classes
     check_segments(METHOD, n_clusters, n_classes, match)
+    check_crf_available(crf)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     if n <= 0:
         raise ValueError(f"nothing to evaluate: {dataset!r} has {len(dataset)} images")

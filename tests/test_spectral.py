@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -257,6 +258,19 @@ def test_spectral_dataset_recovers_known_classes(halves):
                                      ).scores.miou > 90
     with pytest.raises(ValueError, match="at least as many segments as classes"):
         evaluate_spectral_dataset(segmenter, dataset, n_clusters=3, crf=False)
+
+
+def test_spectral_dataset_without_pydensecrf_fails_before_any_work(halves, monkeypatch):
+    _, dataset = halves
+    backbone = ColourBackbone()
+    calls = []
+    monkeypatch.setattr(backbone, "forward", lambda images: calls.append(1))
+    for name in ("pydensecrf", "pydensecrf.densecrf", "pydensecrf.utils"):
+        monkeypatch.setitem(sys.modules, name, None)
+    segmenter = Segmenter(SegEigModel(backbone), device="cpu")
+    with pytest.raises(RuntimeError, match="pip install pydensecrf2"):
+        evaluate_spectral_dataset(segmenter, dataset, crf=True)
+    assert calls == []  # refused before the first forward pass
 
 
 def test_spectral_dataset_refuses_large_sets(halves):

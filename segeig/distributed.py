@@ -86,9 +86,3 @@ class DistContext:
         out = tensor.clone()
         dist.all_reduce(out)
         return out / self.world_size
-
-    def broadcast(self, tensor: torch.Tensor, src: int = 0) -> torch.Tensor:
-        """``tensor`` of rank ``src`` on every rank (in place)."""
-        if self.active:
-            dist.broadcast(tensor, src)
-        return tensor

@@ -169,7 +169,3 @@ def gumbel_probs(
     # Same construction as F.gumbel_softmax: G = -log(Exp(1)).
     return torch.softmax((logits.float() - noise.float().log()) / tau, dim=dim)
 
-
-def inference_probs(logits: torch.Tensor, tau_min: float, dim: int = 1) -> torch.Tensor:
-    """Deterministic inference probabilities ``softmax(logits/τ_min)`` along ``dim``."""
-    return torch.softmax(logits.float() / tau_min, dim=dim)

@@ -186,7 +186,3 @@ def build_kernel(
         kernel = (kernel + pixel * config.alpha).coalesce()
     return kernel
 
-
-def sparse_nbytes(matrix: torch.Tensor) -> int:
-    """Bytes held by a coalesced sparse COO tensor's indices and values."""
-    return matrix.indices().nbytes + matrix.values().nbytes

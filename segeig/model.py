@@ -14,7 +14,7 @@ One forward pass gives per-patch scores for a method:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -51,7 +51,6 @@ class ModelOutput:
     scores: torch.Tensor
     logits: torch.Tensor | None
     features: BackboneFeatures
-    extras: dict = field(default_factory=dict)
 
 
 class SegEigModel(nn.Module):
@@ -147,7 +146,7 @@ class SegEigModel(nn.Module):
         if method == "eigen":
             return ModelOutput(logits.float() / self.head.config.tau_min, logits, features)
         scores = centroid_score_maps(hidden, self.centroids(method))
-        return ModelOutput(scores / CENTROID_TEMPERATURE, logits, features, {"hidden": hidden})
+        return ModelOutput(scores / CENTROID_TEMPERATURE, logits, features)
 
 
 def build_model(backbone: Backbone, head_config: HeadConfig | None) -> SegEigModel:

@@ -179,10 +179,12 @@ class Trainer:
         return extra
 
     def _save(self, model_checkpoint: bool = True) -> None:
+        head = self.model.head
+        # Checked on every rank (DDP keeps the weights identical), so all ranks
+        # stop together instead of the others waiting at the barrier below.
+        if head is not None and not all(torch.isfinite(p).all() for p in head.parameters()):
+            self._diverged(float("nan"), "the head's weights are no longer finite")
         if self.dist.is_main:
-            head = self.model.head
-            if head is not None and not all(torch.isfinite(p).all() for p in head.parameters()):
-                self._diverged(float("nan"), "the head's weights are no longer finite")
             save_train_state(self.state_path, config=self.config, progress=self.progress,
                              head=head if head is not None else torch.nn.Module(),
                              optimizer=self.optimizer, scaler=self.scaler)

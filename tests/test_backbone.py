@@ -13,7 +13,7 @@ import timm
 import torch
 from safetensors.torch import save_file
 
-from segeig.backbone import Backbone, BackboneWeightsError
+from segeig.backbone import KNOWN_BACKBONES, Backbone, BackboneWeightsError
 from segeig.config import BackboneConfig
 from tests.conftest import TINY_ARCH, tiny_backbone_config
 
@@ -48,6 +48,16 @@ def test_layers_are_block0_middle_and_final_normed(tiny_backbone):
     torch.testing.assert_close(feats.layers[0], as_map(outputs[0]))
     torch.testing.assert_close(feats.layers[1], as_map(outputs[2]))
     torch.testing.assert_close(feats.layers[2], as_map(vit.norm(outputs[3])))
+
+
+@pytest.mark.parametrize("name", KNOWN_BACKBONES)
+def test_known_backbones_build_and_give_patch_maps(name):
+    """Every backbone the docs name builds (shrunk, random) and yields h×w patch maps."""
+    backbone = Backbone(BackboneConfig(name=name, weights="random",
+                                       arch_overrides=dict(TINY_ARCH)))
+    p = backbone.patch_size
+    feats = backbone(torch.rand(1, 3, 2 * p, 3 * p))
+    assert feats.stacked.shape == (1, 3 * 48, 2, 3)
 
 
 def test_register_tokens_removed():
@@ -161,7 +171,7 @@ def _populate_hf_cache(cache: Path, repo: str, state: dict) -> None:
 HUB_SCRIPT = textwrap.dedent(
     """
     import sys, torch
-    from segeig.backbone import Backbone, BackboneWeightsError
+    from segeig.backbone import KNOWN_BACKBONES, Backbone, BackboneWeightsError
     from segeig.config import BackboneConfig
     config = BackboneConfig(arch_overrides={arch!r})  # weights="hub", the users' default
     try:

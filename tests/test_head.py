@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from segeig.config import HeadConfig
-from segeig.head import EigenHead, gumbel_probs, inference_probs, tau_at
+from segeig.head import EigenHead, gumbel_probs, tau_at
 
 
 @pytest.mark.parametrize("kind", ["transformer", "mlp"])
@@ -50,8 +50,6 @@ def test_probabilities():
     logits = torch.randn(10, 6)
     g = gumbel_probs(logits, 0.5)
     torch.testing.assert_close(g.sum(-1), torch.ones(10))
-    p = inference_probs(logits.T[None], 0.3)
-    torch.testing.assert_close(p.sum(1), torch.ones(1, 10))
 
 
 def test_gumbel_with_given_noise_is_reproducible_and_unbiased():

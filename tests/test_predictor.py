@@ -38,6 +38,16 @@ def test_predict_equals_argmax_of_upsampled_scores(segmenter, rng):
     np.testing.assert_array_equal(segmenter.predict(image), full.numpy())
 
 
+def test_batched_tensor_api_matches_single_images(segmenter, rng):
+    images = [random_image(rng, 40, 56) for _ in range(3)]
+    batch = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i in images])
+    scores = segmenter.predict_batch(batch)
+    assert scores.shape == (3, 12, 40, 56)
+    for image, row in zip(images, scores, strict=True):
+        torch.testing.assert_close(row, torch.from_numpy(segmenter.predict_scores(image)),
+                                   atol=1e-4, rtol=1e-4)
+
+
 def test_window_covering_image_equals_single_pass(segmenter, rng):
     image = random_image(rng, 64, 96)
     single = segmenter.patch_scores(image, max_side=None)

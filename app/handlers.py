@@ -1,4 +1,4 @@
-"""Event handlers of the web demo: thin adapters from Gradio values to :mod:`app.logic`.
+"""Event handlers of the web demo: thin adapters from Gradio values to :mod:`segeig.app.logic`.
 
 Every handler is wrapped by :func:`guard` when wired up, which turns any
 failure into a short ``gr.Error`` toast: the user never sees a stack trace or
@@ -23,8 +23,8 @@ from typing import Any
 import gradio as gr
 import numpy as np
 from PIL import Image
+from segeig.app import logic
 
-from app import logic
 from segeig.predictor import Segmenter
 
 logger = logging.getLogger(__name__)

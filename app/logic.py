@@ -1,7 +1,7 @@
 """The demo's logic, free of any web framework so it can be unit-tested.
 
 Every function takes numpy arrays / a :class:`segeig.predictor.Segmenter` and
-returns numpy arrays, text or file paths; :mod:`app.app` only wires them to
+returns numpy arrays, text or file paths; :mod:`segeig.app.ui` only wires them to
 Gradio components. Errors meant for the user are raised as :class:`UserError`
 with a message that never names a server path.
 """
@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from segeig.imageio import ImageReadError, read_image
-from segeig.merge import MergeResult, merge_label_map, segment_profiles
-from segeig.outputs import save_segments
+from segeig.cluster import MergeResult, merge_label_map, segment_profiles
+from segeig.imageio import ImageReadError, read_image, save_segments
 from segeig.predictor import Segmenter
 from segeig.resample import pixel_argmax, pixel_probs
 from segeig.transforms import limit_side, to_tensor

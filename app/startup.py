@@ -7,7 +7,7 @@ Order of preference (first that exists wins):
 3. ``WEIGHTS_DIR/demo/<backbone>-<weights>/checkpoint.safetensors``, a
    checkpoint an earlier start fitted for the same backbone;
 4. a checkpoint fitted now on the bundled example images with
-   ``segeig.training.fit_images`` and written to the place of (3), so the
+   ``segeig.train.fit_or_reuse_checkpoint`` and written to the place of (3), so the
    next start is fast.
 
 Nothing is written anywhere but (3). The fitted cache is keyed by backbone so
@@ -25,13 +25,13 @@ from pathlib import Path
 from segeig.backbone import BackboneWeightsError
 from segeig.checkpoint import CHECKPOINT_NAME, resolve_checkpoint_path
 from segeig.config import BackboneConfig
-from segeig.imageio import list_images
+from segeig.train import fit_or_reuse_checkpoint
+from segeig.data.files import list_images
 
 logger = logging.getLogger(__name__)
 
-#: ``progress(step, total, info)`` as taken by ``segeig.training.fit_images``.
+#: ``progress(step, total, info)`` as taken by ``segeig.train.fit_images``.
 Progress = Callable[[int, int, dict], None]
-FitFn = Callable[..., Path]
 
 #: Bundled example images: ``examples/`` beside the ``app`` package in a source
 #: checkout (an installed package has none; see :func:`find_examples_dir`).
@@ -79,7 +79,6 @@ def find_or_fit_checkpoint(
     examples_dir: str | Path | None = DEFAULT_EXAMPLES,
     device: str = "auto",
     progress: Progress | None = None,
-    fit: FitFn | None = None,
 ) -> tuple[Path, str]:
     """Locate the checkpoint to serve, fitting one when there is none.
 
@@ -90,7 +89,6 @@ def find_or_fit_checkpoint(
         examples_dir: images to fit on.
         device: device for fitting.
         progress: forwarded to the fit (``progress(step, total, info)``).
-        fit: the fitting function (default ``segeig.training.fit_images``).
 
     Returns:
         ``(checkpoint path, how)`` with ``how`` one of ``"given"``,
@@ -107,20 +105,16 @@ def find_or_fit_checkpoint(
     if placed.is_file():
         return placed, "weights"
     cached = fitted_checkpoint_path(weights_dir, backbone)
-    if cached.is_file():
-        return cached, "cached fit"
     images = example_images(examples_dir)
-    if not images:
+    if not images and not cached.is_file():
         raise FileNotFoundError(
             f"no checkpoint to serve: none given, none at {placed}, and no example images "
             f"in {examples_dir} to fit one on. Pass --checkpoint CKPT (from `segeig train`)."
         )
-    if fit is None:
-        from segeig.training import fit_images as fit
-    logger.info("no checkpoint found: fitting one on %d example images (cached in %s)",
-                len(images), cached.parent)
-    path = fit(images, cached.parent, backbone=backbone, device=device, progress=progress)
-    return Path(path), "fitted"
+    # Fit-or-reuse is decided where `segeig segment` decides it.
+    path, fitted = fit_or_reuse_checkpoint(cached.parent, images, backbone=backbone,
+                                           device=device, progress=progress)
+    return path, "fitted" if fitted else "cached fit"
 
 
 def weights_error_text(backbone_name: str, weights: str | None = "hub") -> str:

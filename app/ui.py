@@ -1,10 +1,10 @@
-"""The segeig web demo: Gradio wiring around :mod:`app.logic`.
+"""The segeig web demo: Gradio wiring around :mod:`segeig.app.logic`.
 
 ``build_demo(seg)`` returns the :class:`gradio.Blocks` app, ``serve(demo)``
 starts it with the robustness settings (queue with a concurrency limit, upload
 size limit, localhost by default), ``build_error_demo(markdown)`` is the page
 served when no model could be loaded. Event handlers live in
-:mod:`app.handlers`, each wrapped by :func:`app.handlers.guard`.
+:mod:`segeig.app.handlers`, each wrapped by :func:`segeig.app.handlers.guard`.
 """
 
 from __future__ import annotations
@@ -14,9 +14,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import gradio as gr
+from segeig.app import logic
+from segeig.app.handlers import (
+    DOWNLOAD_MAX_AGE_S,
+    DemoHandlers,
+    DownloadArea,
+    guard,
+    model_summary,
+)
 
-from app import logic
-from app.handlers import DOWNLOAD_MAX_AGE_S, DemoHandlers, DownloadArea, guard, model_summary
 from segeig.predictor import Segmenter
 
 logger = logging.getLogger(__name__)

@@ -19,12 +19,12 @@ import torch
 
 from segeig.backbone import Backbone
 from segeig.config import HeadConfig, KernelConfig, ObjectiveConfig
+from segeig.data.synthetic import render_sample
 from segeig.head import EigenHead, gumbel_probs, tau_at
 from segeig.kernel import build_kernel
 from segeig.model import CENTROID_METHODS, SegEigModel
 from segeig.objective import neuralef_loss
 from segeig.predictor import Segmenter
-from segeig.synthetic import render_sample
 from segeig.transforms import to_tensor
 
 

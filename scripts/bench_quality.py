@@ -18,17 +18,17 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from segeig.centroids import fit_centroids
 from segeig.config import BackboneConfig, KernelConfig
-from segeig.data import build_dataset
-from segeig.evaluation import evaluate
+from segeig.data.registry import build_dataset
+from segeig.data.synthetic import make_synthetic_dataset
+from segeig.evaluation.evaluator import evaluate
+from segeig.evaluation.protocols import load_eval_dataset, resolve_protocol
+from segeig.evaluation.spectral_dataset import evaluate_spectral_dataset, kernel_config_of
 from segeig.predictor import Segmenter, load
-from segeig.protocols import load_eval_dataset, resolve_protocol
 from segeig.spectral import spectral_cluster_set
-from segeig.spectral_eval import evaluate_spectral_dataset, kernel_config_of
-from segeig.synthetic import make_synthetic_dataset
-from segeig.train_config import default_config
-from segeig.training import train
+from segeig.train.centroids import fit_centroids
+from segeig.train.config import default_config
+from segeig.train.launch import train
 from segeig.transforms import to_tensor
 
 logger = logging.getLogger(__name__)

@@ -31,11 +31,11 @@ import torch
 from PIL import Image
 
 from segeig.backbone import Backbone
+from segeig.batch.inputs import expand_inputs
+from segeig.batch.pipeline import SegmentOptions, segment_files
 from segeig.config import DEFAULT_BACKBONE, BackboneConfig, HeadConfig
 from segeig.imageio import read_image
-from segeig.inputs import expand_inputs
 from segeig.model import build_model
-from segeig.pipeline import SegmentOptions, segment_files
 from segeig.predictor import Segmenter
 from segeig.transforms import to_tensor
 

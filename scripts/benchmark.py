@@ -52,9 +52,12 @@ from segeig.atomic import atomic_write  # noqa: E402
 from segeig.backbone import Backbone  # noqa: E402
 from segeig.cli.common import parse_arch  # noqa: E402
 from segeig.config import DEFAULT_BACKBONE, BackboneConfig, HeadConfig, KernelConfig  # noqa: E402
-from segeig.model import build_model  # noqa: E402
-from segeig.predictor import Segmenter, resolve_device  # noqa: E402
-from segeig.synthetic import render_sample  # noqa: E402
+from segeig.data.synthetic import render_sample  # noqa: E402
+from segeig.model import (
+    build_model,  # noqa: E402
+    resolve_device,  # noqa: E402
+)
+from segeig.predictor import Segmenter
 
 
 def _sizes(text: str) -> list[tuple[int, int]]:

@@ -29,9 +29,10 @@ import torch
 from PIL import Image
 
 from segeig.config import BackboneConfig, HeadConfig
-from segeig.predictor import resolve_device
-from segeig.train_log import read_log
-from segeig.training import default_config, train
+from segeig.model import resolve_device
+from segeig.train.config import default_config
+from segeig.train.launch import train
+from segeig.train.state import read_log
 
 TINY_ARCH = {"depth": 4, "embed_dim": 48, "num_heads": 2}
 

@@ -22,11 +22,11 @@ import torch
 from tqdm import tqdm
 
 from segeig.backbone import Backbone
-from segeig.centroids import fit_centroids
 from segeig.checkpoint import save_checkpoint
 from segeig.config import DEFAULT_BACKBONE, BackboneConfig, HeadConfig
-from segeig.data import build_dataset
+from segeig.data.registry import build_dataset
 from segeig.model import build_model
+from segeig.train.centroids import fit_centroids
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,7 +16,7 @@ import sys
 
 from tqdm import tqdm
 
-from segeig.synthetic import make_synthetic_dataset
+from segeig.data.synthetic import make_synthetic_dataset
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""Spherical k-means in torch, and nearest-centroid scoring.
+"""Clustering: spherical k-means and nearest-centroid scores over tokens, and
+merging one image's segments into fewer.
 
 Used for the ``eigen+kmeans`` method (k-means on the head's hidden features)
 and the ``kmeans`` baseline (k-means on raw final backbone features). Features
@@ -9,14 +10,37 @@ Scaling: :class:`TokenReservoir` keeps a uniform random subsample of at most
 ``capacity`` tokens from a stream of any length (reservoir sampling), so the fit
 costs O(capacity·D) memory whatever the dataset size. Lloyd iterations then run
 on the device in chunks.
+
+Merging segments without retraining. A model predicts up to S segment ids (K
+eigenfunctions, or k-means centroids). Going from fine to coarse only needs a
+distance between the segments found in an image and a clustering of them:
+
+* **Profile** of a segment (:func:`segment_profiles`): the mean, over the
+  segment's pixels, of the patch score vector (``S`` values) under each pixel.
+  For ``eigen`` that is the segment's mean position in the eigenfunction
+  embedding (the space spectral clustering works in); for the centroid methods
+  it is the segment's mean similarity to every centroid. Both are computed from
+  the same patch scores the segmentation came from, so every method is handled
+  alike and nothing beyond one forward pass is needed.
+* **Clustering** (:func:`merge_segments`): Ward agglomerative clustering of
+  the profiles, cut at ``n`` clusters. Chosen over k-means because it is
+  deterministic and hierarchical: the partition at ``n`` is always a
+  refinement of the one at ``n - 1``, so moving a "number of segments" slider
+  merges segments monotonically instead of reshuffling them.
+
+Merged segments keep the id of their largest member (:func:`merge_label_map`),
+so colours stay stable as segments are merged.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy.cluster.hierarchy import cut_tree, linkage
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +171,144 @@ def fit_kmeans(
         if changed == 0:
             break
     return centroids.cpu()
+
+
+def segment_profiles(
+    labels: np.ndarray, scores: np.ndarray | torch.Tensor, patch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean patch-score vector of every segment present in a label map.
+
+    Args:
+        labels: ``H×W`` integer segment ids (any non-negative values, e.g. an
+            argmax or CRF output).
+        scores: ``S×h×w`` float patch scores of the same image, with
+            ``h = ceil(H/p)``, ``w = ceil(W/p)`` (as from
+            ``Segmenter.patch_scores``); pixel ``(y, x)`` lies in patch
+            ``(y // p, x // p)``.
+        patch: patch size p in pixels.
+
+    Returns:
+        ``(ids, profiles, sizes)``: ``ids`` M int64 sorted segment ids present,
+        ``profiles`` ``M×S`` float64 (the mean of the scores of the patches
+        under each pixel of the segment), ``sizes`` M int64 pixel counts.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer H×W array, got {labels.dtype} {labels.shape}")
+    if isinstance(scores, torch.Tensor):
+        scores = scores.detach().float().cpu().numpy()
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 3:
+        raise ValueError(f"scores must be S×h×w, got shape {scores.shape}")
+    height, width = labels.shape
+    s, h, w = scores.shape
+    if h != -(-height // patch) or w != -(-width // patch):
+        raise ValueError(
+            f"scores grid {h}×{w} does not match a {height}×{width} image with patch {patch}"
+        )
+    if labels.size and labels.min() < 0:
+        raise ValueError("labels must be non-negative")
+    ids, index = np.unique(labels, return_inverse=True)
+    index = index.reshape(height, width)
+    # Pixel → patch index; counting (segment, patch) pairs turns the mean over
+    # pixels into a small M×(h·w) matrix product instead of an S×H×W upsample.
+    patch_row = (np.arange(height) // patch)[:, None]
+    patch_col = (np.arange(width) // patch)[None, :]
+    patch_index = patch_row * w + patch_col
+    pair = index.astype(np.int64) * (h * w) + patch_index
+    counts = np.bincount(pair.ravel(), minlength=len(ids) * h * w).reshape(len(ids), h * w)
+    sizes = counts.sum(axis=1)
+    profiles = counts @ scores.reshape(s, h * w).T / sizes[:, None]
+    return ids.astype(np.int64), profiles, sizes.astype(np.int64)
+
+
+def merge_segments(profiles: np.ndarray, n: int) -> np.ndarray:
+    """Group M segments into ``min(n, M)`` clusters by Ward clustering of their profiles.
+
+    Args:
+        profiles: ``M×C`` float feature vectors, one per segment (e.g. from
+            :func:`segment_profiles`, or k-means centroids).
+        n: wanted number of groups, ≥ 1.
+
+    Returns:
+        ``M`` int64 group numbers in ``[0, min(n, M))``, numbered in order of
+        their first member. Cuts of the same profiles at decreasing ``n`` are
+        nested (each group at ``n - 1`` is a union of groups at ``n``).
+    """
+    profiles = np.asarray(profiles, dtype=np.float64)
+    if profiles.ndim != 2:
+        raise ValueError(f"profiles must be M×C, got shape {profiles.shape}")
+    if n < 1:
+        raise ValueError(f"number of groups must be >= 1, got {n}")
+    m = profiles.shape[0]
+    if m == 0:
+        return np.zeros(0, dtype=np.int64)
+    if n >= m:
+        return np.arange(m, dtype=np.int64)
+    if not np.isfinite(profiles).all():
+        raise ValueError("profiles contain NaN or infinite values")
+    tree = linkage(profiles, method="ward")
+    groups = cut_tree(tree, n_clusters=n).ravel()
+    # Renumber in order of first member so the numbering does not depend on
+    # scipy's internal order.
+    _, first = np.unique(groups, return_index=True)
+    order = np.argsort(np.argsort(first))
+    remap = dict(zip(np.unique(groups), order, strict=True))
+    return np.array([remap[g] for g in groups], dtype=np.int64)
+
+
+@dataclass
+class MergeResult:
+    """Outcome of :func:`merge_label_map`.
+
+    Attributes:
+        labels: ``H×W`` int32 merged label map; every merged segment carries
+            the id of its largest member.
+        members: representative id → sorted list of the original ids it
+            covers (itself included), one entry per segment left.
+    """
+
+    labels: np.ndarray
+    members: dict[int, list[int]]
+
+
+def merge_label_map(
+    labels: np.ndarray,
+    ids: np.ndarray,
+    profiles: np.ndarray,
+    sizes: np.ndarray,
+    n: int | None,
+) -> MergeResult:
+    """Merge the segments of a label map down to at most ``n``.
+
+    Args:
+        labels: ``H×W`` integer segment ids.
+        ids, profiles, sizes: from :func:`segment_profiles` of ``labels``.
+        n: number of segments to keep; ``None`` (or ≥ the number present)
+            keeps all of them.
+
+    Returns:
+        :class:`MergeResult`.
+    """
+    labels = np.asarray(labels)
+    ids = np.asarray(ids, dtype=np.int64)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    if not len(ids) == len(sizes) == len(profiles):
+        raise ValueError(f"{len(ids)} ids, {len(sizes)} sizes, {len(profiles)} profiles")
+    if n is None or n >= len(ids):
+        return MergeResult(labels.astype(np.int32, copy=True),
+                           {int(i): [int(i)] for i in ids})
+    groups = merge_segments(profiles, n)
+    representative = np.empty(len(ids), dtype=np.int64)
+    members: dict[int, list[int]] = {}
+    for g in range(int(groups.max()) + 1):
+        idx = np.flatnonzero(groups == g)
+        rep = int(ids[idx[np.argmax(sizes[idx])]])
+        representative[idx] = rep
+        members[rep] = sorted(int(i) for i in ids[idx])
+    # ids is sorted, so searchsorted maps each label to its row in ids.
+    rows = np.clip(np.searchsorted(ids, labels), 0, len(ids) - 1)
+    if not np.array_equal(ids[rows], labels):
+        raise ValueError("labels hold ids missing from `ids`; compute both from the same map")
+    merged = representative[rows]
+    return MergeResult(merged.astype(np.int32), members)

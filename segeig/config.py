@@ -1,4 +1,7 @@
-"""Configuration dataclasses.
+"""Configuration dataclasses, the constants the command line needs, and their
+JSON form (:func:`to_dict` / :func:`from_dict`).
+
+This module imports no torch: ``segeig --help`` reads its constants.
 
 Every number that defines a model lives here, so that a checkpoint can store the
 whole configuration as JSON and rebuild the model from the file alone. Defaults
@@ -8,14 +11,28 @@ are the reference paper's (Deng & Luo, ICCV 2023) unless a comment says why not.
 from __future__ import annotations
 
 import dataclasses
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 HeadKind = Literal["transformer", "mlp"]
 KernelFeatures = Literal["final", "keys"]
 
+T = TypeVar("T")
+
 #: Default backbone: DINO ViT-S/16 through timm.
 DEFAULT_BACKBONE = "vit_small_patch16_224.dino"
+
+#: Images with a side above this are processed in sliding windows by default.
+DEFAULT_MAX_SIDE = 1024
+
+#: Dataset layouts segeig reads (``segeig.data.DATASETS``); ``folder`` has no labels.
+DATASET_NAMES = ("ade20k", "pascal_context", "cityscapes", "custom", "folder")
+#: The labelled ones, which ``segeig evaluate`` scores.
+LABELLED_DATASETS = ("pascal_context", "ade20k", "cityscapes", "custom")
+#: Evaluation protocols (DESIGN §2; ``segeig.evaluation.protocols``).
+PROTOCOL_NAMES = ("stego", "full", "native")
 
 
 @dataclass
@@ -130,21 +147,43 @@ class ObjectiveConfig:
 
 
 def to_dict(obj: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a (nested) config dataclass; tuples become lists."""
+    """A JSON-ready dict of a (nested) config dataclass; tuples become lists on dumping."""
     return dataclasses.asdict(obj)
 
 
-def from_dict(cls: type, data: dict[str, Any]) -> Any:
-    """Rebuild a config dataclass from :func:`to_dict` output.
+def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Rebuild a config dataclass (nested ones too) from :func:`to_dict` output.
 
-    Unknown keys raise ``ValueError`` naming them, so a checkpoint written by a
-    newer segeig fails clearly instead of silently dropping settings.
+    Fields typed as a dataclass are rebuilt recursively, and fields typed as a
+    tuple get their JSON lists back as tuples (``pixel_passes``, ``scale``), so
+    ``from_dict(type(c), json.loads(json.dumps(to_dict(c)))) == c``.
+
+    Raises:
+        ValueError: unknown keys (named), so a checkpoint written by a newer
+            segeig fails clearly instead of silently dropping settings.
     """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(names)}")
-    kwargs = dict(data)
-    if cls is KernelConfig and "pixel_passes" in kwargs:
-        kwargs["pixel_passes"] = tuple((int(k), float(w)) for k, w in kwargs["pixel_passes"])
+    kwargs = {name: _from_json(hints[name], value) for name, value in data.items()}
     return cls(**kwargs)
+
+
+def _from_json(hint: Any, value: Any) -> Any:
+    """``value`` as parsed from JSON, turned back into the field type ``hint``."""
+    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return from_dict(hint, value)
+    if typing.get_origin(hint) is tuple and isinstance(value, (list, tuple)):
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+            return tuple(_from_json(args[0], v) for v in value)
+        if args and len(args) == len(value):  # tuple[X, Y]
+            return tuple(_from_json(a, v) for a, v in zip(args, value, strict=True))
+        return tuple(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value

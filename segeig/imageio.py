@@ -1,9 +1,13 @@
-"""Robust image and label reading.
+"""Images and label maps in and out of files.
 
 Everything that enters segeig from disk goes through :func:`read_image` (photos,
-any common format and mode -> ``uint8`` RGB) or :func:`read_label` (segmentation
-label PNGs -> raw ``uint8`` class indices). Failures raise :class:`ImageReadError`,
+any common format and mode -> ``uint8`` RGB) or :func:`read_label` (a dataset's
+annotation PNGs -> raw ``uint8`` class indices). Failures raise :class:`ImageReadError`,
 a ``ValueError`` whose message names the file, what was wrong and what to do.
+
+Segment maps that segeig writes go through :func:`save_segments` (palette PNG up
+to 256 ids, 16-bit greyscale PNG above, written atomically) and come back with
+:func:`read_segments`. Which *files* count as images is :mod:`segeig.data.files`.
 """
 
 from __future__ import annotations
@@ -17,22 +21,25 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from segeig.atomic import atomic_write
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "DEFAULT_MAX_PIXELS",
-    "IMAGE_EXTENSIONS",
+    "MAX_PALETTE_SEGMENTS",
+    "MAX_SEGMENTS",
     "ImageReadError",
-    "is_image_file",
-    "list_images",
     "read_image",
     "read_label",
+    "read_segments",
+    "save_segments",
 ]
 
-#: File suffixes (lower case, with dot) treated as images; matching is case-insensitive.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-)
+#: Up to this many segment ids, segment maps are palette ("P") PNGs.
+MAX_PALETTE_SEGMENTS = 256
+#: Above MAX_PALETTE_SEGMENTS, 16-bit greyscale PNGs hold up to this many ids.
+MAX_SEGMENTS = 65536
 
 #: Default decompression-bomb guard: 2**27 pixels (about 11585 x 11585). Far above
 #: any photo a ViT would see, small enough to decode (384 MiB as RGB), and below
@@ -60,11 +67,6 @@ class ImageReadError(ValueError):
 
     def __reduce__(self):  # keep the exception picklable across DataLoader workers
         return (type(self), (self.path, self.reason, self.hint))
-
-
-def is_image_file(path: str | os.PathLike[str]) -> bool:
-    """True if ``path`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
 
 
 def _open(path: Path, max_pixels: int | None) -> Image.Image:
@@ -319,36 +321,61 @@ def _label_indices(path: Path, im: Image.Image) -> np.ndarray:
                          "save labels as 8-bit 'L' or palette PNG")
 
 
-def list_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
-    """List image files (by :data:`IMAGE_EXTENSIONS`) under ``root``.
+def save_segments(labels: np.ndarray, path: str | os.PathLike[str], num_segments: int,
+                  palette: np.ndarray | None = None) -> None:
+    """Write a segment-id map as a PNG, atomically; :func:`read_segments` reads it back.
 
-    Hidden files and directories (name starting with ".") below ``root`` are
-    skipped, which also skips macOS "._*" resource forks and ".ipynb_checkpoints".
-    Symlinked directories are followed once (cycles are cut). If ``root`` is
-    itself an image file, ``[root]`` is returned.
+    With ``num_segments <= 256`` the file is a palette ("P") PNG: pixel values
+    are ids, shown in the colours of ``palette`` (default
+    :func:`segeig.viz.make_palette`). Every id is a segment, so none is drawn
+    as "ignore": id 255 keeps its colour. With more segments (e.g. K = 512) it
+    is a 16-bit greyscale PNG whose pixel values are the ids — image viewers
+    show it nearly black; look at the overlay instead.
 
-    Returns:
-        Paths sorted by their POSIX path relative to ``root`` (deterministic
-        across machines and file systems).
+    Args:
+        labels: integer ``H×W`` ids in ``[0, num_segments)``.
+        path: destination ``.png`` (parent directories are created).
+        num_segments: S, the number of ids the method can produce (decides the format).
+        palette: uint8 ``S×3`` RGB colours for the palette PNG (first 256 used;
+            missing entries black).
 
     Raises:
-        FileNotFoundError: ``root`` does not exist.
+        ValueError: ids outside ``[0, num_segments)`` or ``num_segments`` above 65536.
     """
-    root = Path(root)
-    if root.is_file():
-        return [root] if is_image_file(root) else []
-    if not root.is_dir():
-        raise FileNotFoundError(f"image folder '{root}' does not exist")
-    found: list[Path] = []
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # symlink cycle or duplicate link: visit each directory once
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
-        found.extend(
-            Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f)
-        )
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"labels must be an integer H×W array, got {labels.dtype} "
+                         f"{labels.shape}")
+    if not 1 <= num_segments <= MAX_SEGMENTS:
+        raise ValueError(f"num_segments must be in [1, {MAX_SEGMENTS}], got {num_segments}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_segments):
+        raise ValueError(f"segment ids span {labels.min()}..{labels.max()}, outside "
+                         f"[0, {num_segments})")
+    if num_segments > MAX_PALETTE_SEGMENTS:
+        image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint16))
+        atomic_write(path, lambda f: image.save(f, format="PNG"))
+        return
+    if palette is None:
+        from segeig.viz import make_palette  # matplotlib; only needed for the default colours
+
+        palette = make_palette(num_segments)
+    colours = np.zeros((256, 3), dtype=np.uint8)
+    given = np.asarray(palette, dtype=np.uint8)[:256]
+    colours[: len(given)] = given
+    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))
+    image.putpalette(colours.tobytes(), rawmode="RGB")  # turns the "L" image into "P"
+    atomic_write(path, lambda f: image.save(f, format="PNG"))
+
+
+def read_segments(path: str | os.PathLike[str]) -> np.ndarray:
+    """Segment ids of a map written by :func:`save_segments`, ``H×W`` int32.
+
+    Accepts palette/greyscale 8-bit PNGs (the palette is not applied: values
+    are ids) and 16-bit greyscale PNGs. Other modes (e.g. RGB) raise
+    ``ValueError``: their colours cannot be turned back into ids unambiguously.
+    """
+    with Image.open(path) as image:
+        if image.mode in ("P", "L") or image.mode.startswith("I"):
+            return np.asarray(image).astype(np.int32)
+        raise ValueError(f"{path}: expected a palette, 8-bit or 16-bit greyscale label PNG, "
+                         f"got mode {image.mode!r}")

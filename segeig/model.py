@@ -149,6 +149,16 @@ class SegEigModel(nn.Module):
         return ModelOutput(scores / CENTROID_TEMPERATURE, logits, features)
 
 
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; use 'cpu'")
+    return device
+
+
 def build_model(backbone: Backbone, head_config: HeadConfig | None) -> SegEigModel:
     """A model with a freshly initialised head sized for ``backbone``."""
     head = None

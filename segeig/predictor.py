@@ -20,25 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from segeig.checkpoint import load_model
-from segeig.model import ModelOutput, SegEigModel
+from segeig.config import DEFAULT_MAX_SIDE
+from segeig.model import ModelOutput, SegEigModel, resolve_device
 from segeig.resample import pixel_argmax, pixel_probs
 from segeig.transforms import to_tensor
 
 logger = logging.getLogger(__name__)
-
-#: Images with a side above this are processed in sliding windows by default.
-DEFAULT_MAX_SIDE = 1024
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else as given."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but no CUDA GPU is available; use 'cpu'")
-    return device
-
 
 def upsample_scores(scores: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
     """Patch-grid scores → pixel scores.

@@ -1,4 +1,4 @@
-"""Pictures: palettes, label colouring, overlays, eigenfunction maps, plots, label PNGs.
+"""Pictures: palettes, label colouring, overlays, eigenfunction maps, plots.
 
 Functions return uint8 RGB arrays or write PNGs; nothing opens a window.
 Matplotlib is driven through ``Figure`` + ``FigureCanvasAgg`` (never ``pyplot``),
@@ -19,7 +19,6 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
-from PIL import Image
 
 from segeig.atomic import atomic_write
 
@@ -334,53 +333,3 @@ def legend_image(names: Sequence[str], palette: np.ndarray, max_rows: int = 30) 
         ax.add_patch(Rectangle((col + 0.03, row + 0.15), 0.12, 0.7, color=palette[i] / 255.0))
         ax.text(col + 0.19, row + 0.5, str(name), va="center", fontsize=8)
     return _render(fig)
-
-
-def save_palette_png(
-    labels: np.ndarray,
-    palette: np.ndarray | None,
-    path: str | os.PathLike[str],
-    ignore_index: int | None = IGNORE_INDEX,
-) -> None:
-    """Write a label map as a palette-indexed ("P" mode) PNG, atomically.
-
-    Pixel values are the label ids themselves (what :func:`read_label_png`
-    returns); the palette only affects how viewers display them. Index
-    ``ignore_index`` (255 by default) is shown black; pass None when 255 is a
-    real id (e.g. 256 unsupervised segments) to keep its palette colour.
-
-    Args:
-        labels: integer ``(H, W)`` ids in ``[0, 255]``.
-        palette: uint8 ``(N, 3)`` RGB (first 256 used; missing entries black),
-            or None for :func:`make_palette`.
-        path: output path (parent directories are created).
-        ignore_index: id drawn black, or None for none.
-
-    Raises:
-        ValueError: if ids fall outside ``[0, 255]``.
-    """
-    labels = np.asarray(labels)
-    _valid_mask(labels, None)  # shape/dtype check
-    if labels.size and (labels.min() < 0 or labels.max() > 255):
-        bad = int(labels.min()) if labels.min() < 0 else int(labels.max())
-        raise ValueError(f"label {bad} does not fit a palette PNG (ids must be in [0, 255])")
-    pal = np.zeros((256, 3), dtype=np.uint8)
-    src = make_palette(255) if palette is None else np.asarray(palette, dtype=np.uint8)[:256]
-    pal[: len(src)] = src
-    if ignore_index is not None and 0 <= ignore_index < 256:
-        pal[ignore_index] = 0
-    img = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))
-    img.putpalette(pal.tobytes(), rawmode="RGB")  # turns the "L" image into "P"
-    atomic_write(path, lambda f: img.save(f, format="PNG"))
-
-
-def read_label_png(path: str | os.PathLike[str]) -> np.ndarray:
-    """Raw label ids, uint8 ``(H, W)``, of a palette ("P") or greyscale ("L") PNG.
-
-    The palette is not applied. Other modes (e.g. RGB) raise ValueError: their
-    colours cannot be turned back into ids unambiguously.
-    """
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected a 'P' or 'L' label PNG, got mode {img.mode!r}")
-        return np.array(img, dtype=np.uint8)

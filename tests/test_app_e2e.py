@@ -21,13 +21,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from segeig.app.ui import build_demo, close, serve
 
 import segeig
-from app.app import build_demo, close, serve
 from segeig.backbone import Backbone
 from segeig.config import HeadConfig
+from segeig.imageio import read_segments
 from segeig.model import build_model
-from segeig.viz import read_label_png
 from tests.app_helpers import write_image, write_tiny_checkpoint
 from tests.conftest import random_image, tiny_backbone_config
 
@@ -214,7 +214,7 @@ def test_load_20_concurrent_requests(server, files):
         name = inputs[i % 2].name
         assert summary.startswith(f"**{name}**"), summary
         assert len(gallery) == 1 and len(compare) == 2
-        labels = read_label_png(downloads[0])
+        labels = read_segments(downloads[0])
         assert labels.shape == ((48, 64) if i % 2 == 0 else (54, 96))
         if i % 4:  # merged to at most i % 4 segments
             assert len(np.unique(labels)) <= i % 4

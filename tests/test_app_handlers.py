@@ -10,11 +10,11 @@ import gradio as gr
 import numpy as np
 import pytest
 from PIL import Image
+from segeig.app import handlers, logic
+from segeig.app.ui import build_demo, build_error_demo, serve
 
-from app import handlers, logic
-from app.app import build_demo, build_error_demo, serve
+from segeig.imageio import read_segments
 from segeig.predictor import Segmenter
-from segeig.viz import read_label_png
 from tests.app_helpers import EIGENVALUES, add_centroids, write_image
 from tests.conftest import random_image
 
@@ -76,7 +76,7 @@ def test_segment_handler_outputs(h, tmp_path, rng):
     assert [os.path.basename(f) for f in files] == [
         "01_img0_labels.png", "01_img0_overlay.png", "02_img1_labels.png", "02_img1_overlay.png"]
     assert compare[1] == clickable == files[1]
-    labels = read_label_png(files[0])
+    labels = read_segments(files[0])
     assert len(np.unique(labels)) == 2
     assert mask is None and text == "" and _read(legend).ndim == 3
     # every returned picture lives in the app's own download area

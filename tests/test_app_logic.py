@@ -5,10 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from segeig.app import logic
 
-from app import logic
+from segeig.imageio import read_segments
 from segeig.predictor import Segmenter
-from segeig.viz import make_palette, read_label_png
+from segeig.viz import make_palette
 from tests.app_helpers import EIGENVALUES, add_centroids, write_image
 from tests.conftest import random_image
 
@@ -128,7 +129,7 @@ def test_write_downloads_roundtrip(tmp_path, result):
     assert [f.name for f in files] == ["01_holiday_photo_labels.png",
                                       "01_holiday_photo_overlay.png"]
     assert all(f.parent == tmp_path for f in files)
-    np.testing.assert_array_equal(read_label_png(files[0]), merged.labels)
+    np.testing.assert_array_equal(read_segments(files[0]), merged.labels)
 
 
 @pytest.mark.parametrize("n_segments", [256, 512])
@@ -137,8 +138,7 @@ def test_label_download_format_follows_the_segment_count(tmp_path, result, n_seg
     16-bit beyond — decided by the method's segment count, not by the image."""
     from PIL import Image
 
-    from segeig.merge import MergeResult
-    from segeig.outputs import read_segments
+    from segeig.cluster import MergeResult
 
     labels = np.array([[0, 255], [7, 255]], np.int32)
     merged = MergeResult(labels, {0: [0], 7: [7], 255: [255]})

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from segeig.app import startup
+from segeig.train import launch
 
-from app import startup
 from segeig.backbone import BackboneWeightsError
 from segeig.checkpoint import CheckpointError
 from segeig.cli import build_parser, main
@@ -16,7 +17,7 @@ from tests.conftest import random_image
 
 
 class FakeFit:
-    """Stands in for segeig.training.fit_images: records the call, writes a checkpoint."""
+    """Stands in for segeig.train.launch.fit_images: records the call, writes a checkpoint."""
 
     def __init__(self, model):
         self.model = model
@@ -29,6 +30,13 @@ class FakeFit:
             if progress is not None:
                 progress(step, 3, {"loss": -0.1 * step})
         return write_tiny_checkpoint(self.model, Path(out_dir))
+
+
+@pytest.fixture
+def fake_fit(monkeypatch, tiny_model):
+    fit = FakeFit(tiny_model)
+    monkeypatch.setattr(launch, "fit_images", fit)
+    return fit
 
 
 @pytest.fixture
@@ -49,47 +57,45 @@ def test_slug_depends_on_backbone_and_weights(tmp_path):
     assert "/" not in f1 and f1.startswith("vit_x-file-")
 
 
-def test_fits_once_then_uses_cache(tmp_path, examples, tiny_model):
-    fit = FakeFit(tiny_model)
+def test_fits_once_then_uses_cache(tmp_path, examples, fake_fit):
+    fit = fake_fit
     backbone = BackboneConfig("vit_small_patch16_224.dino", "random")
     seen = []
     path, how = startup.find_or_fit_checkpoint(
         None, tmp_path / "weights", backbone, examples, device="cpu",
-        progress=lambda s, t, i: seen.append((s, t)), fit=fit)
+        progress=lambda s, t, i: seen.append((s, t)))
     assert how == "fitted"
     assert path == startup.fitted_checkpoint_path(tmp_path / "weights", backbone)
     assert path.is_file()
     assert fit.calls[0]["images"] == [examples / "a.jpg", examples / "b.png"]
     assert fit.calls[0]["backbone"] is backbone and fit.calls[0]["device"] == "cpu"
     assert seen == [(1, 3), (2, 3), (3, 3)]
-    again, how = startup.find_or_fit_checkpoint(None, tmp_path / "weights", backbone, examples,
-                                                fit=fit)
+    again, how = startup.find_or_fit_checkpoint(None, tmp_path / "weights", backbone, examples)
     assert (again, how) == (path, "cached fit") and len(fit.calls) == 1
     # another backbone does not reuse that cache
     other = BackboneConfig("vit_small_patch16_224.dino", "hub")
-    _, how = startup.find_or_fit_checkpoint(None, tmp_path / "weights", other, examples, fit=fit)
+    _, how = startup.find_or_fit_checkpoint(None, tmp_path / "weights", other, examples)
     assert how == "fitted" and len(fit.calls) == 2
 
 
-def test_prefers_given_then_weights_dir(tmp_path, examples, tiny_model):
-    fit = FakeFit(tiny_model)
+def test_prefers_given_then_weights_dir(tmp_path, examples, tiny_model, fake_fit):
+    fit = fake_fit
     backbone = BackboneConfig()
     given = write_tiny_checkpoint(tiny_model, tmp_path / "given")
     placed = write_tiny_checkpoint(tiny_model, tmp_path / "weights")
     assert startup.find_or_fit_checkpoint(given.parent, tmp_path / "weights", backbone,
-                                          examples, fit=fit) == (given, "given")
-    assert startup.find_or_fit_checkpoint(None, tmp_path / "weights", backbone, examples,
-                                          fit=fit) == (placed, "weights")
+                                          examples) == (given, "given")
+    assert startup.find_or_fit_checkpoint(None, tmp_path / "weights", backbone, examples) == (placed, "weights")
     assert fit.calls == []
     with pytest.raises(CheckpointError):
         startup.find_or_fit_checkpoint(tmp_path / "nope", tmp_path / "weights", backbone,
-                                       examples, fit=fit)
+                                       examples)
 
 
-def test_nothing_to_serve_is_a_clear_error(tmp_path, tiny_model):
+def test_nothing_to_serve_is_a_clear_error(tmp_path, fake_fit):
     with pytest.raises(FileNotFoundError, match="--checkpoint"):
         startup.find_or_fit_checkpoint(None, tmp_path / "weights", BackboneConfig(),
-                                       tmp_path / "no-examples", fit=FakeFit(tiny_model))
+                                       tmp_path / "no-examples")
 
 
 def test_weights_error_page_names_offline_options():
@@ -126,14 +132,14 @@ def test_examples_found_in_working_directory(tmp_path, monkeypatch, examples):
 # -- CLI ------------------------------------------------------------------------
 @pytest.fixture
 def served(monkeypatch):
-    """Replace app.app.serve: record what the CLI would serve instead of serving it."""
+    """Replace segeig.app.ui.serve: record what the CLI would serve instead of serving it."""
     calls = []
 
     def fake_serve(demo, host, port, **kwargs):
         calls.append({"demo": demo, "host": host, "port": port, **kwargs})
         return demo
 
-    monkeypatch.setattr("app.app.serve", fake_serve)
+    monkeypatch.setattr("segeig.app.ui.serve", fake_serve)
     yield calls
     for call in calls:
         downloads = getattr(call["demo"], "segeig_downloads", None)
@@ -163,7 +169,7 @@ def test_cli_serves_error_page_when_weights_missing(tmp_path, served, monkeypatc
     def no_weights(*args, **kwargs):
         raise BackboneWeightsError("could not obtain pretrained weights (offline)")
 
-    monkeypatch.setattr("app.startup.find_or_fit_checkpoint", no_weights)
+    monkeypatch.setattr("segeig.app.startup.find_or_fit_checkpoint", no_weights)
     assert main(["demo", "--weights-dir", str(tmp_path)]) == 0
     (call,) = served
     assert not hasattr(call["demo"], "segeig_downloads")

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from segeig.augment import train_transform
+from segeig.train.augment import train_transform
 
 
 def _image(h: int = 40, w: int = 56) -> np.ndarray:

@@ -8,7 +8,7 @@ import pytest
 
 from segeig.checkpoint import read_config
 from segeig.cli import main
-from segeig.train_log import read_log
+from segeig.train.state import read_log
 from tests.conftest import TINY_ARCH
 from tests.train_helpers import write_images
 

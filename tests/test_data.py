@@ -14,13 +14,7 @@ from PIL import Image
 import segeig.data.base as data_base
 import segeig.data.cityscapes as data_cityscapes
 import segeig.data.custom as data_custom
-from segeig.data import (
-    DATASETS,
-    DatasetLayoutError,
-    Sample,
-    build_dataset,
-    verify_layout,
-)
+from segeig.data import DatasetLayoutError, Sample
 from segeig.data.classes import (
     ADE20K_CLASSES,
     ADE20K_PALETTE,
@@ -30,6 +24,7 @@ from segeig.data.classes import (
     CITYSCAPES_ID_TO_TRAINID,
     PASCAL_CONTEXT_59_CLASSES,
 )
+from segeig.data.registry import DATASETS, build_dataset, verify_layout
 
 H, W = 4, 8
 

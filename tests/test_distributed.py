@@ -11,9 +11,9 @@ import torch.multiprocessing as mp
 
 import segeig
 from segeig.checkpoint import read_config
-from segeig.distributed import DistContext
-from segeig.train_log import read_log
-from segeig.training import train
+from segeig.train.launch import train
+from segeig.train.runtime import DistContext
+from segeig.train.state import read_log
 from tests.train_helpers import ddp_worker, read_tensors, tiny_config, write_images
 
 

@@ -14,12 +14,13 @@ from PIL import Image
 
 from segeig.checkpoint import save_checkpoint
 from segeig.cli import main
-from segeig.evaluation import TIMING_KEYS, EvaluationResult, evaluate
+from segeig.data.synthetic import make_synthetic_dataset
+from segeig.evaluation.evaluator import evaluate
+from segeig.evaluation.protocols import PROTOCOLS, load_eval_dataset
+from segeig.evaluation.report import REPORT_FILES, format_table, write_report
+from segeig.evaluation.scoring import TIMING_KEYS, EvaluationResult
 from segeig.model import ModelOutput
 from segeig.predictor import Segmenter
-from segeig.protocols import PROTOCOLS, load_eval_dataset
-from segeig.report import REPORT_FILES, format_table, write_report
-from segeig.synthetic import make_synthetic_dataset
 
 COLOURS = np.array([[230, 30, 30], [30, 200, 40], [40, 60, 220], [220, 210, 40]], np.uint8)
 PATCH = 8
@@ -272,7 +273,7 @@ def test_cli_errors(synth_root, tiny_checkpoint, capsys):
 
 
 def test_unique_names_key_json():
-    from segeig.scoring import unique_names
+    from segeig.evaluation.scoring import unique_names
 
     assert unique_names(["wall", "sky", "wall"]) == ["0:wall", "sky", "2:wall"]
     assert unique_names(["a", "b"]) == ["a", "b"]

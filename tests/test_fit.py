@@ -9,8 +9,8 @@ import pytest
 import segeig
 from segeig.checkpoint import read_config
 from segeig.cli import main
-from segeig.train_log import read_log
-from segeig.training import FIT_DEFAULTS, fit_images
+from segeig.train.launch import FIT_DEFAULTS, fit_images
+from segeig.train.state import read_log
 from tests.conftest import TINY_ARCH, tiny_backbone_config
 from tests.train_helpers import write_images
 

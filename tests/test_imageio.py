@@ -1,4 +1,5 @@
-"""Tests for segeig.imageio: robust image/label reading and listing."""
+"""Tests for segeig.imageio (robust image/label reading, segment maps written and read
+back) and segeig.data.files (listing)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segeig.imageio import (
-    IMAGE_EXTENSIONS,
-    ImageReadError,
-    list_images,
-    read_image,
-    read_label,
-)
+from segeig.data.files import IMAGE_EXTENSIONS, list_images
+from segeig.imageio import ImageReadError, read_image, read_label, read_segments, save_segments
+from segeig.viz import make_palette
 
 
 def _check_rgb(a: np.ndarray, shape: tuple[int, int]) -> None:
@@ -204,3 +201,46 @@ def test_list_images(tmp_path):
     with pytest.raises(FileNotFoundError):
         list_images(tmp_path / "nope")
     assert {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"} == set(IMAGE_EXTENSIONS)
+
+
+@pytest.mark.parametrize("num_segments", [1, 12, 256, 300, 512])
+def test_label_png_round_trips(tmp_path, num_segments):
+    rng = np.random.default_rng(num_segments)
+    labels = rng.integers(0, num_segments, (17, 23))
+    labels[0, 0] = num_segments - 1  # the largest id, 255 when S = 256
+    path = tmp_path / "l.png"
+    save_segments(labels, path, num_segments)
+    np.testing.assert_array_equal(read_segments(path), labels)
+    with Image.open(path) as img:
+        assert img.mode == ("P" if num_segments <= 256 else "I;16")
+        if img.mode == "P":
+            # Id 255 is a segment like any other: it keeps its colour, not "ignore" black.
+            palette = np.array(img.getpalette()[: 3 * 256], np.uint8).reshape(-1, 3)
+            np.testing.assert_array_equal(palette[:num_segments], make_palette(num_segments))
+
+
+def test_label_png_rejects_out_of_range(tmp_path):
+    with pytest.raises(ValueError, match="outside"):
+        save_segments(np.array([[0, 5]]), tmp_path / "l.png", 5)
+    with pytest.raises(ValueError, match="num_segments"):
+        save_segments(np.zeros((2, 2), int), tmp_path / "l.png", 70000)
+    assert not (tmp_path / "l.png").exists()
+
+
+def test_segment_png_uses_the_given_palette_and_overwrites_in_place(tmp_path):
+    labels = np.arange(12).reshape(3, 4)
+    colours = np.array([[i, 2 * i, 255 - i] for i in range(12)], np.uint8)
+    path = tmp_path / "sub" / "labels.png"
+    save_segments(labels, path, 12, colours)
+    with Image.open(path) as img:
+        palette = np.array(img.getpalette()[: 3 * 12], np.uint8).reshape(-1, 3)
+    np.testing.assert_array_equal(palette, colours)
+    save_segments(labels[::-1], path, 12)  # overwrite: default palette, new ids
+    np.testing.assert_array_equal(read_segments(path), labels[::-1])
+    assert [p.name for p in path.parent.iterdir()] == ["labels.png"]  # no temp left over
+
+
+def test_read_segments_refuses_colour_pngs(tmp_path):
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
+    with pytest.raises(ValueError, match="mode"):
+        read_segments(tmp_path / "rgb.png")

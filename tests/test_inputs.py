@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segeig.inputs import expand_inputs, parse_shard, select_shard, shard_of
+from segeig.batch.inputs import expand_inputs, parse_shard, select_shard, shard_of
 
 
 def _touch_image(path: Path) -> Path:
@@ -133,7 +133,7 @@ def test_output_folder_inside_the_input_is_excluded(tree):
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_decode_images_in_order_with_failures(tmp_path, workers):
-    from segeig.inputs import decode_images
+    from segeig.batch.inputs import decode_images
 
     good = _touch_image(tmp_path / "good.png")
     bad = tmp_path / "bad.jpg"

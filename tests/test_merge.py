@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segeig.merge import merge_label_map, merge_segments, segment_profiles
+from segeig.cluster import merge_label_map, merge_segments, segment_profiles
 
 
 def _brute_profiles(labels, scores, patch):

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from segeig.metrics import (
+from segeig.evaluation.metrics import (
     IGNORE_INDEX,
     ConfusionAccumulator,
     class_confusion,

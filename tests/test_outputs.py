@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segeig.outputs import (
+from segeig.batch.outputs import (
     OutputPathError,
     output_paths,
     read_scores,
-    read_segments,
     safe_output_path,
     save_overlay,
     save_scores,
-    save_segments,
 )
+from segeig.imageio import save_segments
 from segeig.viz import make_palette
 
 
@@ -67,30 +66,6 @@ def test_output_paths_layout(tmp_path):
     assert paths == {"labels": root / "labels/trip/a.png", "overlay": root / "overlays/trip/a.png",
                      "probs": root / "probs/trip/a.npz"}
     assert list(output_paths(tmp_path, "a")) == ["labels"]
-
-
-@pytest.mark.parametrize("num_segments", [1, 12, 256, 300, 512])
-def test_label_png_round_trips(tmp_path, num_segments):
-    rng = np.random.default_rng(num_segments)
-    labels = rng.integers(0, num_segments, (17, 23))
-    labels[0, 0] = num_segments - 1  # the largest id, 255 when S = 256
-    path = tmp_path / "l.png"
-    save_segments(labels, path, num_segments)
-    np.testing.assert_array_equal(read_segments(path), labels)
-    with Image.open(path) as img:
-        assert img.mode == ("P" if num_segments <= 256 else "I;16")
-        if img.mode == "P":
-            # Id 255 is a segment like any other: it keeps its colour, not "ignore" black.
-            palette = np.array(img.getpalette()[: 3 * 256], np.uint8).reshape(-1, 3)
-            np.testing.assert_array_equal(palette[:num_segments], make_palette(num_segments))
-
-
-def test_label_png_rejects_out_of_range(tmp_path):
-    with pytest.raises(ValueError, match="outside"):
-        save_segments(np.array([[0, 5]]), tmp_path / "l.png", 5)
-    with pytest.raises(ValueError, match="num_segments"):
-        save_segments(np.zeros((2, 2), int), tmp_path / "l.png", 70000)
-    assert not (tmp_path / "l.png").exists()
 
 
 def test_overlay_and_scores(tmp_path, rng):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from segeig.predictor import Segmenter, resolve_device, upsample_scores
+from segeig.model import resolve_device
+from segeig.predictor import Segmenter, upsample_scores
 from tests.conftest import random_image
 
 

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from segeig.data import build_dataset
 from segeig.data.prepare import (
     PASCAL_CONTEXT_DETAIL_IDS,
     check_counts,
@@ -20,6 +19,7 @@ from segeig.data.prepare import (
     detail_to_context59,
     extract_archive,
 )
+from segeig.data.registry import build_dataset
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

@@ -11,15 +11,15 @@ import torch
 from PIL import Image
 
 from segeig.data.base import Sample
-from segeig.evaluation import evaluate
-from segeig.predictor import Segmenter
-from segeig.protocols import (
+from segeig.evaluation.evaluator import evaluate
+from segeig.evaluation.protocols import (
     PROTOCOLS,
     Protocol,
     load_eval_dataset,
     prepare,
     resolve_protocol,
 )
+from segeig.predictor import Segmenter
 from tests.conftest import random_image
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import types
 from pathlib import Path
 
 import cv2
@@ -15,15 +14,17 @@ from PIL import Image
 
 import segeig
 from segeig.backbone import Backbone
+from segeig.batch.inputs import expand_inputs, select_shard
+from segeig.batch.outputs import read_scores
+from segeig.batch.pipeline import SegmentOptions, segment_files
+from segeig.batch.segment import segment_inputs, summary_path
 from segeig.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from segeig.cli import main
 from segeig.config import HeadConfig
-from segeig.imageio import read_image
-from segeig.inputs import expand_inputs, select_shard
+from segeig.imageio import read_image, read_segments
 from segeig.model import build_model
-from segeig.outputs import read_scores, read_segments
-from segeig.pipeline import SegmentOptions, segment_files
-from segeig.segment import fit_or_reuse_checkpoint, segment_inputs, summary_path
+from segeig.train import launch
+from segeig.train.launch import fit_or_reuse_checkpoint
 from tests.conftest import TINY_ARCH, random_image, tiny_backbone_config
 
 K, CENTROIDS = 12, 5
@@ -266,7 +267,7 @@ def test_cli_exit_status(checkpoint, mixed, tmp_path, capsys):
 
 @pytest.fixture
 def fake_fit(monkeypatch):
-    """Stand-in for segeig.training.fit_images (signature of the training issue)."""
+    """Stand-in for segeig.train.launch.fit_images, which fit_or_reuse_checkpoint calls."""
     calls = []
 
     def fit_images(images, out_dir, *, backbone=None, k=None, steps=None, device="auto",
@@ -277,10 +278,7 @@ def fake_fit(monkeypatch):
                 progress(step, 2, {"loss": -0.1 * step})
         return _tiny_checkpoint(Path(out_dir))
 
-    module = types.ModuleType("segeig.training")
-    module.fit_images = fit_images
-    monkeypatch.setitem(sys.modules, "segeig.training", module)
-    monkeypatch.setattr(segeig, "training", module, raising=False)
+    monkeypatch.setattr(launch, "fit_images", fit_images)
     return calls
 
 

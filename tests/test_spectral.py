@@ -13,17 +13,22 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
-from segeig.centroids import centroid_methods
 from segeig.checkpoint import load_model, read_config
 from segeig.cli import main
 from segeig.config import HeadConfig, KernelConfig, ObjectiveConfig
-from segeig.evaluation import evaluate
+from segeig.data.synthetic import make_synthetic_dataset
+from segeig.evaluation.evaluator import evaluate
+from segeig.evaluation.protocols import load_eval_dataset, resolve_protocol
+from segeig.evaluation.spectral_dataset import (
+    DEFAULT_MAX_TOKENS,
+    SpectralSetTooLargeError,
+    evaluate_spectral_dataset,
+)
 from segeig.head import EigenHead, gumbel_probs, tau_at
 from segeig.kernel import build_kernel
 from segeig.model import SegEigModel
 from segeig.objective import neuralef_loss
 from segeig.predictor import Segmenter
-from segeig.protocols import load_eval_dataset, resolve_protocol
 from segeig.spectral import (
     SpectralConfig,
     dataset_spectral_clustering,
@@ -36,12 +41,7 @@ from segeig.spectral import (
     spectral_scores,
     top_eigenvectors,
 )
-from segeig.spectral_eval import (
-    DEFAULT_MAX_TOKENS,
-    SpectralSetTooLargeError,
-    evaluate_spectral_dataset,
-)
-from segeig.synthetic import make_synthetic_dataset
+from segeig.train.centroids import centroid_methods
 from segeig.transforms import to_tensor
 from tests.conftest import TINY_ARCH
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segeig.data import build_dataset
-from segeig.synthetic import class_names, make_synthetic_dataset, render_sample
+from segeig.data.registry import build_dataset
+from segeig.data.synthetic import class_names, make_synthetic_dataset, render_sample
 
 
 def _digest(root: Path) -> str:

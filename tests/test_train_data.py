@@ -3,6 +3,8 @@ training on every dataset layout, the resume state file."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -11,12 +13,13 @@ from PIL import Image
 import segeig.data.base as data_base
 import segeig.data.cityscapes as data_cityscapes
 import segeig.data.custom as data_custom
-from segeig.augment import train_transform
 from segeig.checkpoint import read_config
 from segeig.config import HeadConfig
-from segeig.data import build_dataset
+from segeig.data.registry import build_dataset
 from segeig.head import EigenHead
-from segeig.train_data import (
+from segeig.train.augment import train_transform
+from segeig.train.launch import train
+from segeig.train.loader import (
     AugmentedCrops,
     PlanSampler,
     epoch_plan,
@@ -24,8 +27,7 @@ from segeig.train_data import (
     steps_per_epoch,
     token_validity,
 )
-from segeig.train_state import Progress, load_train_state, save_train_state
-from segeig.training import train
+from segeig.train.state import Progress, load_train_state, save_train_state
 from tests.train_helpers import tiny_config, write_images
 
 
@@ -191,7 +193,7 @@ def test_train_state_round_trip(tmp_path):
     for a, b in zip(fresh.state.values(), optimizer.state.values(), strict=True):
         assert all(torch.equal(a[k], b[k]) for k in b)
     np.random.seed(99)
-    from segeig.train_state import restore_rng
+    from segeig.train.state import restore_rng
 
     restore_rng(state.rng)
     assert np.random.rand() == expected_next
@@ -202,7 +204,7 @@ def test_train_state_round_trip(tmp_path):
 
 # --------------------------------------------------------------- config
 def test_dataset_defaults_follow_the_design():
-    from segeig.train_config import default_config
+    from segeig.train.config import default_config
 
     pc, ade = default_config("pascal_context"), default_config("ade20k")
     assert (pc.head.k, pc.crop, pc.epochs, pc.batch_size) == (256, 480, 40, 16)
@@ -216,7 +218,8 @@ def test_dataset_defaults_follow_the_design():
 
 
 def test_config_errors_and_round_trip():
-    from segeig.train_config import config_from_dict, config_to_dict, default_config
+    from segeig.config import from_dict, to_dict
+    from segeig.train.config import TrainConfig, default_config
 
     with pytest.raises(ValueError, match="unknown dataset"):
         default_config("coco")
@@ -228,5 +231,7 @@ def test_config_errors_and_round_trip():
         default_config("folder", amp="fp8")
     config = default_config("custom", "/data", k=32, backbone_weights="random",
                             backbone_arch_overrides={"depth": 2})
-    assert config_from_dict(config_to_dict(config)) == config
+    assert from_dict(TrainConfig, to_dict(config)) == config
+    # through JSON, as the resume state and checkpoints store it: tuples come back as tuples
+    assert from_dict(TrainConfig, json.loads(json.dumps(to_dict(config)))) == config
     assert config.backbone.weights == "random" and config.backbone.arch_overrides == {"depth": 2}

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from segeig.training import train
+from segeig.train.launch import train
 from tests.train_helpers import tiny_config, write_images
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"

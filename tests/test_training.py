@@ -11,13 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import segeig
-import segeig.trainer as trainer_module
+import segeig.train.trainer as trainer_module
 from segeig.checkpoint import read_config
 from segeig.config import HeadConfig
-from segeig.train_log import read_log
-from segeig.train_state import STATE_NAME, load_train_state
-from segeig.trainer import TrainingDivergedError, lr_at
-from segeig.training import train
+from segeig.train.launch import train
+from segeig.train.state import STATE_NAME, load_train_state, read_log
+from segeig.train.trainer import TrainingDivergedError, lr_at
 from tests.conftest import random_image
 from tests.train_helpers import read_tensors, tiny_config, write_images
 

@@ -15,8 +15,6 @@ from segeig.viz import (
     legend_image,
     make_palette,
     overlay,
-    read_label_png,
-    save_palette_png,
 )
 
 
@@ -69,33 +67,6 @@ def test_overlay_shapes_blend_and_boundaries():
         overlay(image, labels[:3], pal)
     with pytest.raises(ValueError):
         overlay(image, labels, pal, alpha=1.5)
-
-
-def test_palette_png_round_trip(tmp_path):
-    rng = np.random.default_rng(0)
-    labels = rng.integers(0, 256, size=(17, 23))
-    labels[0, 0], labels[0, 1], labels[0, 2] = 0, 254, 255
-    path = tmp_path / "sub" / "labels.png"
-    save_palette_png(labels, make_palette(150), path)
-    with Image.open(path) as img:
-        assert img.mode == "P"
-        assert img.getpalette()[255 * 3 : 256 * 3] == [0, 0, 0]
-    back = read_label_png(path)
-    assert back.dtype == np.uint8 and np.array_equal(back, labels)
-    assert [p.name for p in path.parent.iterdir()] == ["labels.png"]  # no temp left over
-    save_palette_png(labels.astype(np.uint8), None, path)  # overwrite in place
-    assert np.array_equal(read_label_png(path), labels)
-
-
-def test_palette_png_rejects_out_of_range(tmp_path):
-    with pytest.raises(ValueError, match="256"):
-        save_palette_png(np.array([[0, 256]]), None, tmp_path / "x.png")
-    with pytest.raises(ValueError):
-        save_palette_png(np.array([[-1, 0]]), None, tmp_path / "x.png")
-    assert not list(tmp_path.iterdir())
-    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
-    with pytest.raises(ValueError, match="mode"):
-        read_label_png(tmp_path / "rgb.png")
 
 
 @pytest.mark.parametrize("n_classes", [3, 150])

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 from safetensors import safe_open
 
-from segeig.train_config import TrainConfig, default_config
+from segeig.train.config import TrainConfig, default_config
 from tests.conftest import random_image, tiny_backbone_config
 
 
@@ -49,8 +49,8 @@ def ddp_worker(rank: int, world_size: int, port: int, root: str, out: str,
     import torch.distributed as dist
     from safetensors.torch import save_file
 
-    from segeig.distributed import DistContext
-    from segeig.trainer import Trainer
+    from segeig.train.runtime import DistContext
+    from segeig.train.trainer import Trainer
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from segeig.imageio import ImageReadError, is_image_file, list_images, read_image
+from segeig.data.files import is_image_file, list_images
+from segeig.imageio import ImageReadError, read_image
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Layout under the output directory ``DIR`` for an input with output key ``KEY``
 (:attr:`segeig.inputs.InputFile.key`, e.g. ``trip/beach``)::
 
-    DIR/labels/KEY.png      segment ids, same size as the input (see save_segments)
+    DIR/labels/KEY.png      segment ids, same size as the input (see segeig.imageio.save_segments)
     DIR/overlays/KEY.jpg    colour overlay (optional; .png with overlay_format="png")
     DIR/probs/KEY.npz       patch-grid scores (optional; see save_scores)
 
@@ -23,27 +23,19 @@ import numpy as np
 from PIL import Image
 
 from segeig.atomic import atomic_write
-from segeig.viz import make_palette, overlay, save_palette_png
+from segeig.viz import overlay
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "MAX_PALETTE_SEGMENTS",
-    "MAX_SEGMENTS",
     "OutputPathError",
     "output_paths",
     "read_scores",
-    "read_segments",
     "safe_output_path",
     "save_overlay",
     "save_scores",
-    "save_segments",
 ]
 
-#: Up to this many segment ids, label maps are palette ("P") PNGs.
-MAX_PALETTE_SEGMENTS = 256
-#: Above MAX_PALETTE_SEGMENTS, 16-bit greyscale PNGs hold up to this many ids.
-MAX_SEGMENTS = 65536
 SUBDIRS = {"labels": "labels", "overlay": "overlays", "probs": "probs"}
 
 
@@ -115,55 +107,6 @@ def output_paths(
         names["probs"] = f"{key}.npz"
     return {kind: safe_output_path(root, f"{SUBDIRS[kind]}/{name}")
             for kind, name in names.items()}
-
-
-def save_segments(labels: np.ndarray, path: str | os.PathLike[str], num_segments: int,
-                  palette: np.ndarray | None = None) -> None:
-    """Write a segment-id map as a PNG, atomically; :func:`read_segments` reads it back.
-
-    With ``num_segments <= 256`` the file is a palette ("P") PNG: pixel values
-    are ids, shown in the colours of ``palette`` (default :func:`make_palette`).
-    With more segments (e.g. K = 512) it is a 16-bit greyscale PNG whose pixel
-    values are the ids — image viewers show it nearly black; use the overlay to
-    look at it and :func:`read_segments` (or any 16-bit PNG reader) to use it.
-
-    Args:
-        labels: integer ``H×W`` ids in ``[0, num_segments)``.
-        path: destination ``.png``.
-        num_segments: S, the number of ids the method can produce (decides the format).
-        palette: uint8 ``S×3`` colours for the palette PNG.
-
-    Raises:
-        ValueError: ids outside ``[0, num_segments)`` or ``num_segments`` above 65536.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be an integer H×W array, got {labels.dtype} "
-                         f"{labels.shape}")
-    if not 1 <= num_segments <= MAX_SEGMENTS:
-        raise ValueError(f"num_segments must be in [1, {MAX_SEGMENTS}], got {num_segments}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_segments):
-        raise ValueError(f"segment ids span {labels.min()}..{labels.max()}, outside "
-                         f"[0, {num_segments})")
-    if num_segments <= MAX_PALETTE_SEGMENTS:
-        colours = make_palette(num_segments) if palette is None else palette
-        # Every id is a segment here: none is "ignore", so 255 keeps its colour.
-        save_palette_png(labels.astype(np.uint8), colours, path, ignore_index=None)
-        return
-    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint16))
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
-
-
-def read_segments(path: str | os.PathLike[str]) -> np.ndarray:
-    """Segment ids of a label map written by :func:`save_segments`, ``H×W`` int32.
-
-    Accepts palette/greyscale 8-bit PNGs (palette ignored) and 16-bit greyscale PNGs.
-    """
-    with Image.open(path) as image:
-        if image.mode in ("P", "L") or image.mode.startswith("I"):
-            return np.asarray(image).astype(np.int32)
-        raise ValueError(f"{path}: expected a palette, 8-bit or 16-bit greyscale label PNG, "
-                         f"got mode {image.mode!r}")
 
 
 def save_overlay(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike[str],

@@ -33,17 +33,12 @@ import cv2
 import numpy as np
 import torch
 
+from segeig.batch.inputs import InputFile, decode_images
+from segeig.batch.outputs import OutputPathError, output_paths, save_overlay, save_scores
+from segeig.config import DEFAULT_MAX_SIDE
 from segeig.crf import CRFParams, CRFPool
-from segeig.inputs import InputFile, decode_images
-from segeig.outputs import (
-    MAX_SEGMENTS,
-    OutputPathError,
-    output_paths,
-    save_overlay,
-    save_scores,
-    save_segments,
-)
-from segeig.predictor import DEFAULT_MAX_SIDE, Segmenter
+from segeig.imageio import MAX_SEGMENTS, save_segments
+from segeig.predictor import Segmenter
 from segeig.resample import pixel_argmax, pixel_probs
 from segeig.transforms import to_tensor
 from segeig.viz import make_palette

@@ -26,19 +26,17 @@ from typing import Any
 
 from segeig import __version__
 from segeig.atomic import atomic_write
-from segeig.checkpoint import CHECKPOINT_NAME, resolve_checkpoint_path
-from segeig.config import BackboneConfig
+from segeig.batch.inputs import Conflict, InputFile
+from segeig.batch.outputs import SUBDIRS
+from segeig.batch.pipeline import ImageResult, SegmentOptions, resolve_method, segment_files
+from segeig.checkpoint import resolve_checkpoint_path
 from segeig.crf import CRFParams
-from segeig.inputs import Conflict, InputFile
-from segeig.outputs import SUBDIRS
-from segeig.pipeline import ImageResult, SegmentOptions, resolve_method, segment_files
 from segeig.predictor import Segmenter
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "SegmentSummary",
-    "fit_or_reuse_checkpoint",
     "segment_inputs",
     "summary_path",
 ]
@@ -215,64 +213,3 @@ def segment_inputs(
         summary.seconds = time.perf_counter() - started
         _write_summary(target, summary)
     return summary
-
-
-def fit_or_reuse_checkpoint(
-    out_dir: str | os.PathLike[str],
-    images: Sequence[str | os.PathLike[str]],
-    *,
-    overwrite: bool = False,
-    wait: bool = False,
-    backbone: BackboneConfig | None = None,
-    k: int | None = None,
-    steps: int | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    progress: Callable[[int, int, dict], None] | None = None,
-    poll_seconds: float = 5.0,
-    timeout: float | None = None,
-) -> tuple[Path, bool]:
-    """The checkpoint of a run without ``--checkpoint``: ``DIR/checkpoint.safetensors``.
-
-    Reused when it exists (a resumed run segments with the same model), else
-    fitted on ``images`` with :func:`segeig.training.fit_images`.
-
-    Args:
-        out_dir: the run's output directory.
-        images: images to fit on (the run's inputs).
-        overwrite: refit even if the checkpoint exists.
-        wait: do not fit; wait until another process (shard 0) has written the
-            checkpoint. Used by the other shards of a sharded run.
-        backbone, k, steps, device, seed, progress: passed to ``fit_images``.
-        poll_seconds, timeout: how often and how long (None: forever) to wait.
-
-    Returns:
-        ``(checkpoint path, fitted by this call)``.
-
-    Raises:
-        TimeoutError: ``wait`` and the checkpoint did not appear in time.
-    """
-    path = Path(out_dir) / CHECKPOINT_NAME
-    if path.is_file() and not overwrite:
-        logger.info("reusing %s fitted by an earlier run (pass --overwrite to refit)", path)
-        return path, False
-    if wait:
-        if overwrite:
-            raise ValueError("refitting (--overwrite) in a sharded run without --checkpoint would "
-                             "race: refit once without --shard, or pass --checkpoint")
-        logger.info("waiting for shard 0 to fit %s", path)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not path.is_file():
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"{path} did not appear within {timeout:.0f} s; is shard 0 "
-                                   "running? Or fit first and pass --checkpoint")
-            time.sleep(poll_seconds)
-        return path, False
-    from segeig import training  # heavy; only a run without a checkpoint needs it
-
-    logger.info("no --checkpoint: fitting a head on the %d input images first", len(images))
-    fitted = training.fit_images(
-        [Path(p) for p in images], Path(out_dir), backbone=backbone, k=k, steps=steps,
-        device=device, seed=seed, progress=progress,
-    )
-    return Path(fitted), True

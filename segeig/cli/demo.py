@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from segeig.cli.common import add_backbone_arguments, backbone_config
+from segeig.cli.progress import ProgressBars
 
 logger = logging.getLogger(__name__)
 
@@ -58,39 +59,17 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--port must be in 1..65535, got {args.port}")
 
 
-def _fit_progress():
-    """A tqdm bar driven by ``fit_images``' ``progress(step, total, info)`` callback."""
-    from tqdm import tqdm
-
-    bar = None
-
-    def progress(step: int, total: int, info: dict) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="fitting demo model", unit="step")
-        bar.total = total
-        bar.n = step
-        if info:
-            bar.set_postfix({k: f"{v:.4g}" if isinstance(v, float) else v
-                             for k, v in info.items()}, refresh=False)
-        bar.refresh()
-        if step >= total:
-            bar.close()
-
-    return progress
-
-
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    from app.app import build_demo, build_error_demo, serve
-    from app.startup import (
+    from segeig import load
+    from segeig.app.startup import (
         example_images,
         find_examples_dir,
         find_or_fit_checkpoint,
         is_weights_error,
         weights_error_text,
     )
-    from segeig.predictor import load
+    from segeig.app.ui import build_demo, build_error_demo, serve
 
     examples_dir = Path(args.examples) if args.examples else find_examples_dir()
     if args.examples and not examples_dir.is_dir():
@@ -100,9 +79,10 @@ def run(args: argparse.Namespace) -> int:
            "cached fit": "fitted on the bundled examples (cached)",
            "fitted": "fitted on the bundled examples at start-up"}
     try:
-        path, source = find_or_fit_checkpoint(
-            args.checkpoint, args.weights_dir, backbone, examples_dir, device=args.device,
-            progress=_fit_progress())
+        with ProgressBars(disable=args.quiet, label=" (demo model)") as bars:
+            path, source = find_or_fit_checkpoint(
+                args.checkpoint, args.weights_dir, backbone, examples_dir, device=args.device,
+                progress=bars)
         logger.info("serving %s (%s)", path, source)
         seg = load(path, device=args.device, backbone_weights=args.backbone_weights)
         demo = build_demo(seg, examples=example_images(examples_dir), max_side=args.max_side,

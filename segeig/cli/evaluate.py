@@ -12,7 +12,7 @@ def _cpu_count() -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from segeig.protocols import DATASET_NAMES, PROTOCOL_NAMES
+    from segeig.config import LABELLED_DATASETS, PROTOCOL_NAMES
 
     parser = subparsers.add_parser(
         "evaluate", help="score a checkpoint on a labelled dataset (mIoU, pixel accuracy)",
@@ -22,7 +22,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--checkpoint", required=True,
                         help="checkpoint.safetensors or the directory holding it")
-    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
+    parser.add_argument("--dataset", required=True, choices=LABELLED_DATASETS)
     parser.add_argument("--root", required=True, help="dataset root (standard layout)")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--protocol", choices=PROTOCOL_NAMES, default=None,
@@ -73,10 +73,10 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
-    from segeig.evaluation import evaluate
+    from segeig.evaluation.evaluator import evaluate
+    from segeig.evaluation.protocols import load_eval_dataset, resolve_protocol
+    from segeig.evaluation.report import format_table, write_json, write_report
     from segeig.predictor import load
-    from segeig.protocols import load_eval_dataset, resolve_protocol
-    from segeig.report import format_table, write_json, write_report
 
     for name in ("max_images", "examples", "batch_size", "workers", "crf_workers", "threads",
                  "clusters", "max_tokens"):
@@ -111,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
                   progress=progress, crf_workers=crf_workers, loader_workers=workers,
                   n_examples=args.examples, crf_max_labels=args.crf_max_labels)
     if args.method == "spectral-dataset":
-        from segeig.spectral_eval import DEFAULT_MAX_TOKENS, evaluate_spectral_dataset
+        from segeig.evaluation.spectral_dataset import (
+            DEFAULT_MAX_TOKENS,
+            evaluate_spectral_dataset,
+        )
 
         result = evaluate_spectral_dataset(segmenter, dataset, protocol,
                                            n_clusters=args.clusters,

@@ -1,6 +1,6 @@
 """``segeig fit FOLDER --out DIR``: a model for your own unlabelled photos.
 
-Small, quick defaults (``segeig.training.FIT_DEFAULTS``): about a minute on a
+Small, quick defaults (``segeig.train.FIT_DEFAULTS``): about a minute on a
 laptop CPU for a handful of photos.
 """
 
@@ -10,7 +10,7 @@ import argparse
 from pathlib import Path
 
 from segeig.cli.common import add_backbone_arguments, backbone_config
-from segeig.cli.train import ProgressBars
+from segeig.cli.progress import ProgressBars
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,11 +37,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segeig.training import fit_images
+    from segeig.train import fit_images
 
     images = args.images[0] if len(args.images) == 1 and Path(args.images[0]).is_dir() \
         else args.images
-    bars = ProgressBars()
+    bars = ProgressBars(disable=args.quiet)
     try:
         checkpoint = fit_images(images, args.out, backbone=backbone_config(args), k=args.k,
                                 steps=args.steps, device=args.device, seed=args.seed,

@@ -8,7 +8,8 @@ import os
 import sys
 
 from segeig.cli.common import add_backbone_arguments, backbone_config
-from segeig.predictor import DEFAULT_MAX_SIDE
+from segeig.cli.progress import ProgressBars
+from segeig.config import DEFAULT_MAX_SIDE
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _shard(args: argparse.Namespace) -> tuple[int, int]:
-    from segeig.inputs import parse_shard
+    from segeig.batch import parse_shard
 
     if args.shard:
         return parse_shard(args.shard)
@@ -87,47 +88,32 @@ def _device(args: argparse.Namespace) -> str:
     return "auto"
 
 
-def _checkpoint(args, files, shard, device) -> tuple[str, bool]:
-    from tqdm import tqdm
-
-    from segeig.segment import fit_or_reuse_checkpoint
-
+def _checkpoint(args: argparse.Namespace, files: list, shard: tuple[int, int], device: str,
+                bars: ProgressBars) -> tuple[str, bool]:
     if args.checkpoint:
         return args.checkpoint, False
-    backbone = backbone_config(args)
-    bar = None
+    from segeig.train import fit_or_reuse_checkpoint
 
-    def progress(step: int, total: int, stats: dict) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="fitting", unit="step", file=sys.stderr,
-                       disable=args.quiet)
-        bar.update(step - bar.n)
-        loss = stats.get("loss")
-        if loss is not None:
-            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
-
-    try:
-        path, fitted = fit_or_reuse_checkpoint(
-            args.out, [f.path for f in files], overwrite=args.overwrite, wait=shard[0] != 0,
-            backbone=backbone, k=args.k, steps=args.fit_steps, device=device, seed=args.seed,
-            progress=progress,
-        )
-    finally:
-        if bar is not None:
-            bar.close()
+    path, fitted = fit_or_reuse_checkpoint(
+        args.out, [f.path for f in files], overwrite=args.overwrite, wait=shard[0] != 0,
+        backbone=backbone_config(args), k=args.k, steps=args.fit_steps, device=device,
+        seed=args.seed, progress=bars,
+    )
+    bars.close()
     if fitted:
         print(f"fitted {path}", file=sys.stderr)
     return str(path), fitted
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     import segeig
-    from segeig.inputs import expand_inputs, select_shard
-    from segeig.pipeline import SegmentOptions
-    from segeig.segment import segment_inputs, summary_path
+    from segeig.batch import (
+        SegmentOptions,
+        expand_inputs,
+        segment_inputs,
+        select_shard,
+        summary_path,
+    )
 
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
@@ -140,30 +126,20 @@ def run(args: argparse.Namespace) -> int:
     mine = select_shard(files, *shard)
     # Name conflicts are reported once, by shard 0.
     conflicts = conflicts if shard[0] == 0 else []
-    checkpoint, fitted = _checkpoint(args, files, shard, device)
-    segmenter = segeig.load(checkpoint, device=device,
-                            backbone_weights=args.backbone_weights if args.checkpoint else None)
-    options = SegmentOptions(
-        method=args.method, crf=args.crf, overlay=args.overlay,
-        overlay_format=args.overlay_format, save_probs=args.save_probs,
-        batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
-        max_side=args.max_side,
-    )
     label = f" (shard {shard[0]}/{shard[1]})" if shard[1] > 1 else ""
-    with tqdm(total=len(mine), desc=f"segmenting{label}", unit="img", file=sys.stderr,
-              dynamic_ncols=True, disable=args.quiet) as bar:
-        failed = 0
-
-        def progress(result) -> None:
-            nonlocal failed
-            if result.status == "failed":
-                failed += 1
-                bar.set_postfix(failed=failed, refresh=False)
-            bar.update(1)
-
+    with ProgressBars(disable=args.quiet, label=label) as bars:
+        checkpoint, fitted = _checkpoint(args, files, shard, device, bars)
+        segmenter = segeig.load(checkpoint, device=device,
+                                backbone_weights=args.backbone_weights if args.checkpoint else None)
+        options = SegmentOptions(
+            method=args.method, crf=args.crf, overlay=args.overlay,
+            overlay_format=args.overlay_format, save_probs=args.save_probs,
+            batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
+            max_side=args.max_side,
+        )
         summary = segment_inputs(segmenter, mine, args.out, options, checkpoint=checkpoint,
                                  fitted_here=fitted, conflicts=conflicts, shard=shard,
-                                 progress=progress)
+                                 progress=bars.items("segmenting", len(mine)))
     rate = (f" ({summary.segmented / summary.seconds:.2f} img/s)"
             if summary.seconds and summary.segmented else "")
     print(f"segmented {summary.segmented}, skipped {summary.skipped} (already done), failed "

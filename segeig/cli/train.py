@@ -8,7 +8,7 @@ Several GPUs (one process each; ``--batch-size`` is per process)::
 
     torchrun --nproc_per_node=4 -m segeig train --dataset ade20k --root /data/ade --out runs/ade
 
-Every default comes from the dataset (``segeig.train_config.DATASET_DEFAULTS``)
+Every default comes from the dataset (``segeig.train.DATASET_DEFAULTS``)
 and every one can be overridden. ``--resume`` continues the run in ``--out``
 with its saved settings (flags given again must agree with them, except
 ``--workers`` and the logging/saving cadence).
@@ -19,11 +19,11 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 from pathlib import Path
 
 from segeig.cli.common import add_backbone_arguments, backbone_overrides
-from segeig.train_config import DATASET_NAMES
+from segeig.cli.progress import ProgressBars
+from segeig.config import DATASET_NAMES
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -129,38 +129,8 @@ def distributed_setup(device: str) -> tuple[int, int, str]:
     return rank, world, device
 
 
-class ProgressBars:
-    """tqdm bars for the training steps and the k-means pass."""
-
-    def __init__(self) -> None:
-        self.bar, self.phase = None, None
-
-    def __call__(self, step: int, total: int, info: dict) -> None:
-        from tqdm import tqdm
-
-        phase = info.get("phase", "train")
-        if phase != self.phase:
-            self.close()
-            desc = "train" if phase == "train" else "k-means pass"
-            self.bar = tqdm(total=total, initial=step - 1, desc=desc, unit="step"
-                            if phase == "train" else "batch", dynamic_ncols=True, file=sys.stderr)
-            self.phase = phase
-        if phase == "train":
-            self.bar.set_postfix(loss=f"{info['loss']:.5f}", trace=f"{info['trace']:.5f}",
-                                 pen=f"{info['penalty']:.2e}", tau=f"{info['tau']:.2f}",
-                                 lr=f"{info['lr']:.1e}", refresh=False)
-        self.bar.update(step - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def run(args: argparse.Namespace) -> int:
-    from segeig.train_config import apply_overrides, default_config
-    from segeig.train_state import STATE_NAME, load_train_state
-    from segeig.training import train
+    from segeig.train import STATE_NAME, apply_overrides, default_config, load_train_state, train
 
     out = Path(args.out)
     overrides = overrides_from_args(args)
@@ -181,13 +151,12 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--dataset and --root are required (unless --resume)")
         config = default_config(args.dataset, args.root, **overrides)
     rank, world, device = distributed_setup(args.device)
-    bars = ProgressBars() if rank == 0 else None
+    bars = ProgressBars(disable=args.quiet or rank != 0)
     try:
         checkpoint = train(config, out, device=device, resume=args.resume,
                            overwrite=args.overwrite, rank=rank, world_size=world, progress=bars)
     finally:
-        if bars is not None:
-            bars.close()
+        bars.close()
         if world > 1:
             import torch.distributed as dist
 

@@ -13,7 +13,8 @@ from typing import Any, ClassVar
 import numpy as np
 from torch.utils.data import Dataset
 
-from segeig.imageio import list_images, read_image, read_label
+from segeig.data.files import list_images
+from segeig.imageio import read_image, read_label
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from segeig.data.base import DatasetLayoutError, Item, Sample, SegDataset, Transform, describe_dir
-from segeig.imageio import ImageReadError, list_images, read_image
+from segeig.data.files import list_images
+from segeig.imageio import ImageReadError, read_image
 
 logger = logging.getLogger(__name__)
 

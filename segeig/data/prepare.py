@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from segeig.data import verify_layout
+from segeig.data.registry import verify_layout
 
 logger = logging.getLogger(__name__)
 

@@ -23,9 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from segeig.crf import CRFParams, CRFPool, require_pydensecrf
 from segeig.data import SegDataset
-from segeig.predictor import Segmenter
-from segeig.protocols import Prepared, Protocol, prepare, resolve_protocol
-from segeig.scoring import (
+from segeig.evaluation.protocols import Prepared, Protocol, prepare, resolve_protocol
+from segeig.evaluation.scoring import (
     TIMING_KEYS,
     EvaluationResult,
     Example,
@@ -33,6 +32,7 @@ from segeig.scoring import (
     Scores,
     StageTimer,
 )
+from segeig.predictor import Segmenter
 from segeig.transforms import to_tensor
 
 logger = logging.getLogger(__name__)

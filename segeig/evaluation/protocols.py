@@ -31,16 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from segeig.data import SegDataset, build_dataset
+from segeig.config import DEFAULT_MAX_SIDE, LABELLED_DATASETS, PROTOCOL_NAMES
+from segeig.data import SegDataset
 from segeig.data.base import Sample
-from segeig.predictor import DEFAULT_MAX_SIDE
+from segeig.data.registry import build_dataset
 from segeig.transforms import center_crop, resize_short_side
 
 __all__ = [
-    "DATASET_NAMES",
     "DEFAULT_PROTOCOL",
     "PROTOCOLS",
-    "PROTOCOL_NAMES",
     "Prepared",
     "Protocol",
     "load_eval_dataset",
@@ -100,8 +99,6 @@ class Protocol:
         return f"{self.name} ({self.dataset}): {', '.join(parts)}; {classes}"
 
 
-PROTOCOL_NAMES = ("stego", "full", "native")
-DATASET_NAMES = ("pascal_context", "ade20k", "cityscapes", "custom")
 
 #: The paper's rows: Pascal Context and Cityscapes under stego, ADE20K under
 #: full; custom sets at their own resolution.
@@ -142,7 +139,7 @@ def resolve_protocol(name: str | None, dataset: str) -> Protocol:
     key = dataset.lower().replace("-", "_")
     if key not in DEFAULT_PROTOCOL:
         raise ValueError(f"no evaluation protocol for dataset {dataset!r}; "
-                         f"valid: {', '.join(DATASET_NAMES)}")
+                         f"valid: {', '.join(LABELLED_DATASETS)}")
     name = name or DEFAULT_PROTOCOL[key]
     if name not in PROTOCOL_NAMES:
         raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOL_NAMES)}")

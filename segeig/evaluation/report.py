@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 
 from segeig.atomic import atomic_write
-from segeig.scoring import EvaluationResult, Scores
+from segeig.evaluation.scoring import EvaluationResult, Scores
 from segeig.viz import colorize, comparison_grid, confusion_plot, legend_image
 
 __all__ = ["REPORT_FILES", "format_table", "write_json", "write_report"]

@@ -23,8 +23,8 @@ import torch
 
 from segeig.crf import CRFPool
 from segeig.data import SegDataset
-from segeig.metrics import ConfusionAccumulator, class_confusion, evaluate_confusion
-from segeig.protocols import Prepared, Protocol
+from segeig.evaluation.metrics import ConfusionAccumulator, class_confusion, evaluate_confusion
+from segeig.evaluation.protocols import Prepared, Protocol
 from segeig.resample import pixel_argmax, pixel_probs
 from segeig.viz import make_palette
 

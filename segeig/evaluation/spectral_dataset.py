@@ -28,18 +28,16 @@ import torch.nn.functional as F
 from segeig.config import KernelConfig, from_dict
 from segeig.crf import CRFParams, CRFPool
 from segeig.data import SegDataset
-from segeig.evaluation import (
-    EvaluationResult,
-    GridScorer,
-    StageTimer,
+from segeig.evaluation.evaluator import (
     check_crf_available,
     check_dataset,
     check_segments,
     prepared_samples,
 )
+from segeig.evaluation.protocols import Protocol, resolve_protocol
+from segeig.evaluation.scoring import EvaluationResult, GridScorer, StageTimer
 from segeig.model import CENTROID_TEMPERATURE
 from segeig.predictor import Segmenter
-from segeig.protocols import Protocol, resolve_protocol
 from segeig.spectral import exact_spectral_bytes, spectral_cluster_set
 from segeig.transforms import to_tensor
 

@@ -29,11 +29,10 @@ from torch.utils.data import DataLoader, Subset
 
 from segeig.cluster import TokenReservoir, fit_kmeans
 from segeig.data import SegDataset
-from segeig.distributed import DistContext
 from segeig.model import SegEigModel
-from segeig.precision import autocast
 from segeig.spectral import segment_features
-from segeig.train_data import CenterViews
+from segeig.train.loader import CenterViews
+from segeig.train.runtime import DistContext, autocast
 
 logger = logging.getLogger(__name__)
 

@@ -35,18 +35,17 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from segeig.config import (
+    DATASET_NAMES,
     BackboneConfig,
     HeadConfig,
     KernelConfig,
     ObjectiveConfig,
     SpectralConfig,
-    from_dict,
+    to_dict,
 )
 
 TrainMethod = Literal["eigen", "kmeans", "spectral"]
 AmpMode = Literal["auto", "bf16", "fp16", "off"]
-
-DATASET_NAMES = ("ade20k", "pascal_context", "cityscapes", "custom", "folder")
 
 
 @dataclass
@@ -246,27 +245,9 @@ def default_config(dataset: str, root: str | os.PathLike = "", **overrides: Any)
     return apply_overrides(base, **overrides)
 
 
-def config_to_dict(config: TrainConfig) -> dict[str, Any]:
-    """JSON-ready dict of a :class:`TrainConfig` (nested configs as dicts)."""
-    return dataclasses.asdict(config)
-
-
-def config_from_dict(data: dict[str, Any]) -> TrainConfig:
-    """Inverse of :func:`config_to_dict`; unknown keys raise ``ValueError``."""
-    data = dict(data)
-    nested = {"backbone": BackboneConfig, "head": HeadConfig, "kernel": KernelConfig,
-              "objective": ObjectiveConfig, "spectral": SpectralConfig}
-    for name, cls in nested.items():
-        if name in data:
-            data[name] = from_dict(cls, data[name])
-    if "scale" in data:
-        data["scale"] = tuple(float(v) for v in data["scale"])
-    return from_dict(TrainConfig, data)
-
-
 def config_differences(saved: TrainConfig, requested: TrainConfig) -> list[str]:
     """``field: saved → requested`` for every setting that changes the computation."""
-    a, b = config_to_dict(saved), config_to_dict(requested)
+    a, b = to_dict(saved), to_dict(requested)
     out = []
     for key in a:
         if key not in RESUME_MUTABLE and a[key] != b.get(key):

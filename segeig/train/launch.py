@@ -1,5 +1,5 @@
-"""Training entry points: :func:`train` (any dataset) and :func:`fit_images`
-(a user's own photos).
+"""Training entry points: :func:`train` (any dataset), :func:`fit_images`
+(a user's own photos) and :func:`fit_or_reuse_checkpoint` (fit once, reuse after).
 
 Strictly unsupervised: datasets are built with ``with_labels=False``, so label
 files are never even opened. See ``docs/training.md`` for the defaults, the
@@ -7,53 +7,33 @@ log format, resuming and multi-GPU runs.
 
 Example::
 
-    from segeig.training import default_config, train
+    from segeig.train import default_config, fit_images, train
     config = default_config("pascal_context", "/data/pcontext", epochs=10)
     checkpoint = train(config, "runs/pc")          # runs/pc/checkpoint.safetensors
-
-    from segeig.training import fit_images
     checkpoint = fit_images("my_photos/", "runs/photos")
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from segeig.checkpoint import CHECKPOINT_NAME
 from segeig.config import BackboneConfig
 from segeig.data import SegDataset
 from segeig.data.base import Item, Sample
-from segeig.distributed import DistContext
-from segeig.imageio import ImageReadError, list_images, read_image
-from segeig.train_config import (
-    DATASET_DEFAULTS,
-    TrainConfig,
-    config_from_dict,
-    config_to_dict,
-    default_config,
-)
-from segeig.train_data import ImageList
-from segeig.train_state import STATE_NAME, load_train_state
-from segeig.trainer import Trainer, TrainingDivergedError, lr_at
+from segeig.data.files import list_images
+from segeig.imageio import ImageReadError, read_image
+from segeig.train.config import TrainConfig, default_config
+from segeig.train.loader import ImageList
+from segeig.train.runtime import DistContext
+from segeig.train.trainer import Trainer
 from segeig.transforms import resize_short_side
-
-__all__ = [
-    "DATASET_DEFAULTS",
-    "FIT_DEFAULTS",
-    "STATE_NAME",
-    "TrainConfig",
-    "TrainingDivergedError",
-    "config_from_dict",
-    "config_to_dict",
-    "default_config",
-    "fit_images",
-    "load_train_state",
-    "lr_at",
-    "train",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -251,3 +231,63 @@ def fit_images(
 
     return train(config, out, device=device, overwrite=overwrite, progress=train_progress,
                  dataset=dataset, checkpoint_path=checkpoint_path, log_path=log_path)
+
+
+def fit_or_reuse_checkpoint(
+    out_dir: str | os.PathLike[str],
+    images: Sequence[str | os.PathLike[str]],
+    *,
+    overwrite: bool = False,
+    wait: bool = False,
+    backbone: BackboneConfig | None = None,
+    k: int | None = None,
+    steps: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    progress: Callable[[int, int, dict], None] | None = None,
+    poll_seconds: float = 5.0,
+    timeout: float | None = None,
+) -> tuple[Path, bool]:
+    """The checkpoint of a run without ``--checkpoint``: ``DIR/checkpoint.safetensors``.
+
+    Reused when it exists (a resumed run segments with the same model), else
+    fitted on ``images`` with :func:`fit_images`. The one place that decides
+    between fitting and reusing: ``segeig segment`` and the demo both call it.
+
+    Args:
+        out_dir: the run's output directory.
+        images: images to fit on (the run's inputs).
+        overwrite: refit even if the checkpoint exists.
+        wait: do not fit; wait until another process (shard 0) has written the
+            checkpoint. Used by the other shards of a sharded run.
+        backbone, k, steps, device, seed, progress: passed to ``fit_images``.
+        poll_seconds, timeout: how often and how long (None: forever) to wait.
+
+    Returns:
+        ``(checkpoint path, fitted by this call)``.
+
+    Raises:
+        TimeoutError: ``wait`` and the checkpoint did not appear in time.
+    """
+    path = Path(out_dir) / CHECKPOINT_NAME
+    if path.is_file() and not overwrite:
+        logger.info("reusing %s fitted by an earlier run (pass --overwrite to refit)", path)
+        return path, False
+    if wait:
+        if overwrite:
+            raise ValueError("refitting (--overwrite) in a sharded run without --checkpoint would "
+                             "race: refit once without --shard, or pass --checkpoint")
+        logger.info("waiting for shard 0 to fit %s", path)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not path.is_file():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"{path} did not appear within {timeout:.0f} s; is shard 0 "
+                                   "running? Or fit first and pass --checkpoint")
+            time.sleep(poll_seconds)
+        return path, False
+    logger.info("no checkpoint: fitting a head on the %d images first", len(images))
+    fitted = fit_images(
+        [Path(p) for p in images], Path(out_dir), backbone=backbone, k=k, steps=steps,
+        device=device, seed=seed, progress=progress,
+    )
+    return Path(fitted), True

@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from segeig.augment import TrainTransform, train_transform
-from segeig.data import ImageFolder, SegDataset, build_dataset
+from segeig.data import ImageFolder, SegDataset
 from segeig.data.base import Item
-from segeig.imageio import is_image_file
-from segeig.train_config import TrainConfig
+from segeig.data.files import is_image_file
+from segeig.data.registry import build_dataset
+from segeig.train.augment import TrainTransform, train_transform
+from segeig.train.config import TrainConfig
 from segeig.transforms import center_crop, resize_short_side
 
 logger = logging.getLogger(__name__)

@@ -1,17 +1,36 @@
-"""Resume state of a training run: one ``train_state.safetensors`` file, no pickle.
+"""What a training run leaves on disk besides its checkpoint: the resume state
+(``train_state.safetensors``) and the log (``train_log.jsonl``).
+
+Resume state: one safetensors file, no pickle.
 
 Tensors: the head's state dict (``head.*``), Adam's per-parameter state
 (``optim.<param index>.<name>``), the running eigenvalue sum of the current
 epoch and the RNG states of torch (CPU and CUDA) and numpy. JSON metadata
-(key ``"segeig_train_state"``): the :class:`~segeig.train_config.TrainConfig`,
+(key ``"segeig_train_state"``): the :class:`~segeig.train.config.TrainConfig`,
 the progress counters, the optimizer's param groups, the AMP grad-scaler
 state and Python's ``random`` state.
 
 Everything random inside the training loop is drawn from generators seeded by
-``(seed, epoch, step, rank, position)`` (see :mod:`segeig.train_data` and
-:mod:`segeig.trainer`), so the counters alone reproduce the data and noise;
+``(seed, epoch, step, rank, position)`` (see :mod:`segeig.train.loader` and
+:mod:`segeig.train.trainer`), so the counters alone reproduce the data and noise;
 the global RNG states are saved and restored as well so that any library code
 that draws from them continues identically.
+
+The log: JSONL, one JSON object per line, appended as training runs.
+
+Records (all have ``event`` and ``time``, seconds since the run started):
+
+* ``start``: ``config`` (the TrainConfig), ``num_images``, ``steps_per_epoch``,
+  ``total_steps``, ``world_size``, ``device``, ``amp``.
+* ``step`` (every ``log_every`` steps): ``step`` (completed steps), ``epoch``
+  (0-based epoch of this step), ``loss``, ``trace`` (tr(R)/K), ``penalty``
+  (β·Σ_{i<j} R̂_ij²/K), ``lr``, ``tau``, ``tokens`` (patches in the graph),
+  ``it_s`` (steps per second since the previous step record).
+* ``epoch``: ``epoch`` (epochs completed), ``step``, ``loss`` (epoch mean),
+  ``eigenvalues`` (K floats: the epoch mean of diag(R)/t, in eigenfunction
+  order), ``max_memory_gb`` on CUDA.
+* ``resume``: ``step`` resumed from. ``diverged``: ``step``, ``loss``.
+* ``centroids``: ``method``, ``k``; ``end``: ``checkpoint``.
 """
 
 from __future__ import annotations
@@ -19,6 +38,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,8 +47,9 @@ import numpy as np
 import torch
 from safetensors import safe_open
 
-from segeig.atomic import write_safetensors
-from segeig.train_config import TrainConfig, config_from_dict, config_to_dict
+from segeig.atomic import write_safetensors, write_text
+from segeig.config import from_dict, to_dict
+from segeig.train.config import TrainConfig
 
 STATE_NAME = "train_state.safetensors"
 _KEY = "segeig_train_state"
@@ -124,7 +145,7 @@ def save_train_state(path: str | os.PathLike, *, config: TrainConfig, progress: 
         tensors[f"rng.cuda.{i}"] = s
     meta = {
         "version": _VERSION,
-        "config": config_to_dict(config),
+        "config": to_dict(config),
         "progress": {"step": progress.step, "phase": progress.phase,
                      "eig_count": progress.eig_count, "loss_sum": progress.loss_sum,
                      "eigenvalues": progress.eigenvalues, "kmeans_k": progress.kmeans_k,
@@ -183,5 +204,62 @@ def load_train_state(path: str | os.PathLike) -> TrainState:
         "python": (r["python"][0], tuple(r["python"][1]), r["python"][2]),
         "cuda": [tensors[f"rng.cuda.{i}"] for i in range(r["cuda"])],
     }
-    return TrainState(config=config_from_dict(meta["config"]), progress=progress, head=head,
+    return TrainState(config=from_dict(TrainConfig, meta["config"]), progress=progress, head=head,
                       optimizer=optimizer, scaler=meta["scaler"], rng=rng)
+
+
+LOG_NAME = "train_log.jsonl"
+
+
+class JsonlLog:
+    """Append-only JSONL writer (a no-op when ``enabled`` is False, e.g. rank > 0).
+
+    Args:
+        path: the log file.
+        enabled: write at all.
+        fresh: start a new file (otherwise append to an existing one).
+    """
+
+    def __init__(self, path: str | os.PathLike, enabled: bool = True, fresh: bool = True) -> None:
+        self.path = Path(path)
+        self.enabled = enabled
+        self.start = time.perf_counter()
+        if enabled and fresh:
+            self.path.write_text("")
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def write(self, event: str, **fields: Any) -> None:
+        if not self.enabled:
+            return
+        record = {"event": event, "time": round(self.elapsed(), 3), **fields}
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (work redone after a resume), atomically."""
+        if not self.enabled or not self.path.exists():
+            return
+        kept = []
+        for line in self.path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by the crash
+            if record.get("event") in ("end", "centroids"):
+                continue
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        write_text(self.path, "".join(line + "\n" for line in kept))
+
+
+def read_log(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """All records of a JSONL training log (malformed lines skipped)."""
+    records = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

@@ -37,26 +37,31 @@ import numpy as np
 import torch
 
 from segeig.backbone import Backbone
-from segeig.centroids import centroid_methods, fit_centroids
 from segeig.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from segeig.config import to_dict
 from segeig.data import SegDataset
-from segeig.distributed import DistContext
 from segeig.head import gumbel_probs, tau_at
 from segeig.kernel import build_kernel
-from segeig.model import SegEigModel, build_model
+from segeig.model import SegEigModel, build_model, resolve_device
 from segeig.objective import neuralef_loss
-from segeig.precision import autocast, full_precision, resolve_amp
-from segeig.predictor import resolve_device
-from segeig.train_config import TrainConfig, config_differences, config_to_dict
-from segeig.train_data import (
+from segeig.train.centroids import centroid_methods, fit_centroids
+from segeig.train.config import TrainConfig, config_differences
+from segeig.train.loader import (
     build_train_dataset,
     make_train_loader,
     steps_per_epoch,
     token_validity,
 )
-from segeig.train_log import LOG_NAME, JsonlLog
-from segeig.train_state import STATE_NAME, Progress, load_train_state, restore_rng, save_train_state
+from segeig.train.runtime import DistContext, autocast, full_precision, resolve_amp
+from segeig.train.state import (
+    LOG_NAME,
+    STATE_NAME,
+    JsonlLog,
+    Progress,
+    load_train_state,
+    restore_rng,
+    save_train_state,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +172,7 @@ class Trainer:
     # -- saving -----------------------------------------------------------
     def _extra(self) -> dict:
         c = self.config
-        training = {**config_to_dict(c), "num_images": len(self.dataset),
+        training = {**to_dict(c), "num_images": len(self.dataset),
                     "steps_per_epoch": self.spe, "total_steps": self.total,
                     "world_size": self.dist.world_size, "kmeans_k": self.progress.kmeans_k,
                     "steps_done": self.progress.step}
@@ -312,7 +317,7 @@ class Trainer:
             logger.info("%s: this run is already complete", self.out_dir)
             return self.ckpt_path
         if self.state is None:
-            self.log.write("start", config=config_to_dict(c), num_images=len(self.dataset),
+            self.log.write("start", config=to_dict(c), num_images=len(self.dataset),
                            steps_per_epoch=self.spe, total_steps=self.total,
                            world_size=self.dist.world_size, device=str(self.device),
                            amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype

@@ -1,0 +1,27 @@
+"""Segmenting folders of images: inputs, the decode → model → CRF → write
+pipeline, output files, and resumable runs with a summary.
+
+Modules: ``segment`` (:func:`segment_inputs`: a whole run, resumable, with
+``summary.json``), ``pipeline`` (:func:`segment_files`: the streaming work),
+``inputs`` (files, folders and globs → :class:`InputFile`, shards, decoding),
+``outputs`` (safe output paths, overlays, scores).
+"""
+
+from segeig.batch.inputs import InputFile, expand_inputs, parse_shard, select_shard
+from segeig.batch.outputs import OutputPathError, read_scores
+from segeig.batch.pipeline import SegmentOptions, segment_files
+from segeig.batch.segment import SegmentSummary, segment_inputs, summary_path
+
+__all__ = [
+    "InputFile",
+    "OutputPathError",
+    "SegmentOptions",
+    "SegmentSummary",
+    "expand_inputs",
+    "parse_shard",
+    "read_scores",
+    "segment_files",
+    "segment_inputs",
+    "select_shard",
+    "summary_path",
+]

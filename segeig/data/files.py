@@ -1,0 +1,51 @@
+"""Which files are images: the extensions segeig reads and a deterministic folder walk."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: File suffixes (lower case, with dot) treated as images; matching is case-insensitive.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+)
+
+
+def is_image_file(path: str | os.PathLike[str]) -> bool:
+    """True if ``path`` has one of :data:`IMAGE_EXTENSIONS` (case-insensitive)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Path]:
+    """List image files (by :data:`IMAGE_EXTENSIONS`) under ``root``.
+
+    Hidden files and directories (name starting with ".") below ``root`` are
+    skipped, which also skips macOS "._*" resource forks and ".ipynb_checkpoints".
+    Symlinked directories are followed once (cycles are cut). If ``root`` is
+    itself an image file, ``[root]`` is returned.
+
+    Returns:
+        Paths sorted by their POSIX path relative to ``root`` (deterministic
+        across machines and file systems).
+
+    Raises:
+        FileNotFoundError: ``root`` does not exist.
+    """
+    root = Path(root)
+    if root.is_file():
+        return [root] if is_image_file(root) else []
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder '{root}' does not exist")
+    found: list[Path] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # symlink cycle or duplicate link: visit each directory once
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")] if recursive else []
+        found.extend(
+            Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f)
+        )
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())

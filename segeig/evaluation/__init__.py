@@ -1,0 +1,28 @@
+"""Scoring a checkpoint on a labelled dataset: protocols, matching, reports.
+
+Modules: ``evaluator`` (:func:`evaluate`: one pass, with and without CRF),
+``spectral_dataset`` (exact spectral clustering of the whole evaluated set),
+``protocols`` (how each dataset is prepared: stego / full / native),
+``scoring`` (confusion matrices over a grid of settings, results),
+``metrics`` (matching clusters to classes, mIoU), ``report`` (JSON, Markdown
+and pictures).
+"""
+
+from segeig.evaluation.evaluator import evaluate
+from segeig.evaluation.protocols import Protocol, load_eval_dataset, resolve_protocol
+from segeig.evaluation.report import format_table, write_json, write_report
+from segeig.evaluation.scoring import EvaluationResult, Scores
+from segeig.evaluation.spectral_dataset import evaluate_spectral_dataset
+
+__all__ = [
+    "EvaluationResult",
+    "Protocol",
+    "Scores",
+    "evaluate",
+    "evaluate_spectral_dataset",
+    "format_table",
+    "load_eval_dataset",
+    "resolve_protocol",
+    "write_json",
+    "write_report",
+]

@@ -1,0 +1,117 @@
+"""The package's shape: import direction between folders, a light command line,
+and a distribution that claims no top-level name but ``segeig``."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import tomllib
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "segeig"
+
+#: Layers, lowest first: a module imports its own folder and lower layers only.
+#: The workflows (train, evaluation, batch) do not import each other; the two
+#: front ends may (``segeig demo`` serves the app, ``python app/app.py`` is
+#: ``segeig demo``).
+LAYERS = {"core": 0, "data": 1, "train": 2, "evaluation": 2, "batch": 2, "cli": 3, "app": 3}
+
+
+def _group(module: str) -> str:
+    parts = module.split(".")
+    if parts[:2] == ["segeig", "app"]:
+        return "app"
+    if module == "segeig.__main__":  # `python -m segeig` is the command line
+        return "cli"
+    if len(parts) > 1 and parts[1] in LAYERS:
+        return parts[1]
+    return "core"
+
+
+def _sources() -> list[tuple[str, Path]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        out.append((".".join(rel.parts), path))
+    for path in sorted((ROOT / "app").glob("*.py")):
+        out.append((f"segeig.app.{path.stem}", path))
+    return out
+
+
+def _imports(path: Path) -> list[tuple[int, str]]:
+    """Every segeig module a file imports, lazy imports inside functions included."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "segeig":  # from segeig import train
+                found += [(node.lineno, f"segeig.{a.name}") for a in node.names]
+            elif node.module.startswith("segeig."):
+                found.append((node.lineno, node.module))
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("segeig")]
+    return found
+
+
+def test_imports_point_down_the_layers():
+    wrong = []
+    for module, path in _sources():
+        group = _group(module)
+        for line, name in _imports(path):
+            target = _group(name)
+            if target == group or LAYERS[target] < LAYERS[group]:
+                continue
+            if LAYERS[target] > LAYERS[group] or LAYERS[group] == 2:
+                wrong.append(f"{path.relative_to(ROOT)}:{line} ({group}) imports {name} "
+                             f"({target})")
+    assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
+
+
+def test_core_stays_small():
+    core = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(core) <= 18, core
+
+
+COMMANDS = ("segment", "fit", "train", "evaluate", "demo", "info")
+
+
+def test_help_imports_no_heavy_library():
+    code = (
+        "import contextlib, io, sys\n"
+        "from segeig.cli import main\n"
+        f"for argv in ([], *[[c] for c in {COMMANDS!r}]):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n"
+        "            main([*argv, '--help'])\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "heavy = ('torch', 'timm', 'gradio', 'cv2', 'numpy', 'matplotlib')\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & set(heavy)))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_distribution_installs_only_the_segeig_namespace():
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    packages = set(config["packages"])
+    assert all(p == "segeig" or p.startswith("segeig.") for p in packages), packages
+    assert config["package-dir"] == {"segeig.app": "app"}
+    # every folder with an __init__ is listed, so none is left out of a wheel
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert folders | {"segeig.app"} == packages
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["--port", "0"]])
+def test_app_script_runs_segeig_demo(argv):
+    """``python app/app.py`` (the Spaces convention) is ``segeig demo`` with the same flags."""
+    out = subprocess.run([sys.executable, str(ROOT / "app" / "app.py"), *argv],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    if argv == ["--help"]:
+        assert out.returncode == 0 and "usage: segeig demo" in out.stdout
+    else:  # refused before anything heavy is loaded, with the demo's own message
+        assert out.returncode == 2 and "--port must be in 1..65535" in out.stderr

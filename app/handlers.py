@@ -96,8 +96,8 @@ def model_summary(seg: Segmenter, how: str | None = None) -> str:
     """Markdown line describing the served model (no file paths)."""
     backbone = seg.config.get("backbone", {})
     parts = [f"backbone `{backbone.get('name', '?')}`"]
-    if seg.model.head is not None:
-        parts.append(f"K = {seg.model.head.k} eigenfunctions")
+    if seg.num_eigenfunctions is not None:
+        parts.append(f"K = {seg.num_eigenfunctions} eigenfunctions")
     parts.append("methods: " + ", ".join(
         f"{m} ({seg.num_segments(m)} segments)" for m in logic.available_methods(seg)))
     if how:
@@ -209,7 +209,7 @@ class DemoHandlers:
         """Heatmaps of the top eigenfunctions of the selected image."""
         if not state:
             return None, "Segment an image first."
-        if self.seg.model.head is None:
+        if self.seg.num_eigenfunctions is None:
             return None, "This checkpoint has no eigenfunction head (k-means baseline only)."
         result = state["results"][_clamp_index(selected, len(state["results"]))]
         grid = logic.eigen_grid_image(self.seg, result, int(n), lock=self.model_lock)

@@ -15,14 +15,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
 from segeig.cluster import MergeResult, merge_label_map, segment_profiles
 from segeig.imageio import ImageReadError, read_image, save_segments
 from segeig.predictor import Segmenter
-from segeig.resample import pixel_argmax, pixel_probs
-from segeig.transforms import limit_side, to_tensor
+from segeig.transforms import limit_side
 from segeig.viz import eigenfunction_grid, legend_image, make_palette, overlay
 
 logger = logging.getLogger(__name__)
@@ -109,7 +107,7 @@ class ImageResult:
         image: ``H×W×3`` uint8 RGB, as segmented (after any downscaling).
         labels: ``H×W`` int32 segment ids in ``[0, S)`` (after CRF if on).
         ids, profiles, sizes: segments present, their ``M×S`` score profiles
-            and pixel counts (:func:`segeig.merge.segment_profiles`).
+            and pixel counts (:func:`segeig.cluster.segment_profiles`).
         method: scoring method used; ``crf``: whether CRF refined the labels.
         notice: downscaling notice or None.
         eigen: ``K×h×w`` eigenfunction values (sorted by eigenvalue), filled
@@ -144,17 +142,9 @@ def segment_image(seg: Segmenter, image: np.ndarray, name: str, method: str, crf
         raise UserError(f"method {method!r} is not available; this model has "
                         f"{', '.join(available_methods(seg))}")
     with lock or nullcontext():
-        out = seg.forward(to_tensor(image)[None], method)
-    scores = out.scores[0]
-    eigen = None if out.logits is None else _sorted_eigen(seg, out.logits[0].float().cpu().numpy())
-    if crf:
-        from segeig.crf import crf_labels
-
-        probs, ids = pixel_probs(scores, seg.patch_size, image.shape[:2])
-        labels = ids[crf_labels(image, probs, max_labels=None)].astype(np.int32)
-    else:
-        labels = pixel_argmax(scores, seg.patch_size, image.shape[:2])
-        labels = labels.to(torch.int32).cpu().numpy()
+        scores, values = seg.patch_maps(image, method)
+    labels = seg.labels_from_scores(image, scores, crf)
+    eigen = None if values is None else _sorted_eigen(seg, values)
     ids, profiles, sizes = segment_profiles(labels, scores, seg.patch_size)
     return ImageResult(name, image, labels, ids, profiles, sizes, method, crf, notice, eigen)
 
@@ -242,7 +232,7 @@ def eigenfunctions_of(seg: Segmenter, result: ImageResult,
     ``lock``: held around the forward pass (see :func:`segment_image`).
     """
     if result.eigen is None:  # the segmenting pass ran no head (e.g. method kmeans)
-        if seg.model.head is None:
+        if seg.num_eigenfunctions is None:
             raise UserError("this checkpoint has no eigenfunction head (k-means baseline only)")
         with lock or nullcontext():
             values = seg.eigenfunctions(result.image)
@@ -303,7 +293,7 @@ def explain_segment(seg: Segmenter, result: ImageResult, merged: MergeResult, se
     lines = [f"**Segment {seg_id}** covers {mask.mean():.1%} of *{result.name}*."]
     if len(members) > 1:
         lines.append(f"It merges the model's segments {', '.join(map(str, members))}.")
-    if seg.model.head is not None:
+    if seg.num_eigenfunctions is not None:
         values = eigenfunctions_of(seg, result, lock)
         ids, profiles, _ = segment_profiles(mask.astype(np.int64), values, seg.patch_size)
         if 1 in ids:

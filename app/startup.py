@@ -25,8 +25,8 @@ from pathlib import Path
 from segeig.backbone import BackboneWeightsError
 from segeig.checkpoint import CHECKPOINT_NAME, resolve_checkpoint_path
 from segeig.config import BackboneConfig
+from segeig.data import list_images
 from segeig.train import fit_or_reuse_checkpoint
-from segeig.data.files import list_images
 
 logger = logging.getLogger(__name__)
 

@@ -117,7 +117,7 @@ def build_demo(
                                    file_count="multiple", elem_id="downloads")
         with gr.Tab("Eigenfunctions", id="eigen") as eigen_tab:
             gr.Markdown(EIGEN_INTRO)
-            k = seg.model.head.k if seg.model.head is not None else 2
+            k = seg.num_eigenfunctions or 2
             n_eigen = gr.Slider(1, max(2, min(32, k)), value=min(8, k), step=1,
                                 label="Eigenfunctions shown")
             eigen_note = gr.Markdown()

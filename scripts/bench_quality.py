@@ -19,16 +19,14 @@ import torch.nn.functional as F
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from segeig.config import BackboneConfig, KernelConfig
-from segeig.data.registry import build_dataset
+from segeig.data import build_dataset
 from segeig.data.synthetic import make_synthetic_dataset
-from segeig.evaluation.evaluator import evaluate
-from segeig.evaluation.protocols import load_eval_dataset, resolve_protocol
+from segeig.evaluation import evaluate, load_eval_dataset, resolve_protocol
 from segeig.evaluation.spectral_dataset import evaluate_spectral_dataset, kernel_config_of
 from segeig.predictor import Segmenter, load
 from segeig.spectral import spectral_cluster_set
+from segeig.train import default_config, train
 from segeig.train.centroids import fit_centroids
-from segeig.train.config import default_config
-from segeig.train.launch import train
 from segeig.transforms import to_tensor
 
 logger = logging.getLogger(__name__)

@@ -31,8 +31,7 @@ import torch
 from PIL import Image
 
 from segeig.backbone import Backbone
-from segeig.batch.inputs import expand_inputs
-from segeig.batch.pipeline import SegmentOptions, segment_files
+from segeig.batch import SegmentOptions, expand_inputs, segment_files
 from segeig.config import DEFAULT_BACKBONE, BackboneConfig, HeadConfig
 from segeig.imageio import read_image
 from segeig.model import build_model

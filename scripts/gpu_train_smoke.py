@@ -30,9 +30,7 @@ from PIL import Image
 
 from segeig.config import BackboneConfig, HeadConfig
 from segeig.model import resolve_device
-from segeig.train.config import default_config
-from segeig.train.launch import train
-from segeig.train.state import read_log
+from segeig.train import default_config, read_log, train
 
 TINY_ARCH = {"depth": 4, "embed_dim": 48, "num_heads": 2}
 

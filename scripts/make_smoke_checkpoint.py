@@ -24,7 +24,7 @@ from tqdm import tqdm
 from segeig.backbone import Backbone
 from segeig.checkpoint import save_checkpoint
 from segeig.config import DEFAULT_BACKBONE, BackboneConfig, HeadConfig
-from segeig.data.registry import build_dataset
+from segeig.data import build_dataset
 from segeig.model import build_model
 from segeig.train.centroids import fit_centroids
 

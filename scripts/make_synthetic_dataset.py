@@ -2,7 +2,7 @@
 """Write a synthetic labelled dataset in segeig's ``custom`` layout.
 
 Each class is a colour + texture family; images have a two-class background
-and several foreground objects (see :mod:`segeig.synthetic`).
+and several foreground objects (see :mod:`segeig.data.synthetic`).
 
     python scripts/make_synthetic_dataset.py data/synth --train 200 --val 100 \
         --size 320 427 --classes 8

@@ -24,7 +24,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from segeig.atomic import atomic_write  # noqa: E402
-from segeig.train.state import LOG_NAME, read_log  # noqa: E402
+from segeig.train import LOG_NAME, read_log  # noqa: E402
 
 
 def load_spectra(log_path: Path) -> tuple[list[int], np.ndarray]:

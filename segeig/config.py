@@ -24,6 +24,9 @@ T = TypeVar("T")
 #: Default backbone: DINO ViT-S/16 through timm.
 DEFAULT_BACKBONE = "vit_small_patch16_224.dino"
 
+#: Label value meaning "not labelled": ignored by scores, drawn black in pictures.
+IGNORE_INDEX = 255
+
 #: Images with a side above this are processed in sliding windows by default.
 DEFAULT_MAX_SIDE = 1024
 

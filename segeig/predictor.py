@@ -96,6 +96,11 @@ class Segmenter:
         return self.model.num_segments(method or self.model.default_method)
 
     @property
+    def num_eigenfunctions(self) -> int | None:
+        """K, the eigenfunctions the head outputs; None without a head (k-means baseline)."""
+        return None if self.model.head is None else self.model.head.k
+
+    @property
     def eigenvalues(self) -> list[float] | None:
         """Eigenvalue estimates recorded at training time (descending order), if any."""
         return self.config.get("eigenvalues")
@@ -197,12 +202,45 @@ class Segmenter:
         Returns:
             ``H×W`` int32 segment ids in ``[0, S)``.
         """
+        image = _check_image(image)
+        return self.labels_from_scores(image, self.patch_scores(image, method, **window), crf)
+
+    def patch_maps(self, image: np.ndarray, method: str | None = None
+                   ) -> tuple[torch.Tensor, np.ndarray | None]:
+        """One forward pass over the whole image: its patch scores and eigenfunctions.
+
+        For callers that show more than labels (the web demo draws the
+        eigenfunctions of the pass that segmented the image); turn the scores
+        into labels with :meth:`labels_from_scores`. No sliding window: bound
+        the image's side first (e.g. :func:`segeig.transforms.limit_side`).
+
+        Returns:
+            ``(scores, eigenfunctions)``: ``S×h×w`` float32 patch scores (on the
+            device), and ``K×h×w`` float32 eigenfunction values in training
+            order (as :meth:`eigenfunctions`), or None when the method runs no
+            head (``kmeans``).
+        """
+        out = self.forward(to_tensor(_check_image(image))[None], method)
+        eigen = None if out.logits is None else out.logits[0].float().cpu().numpy()
+        return out.scores[0], eigen
+
+    def labels_from_scores(self, image: np.ndarray, scores: torch.Tensor,
+                           crf: bool = False) -> np.ndarray:
+        """Pixel segment ids of ``image`` from its patch scores.
+
+        Args:
+            image: ``H×W×3`` uint8 RGB the scores belong to (the CRF reads its colours).
+            scores: ``S×h×w`` float patch scores of that image (:meth:`patch_scores`).
+            crf: refine with a dense CRF over the 32 most relevant segments.
+
+        Returns:
+            ``H×W`` int32 segment ids in ``[0, S)``.
+        """
         if crf:
             from segeig.crf import crf_labels
 
-            probs, ids = self.crf_inputs(image, method, **window)
+            probs, ids = pixel_probs(scores, self.patch_size, image.shape[:2])
             return ids[crf_labels(image, probs, max_labels=None)].astype(np.int32)
-        scores = self.patch_scores(_check_image(image), method, **window)
         labels = pixel_argmax(scores, self.patch_size, image.shape[:2])
         return labels.to(torch.int32).cpu().numpy()
 

@@ -1,7 +1,7 @@
 """Deterministic image transforms shared by inference and evaluation.
 
 Images are ``H×W×3`` uint8 RGB numpy arrays; label maps ``H×W`` uint8 with 255
-meaning "ignore". Training augmentation lives in :mod:`segeig.augment`.
+meaning "ignore". Training augmentation lives in :mod:`segeig.train.augment`.
 """
 
 from __future__ import annotations

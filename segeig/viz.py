@@ -21,10 +21,9 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from segeig.atomic import atomic_write
+from segeig.config import IGNORE_INDEX
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = 255  # same value as segeig.metrics.IGNORE_INDEX; viz stays import-free of it
 
 # Kelly's colours of maximum contrast, without white and black (black is
 # reserved for ignored pixels, white for segment boundaries).
@@ -251,7 +250,7 @@ def confusion_plot(
 
     Args:
         class_conf: counts ``(C, C)`` or ``(C, C + 1)`` from
-            ``segeig.metrics.class_confusion`` (rows = ground truth, columns =
+            ``segeig.evaluation.metrics.class_confusion`` (rows = ground truth, columns =
             prediction, optional last column = unmatched clusters). Rows are
             divided by their totals: cells read "fraction of class g predicted as p".
         class_names: ``C`` names.

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 from segeig.app import startup
-from segeig.train import launch
 
 from segeig.backbone import BackboneWeightsError
 from segeig.checkpoint import CheckpointError
 from segeig.cli import build_parser, main
 from segeig.config import BackboneConfig
+from segeig.train import launch
 from tests.app_helpers import write_image, write_tiny_checkpoint
 from tests.conftest import random_image
 
@@ -85,7 +85,8 @@ def test_prefers_given_then_weights_dir(tmp_path, examples, tiny_model, fake_fit
     placed = write_tiny_checkpoint(tiny_model, tmp_path / "weights")
     assert startup.find_or_fit_checkpoint(given.parent, tmp_path / "weights", backbone,
                                           examples) == (given, "given")
-    assert startup.find_or_fit_checkpoint(None, tmp_path / "weights", backbone, examples) == (placed, "weights")
+    assert startup.find_or_fit_checkpoint(None, tmp_path / "weights", backbone,
+                                          examples) == (placed, "weights")
     assert fit.calls == []
     with pytest.raises(CheckpointError):
         startup.find_or_fit_checkpoint(tmp_path / "nope", tmp_path / "weights", backbone,
@@ -184,7 +185,7 @@ def test_cli_rejects_bad_limits(capsys):
 
 
 def test_real_start_up_fit_on_examples(tmp_path, examples):
-    """The real fit (segeig.training.fit_images), not a stand-in, then the cached reuse."""
+    """The real fit (segeig.train.launch.fit_images), not a stand-in, then the cached reuse."""
     from tests.conftest import tiny_backbone_config
 
     seen = []

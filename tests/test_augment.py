@@ -1,4 +1,4 @@
-"""Tests for segeig.augment (training augmentation)."""
+"""Tests for segeig.train.augment (training augmentation)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for segeig.metrics: confusion accumulation, matching and scores."""
+"""Tests for segeig.evaluation.metrics: confusion accumulation, matching and scores."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from segeig.config import IGNORE_INDEX
 from segeig.evaluation.metrics import (
-    IGNORE_INDEX,
     ConfusionAccumulator,
     class_confusion,
     evaluate_confusion,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from segeig.model import resolve_device
+from segeig.model import build_model, resolve_device
 from segeig.predictor import Segmenter, upsample_scores
 from tests.conftest import random_image
 
@@ -70,6 +70,27 @@ def test_methods_and_eigenfunctions(segmenter, rng):
     assert values.shape == (12, 2, 3)
     with pytest.raises(ValueError, match="not available"):
         segmenter.predict(random_image(rng, 8, 8), method="kmeans")
+
+
+def test_patch_maps_give_the_labels_and_eigenfunctions_of_one_pass(segmenter, rng):
+    image = random_image(rng, 45, 70)
+    scores, eigen = segmenter.patch_maps(image)
+    assert scores.shape == (12, 3, 5) and eigen.shape == (12, 3, 5)
+    assert segmenter.num_eigenfunctions == 12
+    np.testing.assert_allclose(eigen, segmenter.eigenfunctions(image), atol=1e-6)
+    np.testing.assert_array_equal(segmenter.labels_from_scores(image, scores),
+                                  segmenter.predict(image, max_side=None))
+    crf = segmenter.labels_from_scores(image, scores, crf=True)
+    np.testing.assert_array_equal(crf, segmenter.predict(image, crf=True, max_side=None))
+
+
+def test_kmeans_only_checkpoint_has_no_eigenfunctions(tiny_model, rng):
+    model = build_model(tiny_model.backbone, None)
+    model.set_centroids("kmeans", torch.randn(4, model.backbone.embed_dim))
+    seg = Segmenter(model, device="cpu")
+    assert seg.num_eigenfunctions is None
+    scores, eigen = seg.patch_maps(random_image(rng, 32, 32), "kmeans")
+    assert scores.shape == (4, 2, 2) and eigen is None
 
 
 def test_bad_inputs(segmenter):

@@ -116,7 +116,7 @@ def expand_inputs(
 ) -> tuple[list[InputFile], list[Conflict]]:
     """Expand files, folders and globs into the images of a run.
 
-    Folders are searched recursively for :data:`segeig.imageio.IMAGE_EXTENSIONS`
+    Folders are searched recursively for :data:`segeig.data.files.IMAGE_EXTENSIONS`
     (hidden entries skipped); glob matches are filtered the same way, while an
     explicitly named file is always included. The same file reached twice (by
     real path) is kept once, from its first input.

@@ -1,7 +1,7 @@
 """Files a batch run writes: label maps, overlays, scores — safely placed, atomic.
 
 Layout under the output directory ``DIR`` for an input with output key ``KEY``
-(:attr:`segeig.inputs.InputFile.key`, e.g. ``trip/beach``)::
+(:attr:`segeig.batch.inputs.InputFile.key`, e.g. ``trip/beach``)::
 
     DIR/labels/KEY.png      segment ids, same size as the input (see segeig.imageio.save_segments)
     DIR/overlays/KEY.jpg    colour overlay (optional; .png with overlay_format="png")
@@ -90,7 +90,7 @@ def output_paths(
 
     Args:
         root: output directory.
-        key: :attr:`segeig.inputs.InputFile.key`.
+        key: :attr:`segeig.batch.inputs.InputFile.key`.
         overlay_format: ``"jpg"`` or ``"png"`` to include the overlay, None to omit it.
         probs: include the scores file.
 

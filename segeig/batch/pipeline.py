@@ -10,7 +10,7 @@ Stages, overlapped so the device rarely waits:
    windows, bounded memory).
 3. **refine** (``crf``) — :class:`segeig.crf.CRFPool` worker processes.
 4. **write** — label map, overlay and scores in a thread pool, each file
-   atomically (see :mod:`segeig.outputs`).
+   atomically (see :mod:`segeig.batch.outputs`).
 
 Images whose requested outputs all exist are skipped before decoding (resume),
 unless ``overwrite``.
@@ -59,7 +59,7 @@ class SegmentOptions:
         overlay: also write a colour overlay.
         overlay_format: ``"jpg"`` (quality 90) or ``"png"``.
         overlay_alpha: colour weight of the overlay in ``[0, 1]``.
-        save_probs: also write patch-grid scores (:func:`segeig.outputs.save_scores`).
+        save_probs: also write patch-grid scores (:func:`segeig.batch.outputs.save_scores`).
         batch_size: same-size images scored together on the device (1 = one by one).
         workers: decode and CRF worker processes each (0 = all in this process).
         overwrite: redo images whose outputs exist.
@@ -279,11 +279,11 @@ def segment_files(
     progress: Callable[[ImageResult], None] | None = None,
     crf_params: CRFParams | None = None,
 ) -> list[ImageResult]:
-    """Segment ``files`` into ``out_dir`` (layout: :mod:`segeig.outputs`).
+    """Segment ``files`` into ``out_dir`` (layout: :mod:`segeig.batch.outputs`).
 
     Args:
         segmenter: a loaded model (:func:`segeig.load`).
-        files: from :func:`segeig.inputs.expand_inputs` (and maybe a shard of them).
+        files: from :func:`segeig.batch.inputs.expand_inputs` (and maybe a shard of them).
         out_dir: output directory (created as needed).
         options: see :class:`SegmentOptions`.
         progress: called in this thread once per input as soon as it is done

@@ -1,9 +1,9 @@
 """Batch segmentation runs: checkpoint (fitted on the inputs when none is given), summary, resume.
 
-The pieces: :mod:`segeig.inputs` (which files), :mod:`segeig.pipeline` (the
-engine), :mod:`segeig.outputs` (file formats). This module ties them into a
+The pieces: :mod:`segeig.batch.inputs` (which files), :mod:`segeig.batch.pipeline` (the
+engine), :mod:`segeig.batch.outputs` (file formats). This module ties them into a
 run that can be interrupted and resumed, and that several processes can share
-(:func:`segeig.inputs.select_shard`)::
+(:func:`segeig.batch.inputs.select_shard`)::
 
     files, conflicts = expand_inputs(["photos/"])
     ckpt, _ = fit_or_reuse_checkpoint("out", [f.path for f in files])
@@ -158,9 +158,9 @@ def segment_inputs(
 
     Args:
         segmenter: the loaded checkpoint.
-        files: this shard's inputs (:func:`segeig.inputs.select_shard`).
+        files: this shard's inputs (:func:`segeig.batch.inputs.select_shard`).
         out_dir: output directory.
-        options: see :class:`segeig.pipeline.SegmentOptions`.
+        options: see :class:`segeig.batch.pipeline.SegmentOptions`.
         checkpoint: the checkpoint file ``segmenter`` was loaded from (hashed
             into the summary).
         fitted_here: the checkpoint was fitted by this run (recorded).

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
+
+from segeig.cli.progress import ProgressBars
 
 
 def _cpu_count() -> int:
@@ -71,11 +72,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
 
-    from segeig.evaluation.evaluator import evaluate
-    from segeig.evaluation.protocols import load_eval_dataset, resolve_protocol
-    from segeig.evaluation.report import format_table, write_json, write_report
+    from segeig.evaluation import (
+        evaluate,
+        format_table,
+        load_eval_dataset,
+        resolve_protocol,
+        write_json,
+        write_report,
+    )
     from segeig.predictor import load
 
     for name in ("max_images", "examples", "batch_size", "workers", "crf_workers", "threads",
@@ -103,9 +108,10 @@ def run(args: argparse.Namespace) -> int:
     if threads is not None:
         torch.set_num_threads(threads)
 
+    bars = ProgressBars(disable=args.quiet)
+
     def progress(iterable, total):
-        return tqdm(iterable, total=total, desc="evaluate", unit="img", file=sys.stderr,
-                    dynamic_ncols=True)
+        return bars.wrap(iterable, total, "evaluate")
 
     common = dict(match=args.match, crf=args.crf, max_images=args.max_images,
                   progress=progress, crf_workers=crf_workers, loader_workers=workers,

@@ -8,14 +8,18 @@ class is the callback every command passes:
   default, ``"kmeans"`` for the centroid pass) starts a new bar when it changes,
   and the training numbers in ``info`` show beside the bar;
 * ``bars.items(desc, total)`` returns a per-item callback for work on files
-  (``segeig segment``), counting failures beside the bar.
+  (``segeig segment``), counting failures beside the bar;
+* ``bars.wrap(iterable, total, desc)`` for loops the library runs over an
+  iterable it is handed (``segeig evaluate``).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 #: What each training-phase number is called beside the bar, and its format.
 _TRAIN_FIELDS = (("loss", "loss", ".5f"), ("trace", "trace", ".5f"), ("penalty", "pen", ".2e"),
@@ -70,6 +74,16 @@ class ProgressBars:
             bar.update(1)
 
         return done
+
+    def wrap(self, iterable: Iterable[T], total: int | None, desc: str) -> Iterator[T]:
+        """``iterable``, advancing a bar by one per item (the evaluation's loop)."""
+        bar = self._open(desc, desc, "img", total or 0)
+        try:
+            for item in iterable:
+                yield item
+                bar.update(1)
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self.bar is not None:

@@ -16,9 +16,9 @@ folder         None    (no labels)
 
 from __future__ import annotations
 
+from segeig.config import IGNORE_INDEX
 from segeig.data.ade20k import ADE20K
 from segeig.data.base import (
-    IGNORE_INDEX,
     DatasetLayoutError,
     Item,
     Sample,

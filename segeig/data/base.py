@@ -13,12 +13,12 @@ from typing import Any, ClassVar
 import numpy as np
 from torch.utils.data import Dataset
 
+from segeig.config import IGNORE_INDEX
 from segeig.data.files import list_images
 from segeig.imageio import read_image, read_label
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
 
 #: A dataset transform receives the full Sample and returns whatever the
 #: consumer batches (typically a dict of tensors).

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segeig.config import IGNORE_INDEX
 from segeig.data.base import (
-    IGNORE_INDEX,
     DatasetLayoutError,
     Item,
     SegDataset,

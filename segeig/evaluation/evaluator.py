@@ -2,7 +2,7 @@
 
 One pass over the images fills two cluster×class confusion matrices (raw
 argmax predictions and CRF-refined ones); each gets its own cluster→class
-mapping (:mod:`segeig.metrics`), fitted on its own predictions, so a single run
+mapping (:mod:`segeig.evaluation.metrics`), fitted on its own predictions, so a single run
 reports both rows. The CRF runs in worker processes (:class:`segeig.crf.CRFPool`)
 while the model moves on to the next images.
 
@@ -25,11 +25,8 @@ from segeig.crf import CRFParams, CRFPool, require_pydensecrf
 from segeig.data import SegDataset
 from segeig.evaluation.protocols import Prepared, Protocol, prepare, resolve_protocol
 from segeig.evaluation.scoring import (
-    TIMING_KEYS,
     EvaluationResult,
-    Example,
     GridScorer,
-    Scores,
     StageTimer,
 )
 from segeig.predictor import Segmenter
@@ -37,8 +34,7 @@ from segeig.transforms import to_tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MATCHES", "TIMING_KEYS", "EvaluationResult", "Example", "GridScorer", "Scores",
-           "StageTimer", "check_crf_available", "check_dataset", "check_segments", "evaluate",
+__all__ = ["MATCHES", "check_crf_available", "check_dataset", "check_segments", "evaluate",
            "prepared_samples"]
 
 MATCHES = ("hungarian", "majority")
@@ -101,7 +97,7 @@ def check_dataset(dataset: SegDataset, protocol: Protocol, match: str) -> int:
         raise ValueError(
             f"protocol {protocol.name!r} scores {protocol.num_classes} classes on "
             f"{protocol.dataset} but the dataset was built with {n_classes}; build it with "
-            "segeig.protocols.load_eval_dataset(protocol, root, split)")
+            "segeig.evaluation.protocols.load_eval_dataset(protocol, root, split)")
     return n_classes
 
 
@@ -146,9 +142,9 @@ def evaluate(
     Args:
         segmenter: the model (:func:`segeig.load`).
         dataset: labelled dataset with the protocol's classes
-            (:func:`segeig.protocols.load_eval_dataset` builds the right one).
+            (:func:`segeig.evaluation.protocols.load_eval_dataset` builds the right one).
         protocol: a :class:`Protocol`, a protocol name, or None for the
-            dataset's default (see :mod:`segeig.protocols`).
+            dataset's default (see :mod:`segeig.evaluation.protocols`).
         method: ``eigen``, ``eigen+kmeans`` or ``kmeans``; default: the
             checkpoint's default (``kmeans`` for a head-less checkpoint).
         match: ``hungarian`` (one-to-one) or ``majority`` (many-to-one).

@@ -31,13 +31,13 @@ from typing import Any, Literal
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from segeig.config import IGNORE_INDEX
+
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
 """Ground-truth value of pixels excluded from every score."""
 
 __all__ = [
-    "IGNORE_INDEX",
     "ConfusionAccumulator",
     "class_confusion",
     "evaluate_confusion",

@@ -4,8 +4,8 @@
 full-resolution predictions and fills two cluster×class confusion matrices —
 raw argmax and CRF-refined (the CRF runs on a worker pool while the caller
 moves on) — then packages an :class:`EvaluationResult`. Both
-:func:`segeig.evaluation.evaluate` and
-:func:`segeig.spectral_eval.evaluate_spectral_dataset` use it.
+:func:`segeig.evaluation.evaluator.evaluate` and
+:func:`segeig.evaluation.spectral_dataset.evaluate_spectral_dataset` use it.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ eigenvectors are computed exactly (Lanczos) and their rows are clustered into
 S clusters. It is transductive — the images being scored define the graph — so
 it runs in two passes: (1) backbone features of every image, (2) after one
 decomposition, the scores of each image go through the same matching, CRF and
-report code as :func:`segeig.evaluation.evaluate`.
+report code as :func:`segeig.evaluation.evaluator.evaluate`.
 
 Cost grows as O(N²·D) time for the feature graph and O(N·k_feat) memory for
 N tokens, so it is refused above ``max_tokens`` (default
@@ -98,7 +98,7 @@ def evaluate_spectral_dataset(
         segmenter: gives the backbone (any checkpoint; its head is unused).
         dataset, protocol, match, crf, max_images, crf_workers,
             loader_workers, n_examples, crf_params, crf_max_labels: as in
-            :func:`segeig.evaluation.evaluate`.
+            :func:`segeig.evaluation.evaluator.evaluate`.
         progress: wrapper ``progress(iterable, total=N)`` over the images;
             called twice (features, then scoring).
         n_clusters: clusters S (default: the number of classes).

@@ -23,7 +23,7 @@ Multi-process: DistributedDataParallel averages gradients. With
 (no grad) and each rank builds the kernel of the global batch; the Gumbel
 probabilities are gathered with a differentiable all-gather, so every rank
 computes the same global loss and the averaged gradient is exactly its
-gradient (see :meth:`segeig.distributed.DistContext.all_gather_grad`).
+gradient (see :meth:`segeig.train.runtime.DistContext.all_gather_grad`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def noise_seed(seed: int, step: int) -> int:
 
 
 class Trainer:
-    """One training run; see :func:`segeig.training.train` for the arguments."""
+    """One training run; see :func:`segeig.train.launch.train` for the arguments."""
 
     def __init__(self, config: TrainConfig, out_dir: str | Path, *, device: str = "auto",
                  resume: bool = False, overwrite: bool = False, dist: DistContext | None = None,

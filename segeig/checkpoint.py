@@ -34,10 +34,16 @@ from safetensors import safe_open
 from segeig import __version__
 from segeig.atomic import write_safetensors
 from segeig.backbone import Backbone, create_vit
-from segeig.config import BackboneConfig, HeadConfig, KernelConfig, from_dict, to_dict
+from segeig.config import (
+    BackboneConfig,
+    HeadConfig,
+    KernelConfig,
+    SpectralConfig,
+    from_dict,
+    to_dict,
+)
 from segeig.head import EigenHead
 from segeig.model import CENTROID_METHODS, SegEigModel
-from segeig.spectral import SpectralConfig
 
 logger = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from torch import nn
 
 from segeig.backbone import Backbone, BackboneFeatures
 from segeig.cluster import centroid_score_maps
-from segeig.config import HeadConfig, KernelConfig
+from segeig.config import HeadConfig, KernelConfig, SpectralConfig
 from segeig.head import EigenHead
-from segeig.spectral import SpectralConfig, spectral_scores
+from segeig.spectral import spectral_scores
 
 Method = Literal["eigen", "eigen+kmeans", "kmeans", "spectral"]
 METHODS: tuple[str, ...] = ("eigen", "eigen+kmeans", "kmeans", "spectral")

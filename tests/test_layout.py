@@ -70,6 +70,54 @@ def test_imports_point_down_the_layers():
     assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
 
 
+def _module_file(module: str) -> Path | None:
+    """The source file of a segeig module, or None for a package (or outside segeig)."""
+    parts = module.split(".")
+    in_app = parts[:2] == ["segeig", "app"]
+    base = ROOT / "app" / Path(*parts[2:]) if in_app else ROOT / Path(*parts)
+    path = base.with_suffix(".py")
+    return path if path.is_file() else None
+
+
+def _top_level_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    todo = list(ast.parse(path.read_text()).body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+        elif isinstance(node, (ast.If, ast.Try)):
+            todo += node.body + node.orelse + getattr(node, "finalbody", [])
+    return names
+
+
+def test_every_name_is_imported_from_its_home():
+    """No module passes on names it imports: only a folder's __init__ re-exports."""
+    users = [path for folder in ("segeig", "app", "scripts", "tests")
+             for path in sorted((ROOT / folder).rglob("*.py"))]
+    homes: dict[Path, set[str]] = {}
+    wrong = []
+    for path in users:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                    and node.module.startswith("segeig.")):
+                continue
+            source = _module_file(node.module)
+            if source is None:
+                continue
+            defined = homes.setdefault(source, _top_level_names(source))
+            for alias in node.names:
+                submodule = source.with_suffix("") / f"{alias.name}.py"
+                if alias.name not in defined and not submodule.is_file():
+                    wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} imports "
+                                 f"{alias.name} from {node.module}, which does not define it")
+    assert not wrong, "\n".join(wrong)
+
+
 def test_core_stays_small():
     core = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert len(core) <= 18, core

@@ -15,7 +15,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 
 from segeig.checkpoint import load_model, read_config
 from segeig.cli import main
-from segeig.config import HeadConfig, KernelConfig, ObjectiveConfig
+from segeig.config import HeadConfig, KernelConfig, ObjectiveConfig, SpectralConfig
 from segeig.data.synthetic import make_synthetic_dataset
 from segeig.evaluation.evaluator import evaluate
 from segeig.evaluation.protocols import load_eval_dataset, resolve_protocol
@@ -30,7 +30,6 @@ from segeig.model import SegEigModel
 from segeig.objective import neuralef_loss
 from segeig.predictor import Segmenter
 from segeig.spectral import (
-    SpectralConfig,
     dataset_spectral_clustering,
     exact_spectral_bytes,
     fit_spectral_centroids,

@@ -14,7 +14,6 @@ kernel and the loss).
 from __future__ import annotations
 
 import contextlib
-import logging
 from dataclasses import dataclass
 
 import torch
@@ -93,9 +92,6 @@ class DistContext:
         out = tensor.clone()
         dist.all_reduce(out)
         return out / self.world_size
-
-
-logger = logging.getLogger(__name__)
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:

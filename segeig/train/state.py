@@ -52,6 +52,7 @@ from segeig.config import from_dict, to_dict
 from segeig.train.config import TrainConfig
 
 STATE_NAME = "train_state.safetensors"
+LOG_NAME = "train_log.jsonl"
 _KEY = "segeig_train_state"
 _VERSION = 1
 
@@ -206,9 +207,6 @@ def load_train_state(path: str | os.PathLike) -> TrainState:
     }
     return TrainState(config=from_dict(TrainConfig, meta["config"]), progress=progress, head=head,
                       optimizer=optimizer, scaler=meta["scaler"], rng=rng)
-
-
-LOG_NAME = "train_log.jsonl"
 
 
 class JsonlLog:

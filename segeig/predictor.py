@@ -280,10 +280,9 @@ class Segmenter:
         Channel i is the i-th eigenfunction in training order (the objective
         orders them by eigenvalue, largest first).
         """
-        if self.model.head is None:
+        if self.num_eigenfunctions is None:
             raise ValueError("this checkpoint has no eigenfunction head (kmeans baseline)")
-        out = self.forward(to_tensor(_check_image(image))[None], "eigen")
-        return out.logits[0].float().cpu().numpy()
+        return self.patch_maps(image, "eigen")[1]
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -215,11 +215,14 @@ class DemoHandlers:
         grid = logic.eigen_grid_image(self.seg, result, int(n), lock=self.model_lock)
         grid = self.downloads.save(self.downloads.new(), "eigenfunctions.png", grid)
         _, lam = logic.eigen_order(self.seg)
-        note = (f"Top {min(int(n), len(result.eigen))} of {len(result.eigen)} eigenfunctions "
-                f"of *{result.name}*, ordered by eigenvalue λ (largest first).")
+        shown = f"First {min(int(n), len(result.eigen))} of {len(result.eigen)} head outputs"
         if lam is None:
-            note += (" This checkpoint records no eigenvalue estimates: the order is the "
-                     "training order, which the objective makes descending.")
+            note = (f"{shown} of *{result.name}*, in the head's own order. This checkpoint "
+                    "records no measured eigenvalues (it predates segeig 0.2), so the order "
+                    "says nothing about their size.")
+        else:
+            note = (f"{shown} of *{result.name}*, ordered by eigenvalue λ (largest first), as "
+                    "measured on the training images after training.")
         return grid, note
 
     def explain(self, state: dict | None, selected: int | None, n_segments: float,

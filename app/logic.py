@@ -131,8 +131,9 @@ def segment_image(seg: Segmenter, image: np.ndarray, name: str, method: str, crf
                   lock: AbstractContextManager | None = None) -> ImageResult:
     """Segment one image with one forward pass.
 
-    ``image`` is processed in a single pass at its own size (the caller has
-    already bounded its side), so no sliding window is used. The same pass
+    ``image`` (whose side the caller has already bounded) is brought to the
+    checkpoint's working resolution and processed in a single pass, so no
+    sliding window is used; labels come back at the image's size. The same pass
     gives the eigenfunction values for the eigenfunctions tab when the method
     runs the head. ``lock`` (e.g. a ``threading.Lock``) is held around the
     model's forward pass only, so concurrent requests run the CRF and
@@ -141,11 +142,14 @@ def segment_image(seg: Segmenter, image: np.ndarray, name: str, method: str, crf
     if method not in seg.methods:
         raise UserError(f"method {method!r} is not available; this model has "
                         f"{', '.join(available_methods(seg))}")
+    # The head runs at the checkpoint's working resolution; labels come back
+    # at the (already bounded) upload's own size.
+    work = seg.working_image(image)
     with lock or nullcontext():
-        scores, values = seg.patch_maps(image, method)
-    labels = seg.labels_from_scores(image, scores, crf)
+        scores, values = seg.patch_maps(work, method)
+    labels = seg.labels_from_scores(image, scores, crf, in_size=work.shape[:2])
     eigen = None if values is None else _sorted_eigen(seg, values)
-    ids, profiles, sizes = segment_profiles(labels, scores, seg.patch_size)
+    ids, profiles, sizes = segment_profiles(labels, scores, seg.patch_size, work.shape[:2])
     return ImageResult(name, image, labels, ids, profiles, sizes, method, crf, notice, eigen)
 
 
@@ -214,8 +218,10 @@ def eigen_order(seg: Segmenter) -> tuple[np.ndarray | None, list[float] | None]:
     """Channel order sorting eigenfunctions by recorded eigenvalue (largest first).
 
     Returns ``(order, sorted eigenvalues)``, or ``(None, None)`` when the
-    checkpoint records no eigenvalues (the training order is used then: the
-    objective already orders eigenfunctions by eigenvalue).
+    checkpoint records no measured eigenvalues (older checkpoints): the head's
+    own output order is shown then, with no claim about eigenvalues (with
+    t = 0.01 and the softmax the outputs form a soft partition, and training
+    order is not eigenvalue order).
     """
     values = seg.eigenvalues
     if not values:
@@ -235,7 +241,7 @@ def eigenfunctions_of(seg: Segmenter, result: ImageResult,
         if seg.num_eigenfunctions is None:
             raise UserError("this checkpoint has no eigenfunction head (k-means baseline only)")
         with lock or nullcontext():
-            values = seg.eigenfunctions(result.image)
+            values = seg.eigenfunctions(result.image)  # at the working resolution
         result.eigen = _sorted_eigen(seg, values)
     return result.eigen
 

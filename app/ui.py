@@ -41,9 +41,11 @@ INTRO = (
 )
 EIGEN_INTRO = (
     "The model's head outputs K **eigenfunctions** of a graph over image patches (patches "
-    "are linked when their features or colours are alike). They are ordered by eigenvalue: "
-    "the first ones carry the coarsest, most important partitions of the image, later ones "
-    "finer detail. Red is positive, blue negative; the sign itself is arbitrary."
+    "are linked when their features or colours are alike). With a checkpoint that measured "
+    "them, they are shown by decreasing eigenvalue λ (how strongly a function follows the "
+    "graph, measured on the training images after training). After the softmax they act as "
+    "soft segment indicators rather than a coarse-to-fine ladder. Red is positive, blue "
+    "negative, each map scaled to its own maximum."
 )
 
 

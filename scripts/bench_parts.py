@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from segeig.backbone import Backbone
-from segeig.config import HeadConfig, KernelConfig, ObjectiveConfig
+from segeig.config import HeadConfig, KernelConfig, ObjectiveConfig, WorkingResolution
 from segeig.data.synthetic import render_sample
 from segeig.head import EigenHead, gumbel_probs, tau_at
 from segeig.kernel import build_kernel
@@ -41,6 +41,7 @@ class CachedBackbone(torch.nn.Module):
         super().__init__()
         self.patch_size, self.embed_dim = backbone.patch_size, backbone.embed_dim
         self.feature_dim = backbone.feature_dim
+        self.mean = backbone.mean
         self.anchor = torch.nn.Parameter(torch.zeros(1), requires_grad=False)  # device anchor
         self.features = None
 
@@ -55,8 +56,11 @@ def after_backbone(segmenter: Segmenter) -> tuple[Segmenter, CachedBackbone]:
     twin = SegEigModel(cached, model.head, spectral=model.spectral)
     for method in CENTROID_METHODS:
         if model.centroids(method) is not None:
-            twin.set_centroids(method, model.centroids(method))
-    return Segmenter(twin, segmenter.config, device=segmenter.device), cached
+            twin.set_centroids(method, model.centroids(method),
+                               *model.centroid_metrics.get(method, ("cosine", 1.0)))
+    # The cached features belong to the images as given: no working-resolution resize.
+    return Segmenter(twin, segmenter.config, device=segmenter.device,
+                     resolution=WorkingResolution()), cached
 
 
 def interleaved_medians(calls: dict[str, Callable[[int], object]], n_items: int, repeats: int,

@@ -133,8 +133,8 @@ def run_quality(settings: QualitySettings, backbone: BackboneConfig, workdir: Pa
         centroids = fit_centroids(segmenter.model, train_set, k=s.k, crop=s.size,
                                   batch_size=s.batch, max_tokens=1 << 18, iters=30, seed=s.seed,
                                   device=segmenter.device, methods=methods)
-        for method, value in centroids.items():
-            segmenter.model.set_centroids(method, value)
+        for method, fitted in centroids.items():
+            segmenter.model.set_centroids(method, fitted.centroids, fitted.metric, fitted.spread)
         for method in ["eigen", *methods]:
             key = head if method.startswith("eigen") else "-"
             result = evaluate(segmenter, val, protocol, method=method, match="majority",

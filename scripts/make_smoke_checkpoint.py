@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> int:
                                   device=torch.device("cpu"), methods=["eigen+kmeans", "kmeans"],
                                   max_images=args.max_images, progress=progress)
         bar.close()
-        for method, value in centroids.items():
-            model.set_centroids(method, value)
+        for method, fitted in centroids.items():
+            model.set_centroids(method, fitted.centroids, fitted.metric, fitted.spread)
     path = save_checkpoint(args.out, model, extra={"training": {"untrained": True,
                                                                 "seed": args.seed}})
     print(f"wrote {path} (methods: {', '.join(model.methods)})")

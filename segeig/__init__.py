@@ -9,7 +9,7 @@ Public entry points::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__", "load", "Segmenter"]
 

@@ -13,7 +13,14 @@ one JSON document under the key ``"segeig"``:
                   "layers": [0, 6, 11], "mean": [...], "std": [...]},
      "head": {"kind": "mlp", "k": 256, ...} | null,
      "methods": ["eigen", "eigen+kmeans"],
+     "resolution": {"short": 320, "max_long": 640},
+     "centroid_metrics": {"eigen+kmeans": {"metric": "euclidean", "spread": 1.7}},
      "kernel": {...}, "objective": {...}, "training": {...}}
+
+``resolution`` is the working resolution the head was trained at and must be
+used at (:func:`checkpoint_resolution` derives it for checkpoints written
+before it was recorded); ``centroid_metrics`` says how each centroid set is
+scored (absent: cosine, as every checkpoint before it).
 
 Loading rebuilds everything from the file alone; :func:`read_config` reads the
 JSON without touching tensors (cheap, for ``segeig info``).
@@ -39,6 +46,8 @@ from segeig.config import (
     HeadConfig,
     KernelConfig,
     SpectralConfig,
+    WorkingResolution,
+    default_max_long,
     from_dict,
     to_dict,
 )
@@ -124,6 +133,10 @@ def save_checkpoint(
         "methods": model.methods,
         **(extra or {}),
     }
+    if model.centroid_metrics:
+        document["centroid_metrics"] = {
+            method: {"metric": metric, "spread": spread}
+            for method, (metric, spread) in model.centroid_metrics.items()}
     if model.centroids("spectral") is not None:
         kernel_config, spectral_config = model.spectral
         document["spectral"] = {"kernel": to_dict(kernel_config), **to_dict(spectral_config)}
@@ -153,6 +166,31 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
             f"to {FORMAT_VERSION}; upgrade segeig"
         )
     return document
+
+
+def checkpoint_resolution(document: dict[str, Any]) -> WorkingResolution:
+    """The working resolution a checkpoint's head was trained at.
+
+    Recorded as ``resolution`` since segeig 0.2. Older checkpoints are read
+    from their training config: images were pre-resized to a short side
+    ``resize_short`` and augmented around it, so that is the working
+    resolution (with the default long-side cap); without it (benchmark
+    presets, or ``resize_short`` 0) images were used at their own size.
+
+    Raises:
+        CheckpointError: a recorded ``resolution`` that is not valid.
+    """
+    recorded = document.get("resolution")
+    if recorded is not None:
+        try:
+            return from_dict(WorkingResolution, recorded)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"invalid working resolution {recorded!r}: {err}") from err
+    training = document.get("training") or {}
+    short = training.get("resolution", training.get("resize_short")) or 0
+    if isinstance(short, bool) or not isinstance(short, int) or not 0 <= short <= 16384:
+        return WorkingResolution()
+    return WorkingResolution(short, default_max_long(short))
 
 
 def _read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
@@ -230,9 +268,12 @@ def load_model(
         spectral = (from_dict(KernelConfig, section.pop("kernel")),
                     from_dict(SpectralConfig, section))
     model = SegEigModel(backbone, head, spectral=spectral)
+    metrics = document.get("centroid_metrics") or {}
     for method, centroids in _read_tensors(path, "centroids.").items():
+        how = metrics.get(method) or {}
         try:
-            model.set_centroids(method, centroids)
+            model.set_centroids(method, centroids, how.get("metric", "cosine"),
+                                how.get("spread", 1.0))
         except ValueError as err:
             raise CheckpointError(f"{path}: {err}") from err
     return model.to(device).eval(), document

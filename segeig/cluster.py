@@ -1,10 +1,11 @@
-"""Clustering: spherical k-means and nearest-centroid scores over tokens, and
-merging one image's segments into fewer.
+"""Clustering: k-means and nearest-centroid scores over tokens, and merging one
+image's segments into fewer.
 
 Used for the ``eigen+kmeans`` method (k-means on the head's hidden features)
-and the ``kmeans`` baseline (k-means on raw final backbone features). Features
-are L2-normalised, so distances are cosine: ViT token norms vary with position
-and carry little semantic signal.
+and the ``kmeans`` baseline (k-means on raw final backbone features). Two
+distances (:data:`segeig.config.CENTROID_METRICS`): ``euclidean``, the
+reference code's plain k-means, and ``cosine`` (spherical k-means on
+L2-normalised features), which ignores token norms.
 
 Scaling: :class:`TokenReservoir` keeps a uniform random subsample of at most
 ``capacity`` tokens from a stream of any length (reservoir sampling), so the fit
@@ -98,20 +99,54 @@ def cosine_scores(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tens
     return F.normalize(features.float(), dim=1) @ F.normalize(centroids.float(), dim=1).T
 
 
-def centroid_score_maps(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
-    """:func:`cosine_scores` on maps: ``B×D×h×w`` → ``B×S×h×w``."""
+#: Euclidean scores are ``-d² / (EUCLIDEAN_TEMPERATURE · v)`` with ``v`` the mean
+#: squared distance of the fitted tokens to their nearest centroid: a token at a
+#: typical distance scores a few logits above its next centroid, like the
+#: cosine scores at the model's centroid temperature. Argmax labels do not
+#: depend on it; CRF unaries do.
+EUCLIDEAN_TEMPERATURE = 0.25
+
+
+def squared_distances(features: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """``N×S`` float32 squared Euclidean distances of ``N×D`` rows to ``S×D`` centroids."""
+    x, c = features.float(), centroids.float().to(features.device)
+    d2 = (x * x).sum(1, keepdim=True) - 2 * x @ c.T + (c * c).sum(1)[None]
+    return d2.clamp_min_(0)
+
+
+def centroid_score_maps(features: torch.Tensor, centroids: torch.Tensor,
+                        metric: str = "cosine", spread: float = 1.0) -> torch.Tensor:
+    """Nearest-centroid scores on maps: ``B×D×h×w`` → ``B×S×h×w`` float32.
+
+    Args:
+        features: ``B×D×h×w`` token features.
+        centroids: ``S×D``.
+        metric: ``cosine`` (similarity in [-1, 1]) or ``euclidean``
+            (``-d² / (EUCLIDEAN_TEMPERATURE · spread)``).
+        spread: the fitted tokens' mean squared distance to their centroid
+            (euclidean only; see :func:`mean_squared_distance`).
+    """
     b, d, h, w = features.shape
     flat = features.permute(0, 2, 3, 1).reshape(-1, d)
-    scores = cosine_scores(flat, centroids.to(flat.device))
+    if metric == "euclidean":
+        scores = -squared_distances(flat, centroids) / (EUCLIDEAN_TEMPERATURE * max(spread, 1e-12))
+    else:
+        scores = cosine_scores(flat, centroids.to(flat.device))
     return scores.reshape(b, h, w, -1).permute(0, 3, 1, 2)
 
 
-def _kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tensor:
-    """k-means++ seeding on unit vectors (distance = 1 − cosine)."""
+def _kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator, metric: str) -> torch.Tensor:
+    """k-means++ seeding (distance: 1 − cosine on unit vectors, or squared Euclidean)."""
     n = x.shape[0]
+
+    def dist(i: int) -> torch.Tensor:
+        if metric == "euclidean":
+            return ((x - x[i]) ** 2).sum(1)
+        return 1 - x @ x[i]
+
     first = int(torch.randint(n, (1,), generator=gen))
     centroids = [x[first]]
-    closest = 1 - x @ x[first]
+    closest = dist(first)
     for _ in range(1, k):
         weights = closest.clamp_min(0).double().cpu()
         if float(weights.sum()) <= 0:
@@ -119,8 +154,21 @@ def _kmeans_pp_init(x: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tens
         else:
             idx = int(torch.multinomial(weights, 1, generator=gen))
         centroids.append(x[idx])
-        closest = torch.minimum(closest, 1 - x @ x[idx])
+        closest = torch.minimum(closest, dist(idx))
     return torch.stack(centroids)
+
+
+def _assign(x: torch.Tensor, centroids: torch.Tensor, metric: str, chunk_size: int
+            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Nearest centroid of every row: ``(assignment N int64, goodness N)``, where
+    goodness is the cosine (higher is better) or minus the squared distance."""
+    assign = torch.empty(x.shape[0], dtype=torch.long, device=x.device)
+    best = torch.empty(x.shape[0], device=x.device)
+    for start in range(0, x.shape[0], chunk_size):
+        part = x[start : start + chunk_size]
+        sims = part @ centroids.T if metric == "cosine" else -squared_distances(part, centroids)
+        best[start : start + chunk_size], assign[start : start + chunk_size] = sims.max(1)
+    return assign, best
 
 
 def fit_kmeans(
@@ -130,8 +178,9 @@ def fit_kmeans(
     seed: int = 0,
     device: str | torch.device = "cpu",
     chunk_size: int = 65536,
+    metric: str = "cosine",
 ) -> torch.Tensor:
-    """Spherical k-means (Lloyd) with k-means++ seeding.
+    """k-means (Lloyd) with k-means++ seeding.
 
     Args:
         tokens: ``N×D`` features (e.g. :attr:`TokenReservoir.tokens`); N ≥ k.
@@ -140,23 +189,25 @@ def fit_kmeans(
         seed: RNG seed for seeding.
         device: where to compute.
         chunk_size: rows assigned at once (bounds the N×k score buffer).
+        metric: ``cosine`` (spherical k-means: unit-norm rows and centroids)
+            or ``euclidean`` (plain k-means, the reference code's).
 
     Returns:
-        ``k×D`` float32 unit-norm centroids on CPU. Empty clusters are re-seeded
-        at the points farthest from their centroid.
+        ``k×D`` float32 centroids on CPU (unit-norm for ``cosine``). Empty
+        clusters are re-seeded at the points farthest from their centroid.
     """
+    if metric not in ("cosine", "euclidean"):
+        raise ValueError(f"k-means metric must be cosine or euclidean, not {metric!r}")
     if tokens.shape[0] < k:
         raise ValueError(f"k-means needs at least k={k} tokens, got {tokens.shape[0]}")
-    x = F.normalize(tokens.to(device, torch.float32), dim=1)
+    x = tokens.to(device, torch.float32)
+    if metric == "cosine":
+        x = F.normalize(x, dim=1)
     gen = torch.Generator().manual_seed(seed)
-    centroids = _kmeans_pp_init(x, k, gen)
+    centroids = _kmeans_pp_init(x, k, gen, metric)
     assign = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     for it in range(iters):
-        new_assign = torch.empty_like(assign)
-        best = torch.empty(x.shape[0], device=x.device)
-        for start in range(0, x.shape[0], chunk_size):
-            sims = x[start : start + chunk_size] @ centroids.T
-            best[start : start + chunk_size], new_assign[start : start + chunk_size] = sims.max(1)
+        new_assign, best = _assign(x, centroids, metric, chunk_size)
         changed = int((new_assign != assign).sum())
         assign = new_assign
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
@@ -165,16 +216,28 @@ def fit_kmeans(
         if len(empty):
             # Re-seed empty clusters at the worst-fitted points.
             far = best.topk(len(empty), largest=False).indices
-            sums[empty] = x[far]
-        centroids = F.normalize(sums, dim=1)
+            sums[empty], counts[empty] = x[far], 1
+        if metric == "cosine":
+            centroids = F.normalize(sums, dim=1)
+        else:
+            centroids = sums / counts.clamp_min(1)[:, None].float()
         logger.debug("k-means iter %d: %d assignments changed", it, changed)
         if changed == 0:
             break
     return centroids.cpu()
 
 
+def mean_squared_distance(tokens: torch.Tensor, centroids: torch.Tensor,
+                          chunk_size: int = 65536) -> float:
+    """Mean squared Euclidean distance of ``N×D`` tokens to their nearest centroid."""
+    x = tokens.float()
+    _, best = _assign(x, centroids.float().to(x.device), "euclidean", chunk_size)
+    return float((-best).mean())
+
+
 def segment_profiles(
-    labels: np.ndarray, scores: np.ndarray | torch.Tensor, patch: int
+    labels: np.ndarray, scores: np.ndarray | torch.Tensor, patch: int,
+    in_size: tuple[int, int] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean patch-score vector of every segment present in a label map.
 
@@ -186,6 +249,10 @@ def segment_profiles(
             ``Segmenter.patch_scores``); pixel ``(y, x)`` lies in patch
             ``(y // p, x // p)``.
         patch: patch size p in pixels.
+        in_size: ``(H', W')`` of the network input the scores came from, when
+            the labels are at another size (the image was brought to a working
+            resolution): pixel ``(y, x)`` then lies in patch
+            ``(⌊(y + ½)·H'/H⌋ // p, ⌊(x + ½)·W'/W⌋ // p)``.
 
     Returns:
         ``(ids, profiles, sizes)``: ``ids`` M int64 sorted segment ids present,
@@ -201,10 +268,11 @@ def segment_profiles(
     if scores.ndim != 3:
         raise ValueError(f"scores must be S×h×w, got shape {scores.shape}")
     height, width = labels.shape
+    in_h, in_w = in_size or (height, width)
     s, h, w = scores.shape
-    if h != -(-height // patch) or w != -(-width // patch):
+    if h != -(-in_h // patch) or w != -(-in_w // patch):
         raise ValueError(
-            f"scores grid {h}×{w} does not match a {height}×{width} image with patch {patch}"
+            f"scores grid {h}×{w} does not match a {in_h}×{in_w} input with patch {patch}"
         )
     if labels.size and labels.min() < 0:
         raise ValueError("labels must be non-negative")
@@ -212,8 +280,10 @@ def segment_profiles(
     index = index.reshape(height, width)
     # Pixel → patch index; counting (segment, patch) pairs turns the mean over
     # pixels into a small M×(h·w) matrix product instead of an S×H×W upsample.
-    patch_row = (np.arange(height) // patch)[:, None]
-    patch_col = (np.arange(width) // patch)[None, :]
+    rows = np.floor((np.arange(height) + 0.5) * (in_h / height)).astype(np.int64)
+    cols = np.floor((np.arange(width) + 0.5) * (in_w / width)).astype(np.int64)
+    patch_row = np.minimum(rows // patch, h - 1)[:, None]
+    patch_col = np.minimum(cols // patch, w - 1)[None, :]
     patch_index = patch_row * w + patch_col
     pair = index.astype(np.int64) * (h * w) + patch_index
     counts = np.bincount(pair.ravel(), minlength=len(ids) * h * w).reshape(len(ids), h * w)

@@ -30,6 +30,10 @@ IGNORE_INDEX = 255
 #: Images with a side above this are processed in sliding windows by default.
 DEFAULT_MAX_SIDE = 1024
 
+#: Centroid distances: ``euclidean`` (the reference code's k-means) or ``cosine``
+#: (spherical k-means on L2-normalised features).
+CENTROID_METRICS = ("euclidean", "cosine")
+
 #: Dataset layouts segeig reads (``segeig.data.DATASETS``); ``folder`` has no labels.
 DATASET_NAMES = ("ade20k", "pascal_context", "cityscapes", "custom", "folder")
 #: The labelled ones, which ``segeig evaluate`` scores.
@@ -61,6 +65,56 @@ class BackboneConfig:
     weights: str = "hub"
     arch_overrides: dict[str, Any] = field(default_factory=dict)
     kernel_features: KernelFeatures = "final"
+
+
+@dataclass(frozen=True)
+class WorkingResolution:
+    """The one scale a head is trained at and used at.
+
+    Every image is resized so its short side is ``short`` pixels, unless that
+    would make its long side exceed ``max_long`` (then the long side is
+    ``max_long``); training draws its random rescale *around* this size,
+    and the centroid passes, prediction, ``segment``, the demo and
+    evaluation all run at it, returning results at the original size.
+
+    Attributes:
+        short: short side in pixels; 0 means "each image at its own size"
+            (checkpoints trained without a working resolution).
+        max_long: cap on the long side in pixels (0: no cap).
+    """
+
+    short: int = 0
+    max_long: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("short", "max_long"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 16384:
+                raise ValueError(f"working resolution {name} must be an int in [0, 16384], "
+                                 f"got {value!r}")
+
+    def size_for(self, height: int, width: int) -> tuple[int, int]:
+        """``(H', W')`` an ``height×width`` image is processed at (aspect ratio kept)."""
+        if self.short <= 0:
+            return height, width
+        scale = self.short / min(height, width)
+        if self.max_long > 0:
+            scale = min(scale, self.max_long / max(height, width))
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def describe(self) -> str:
+        """``"short side 320 px (long side ≤ 640 px)"`` or ``"each image at its own size"``."""
+        if self.short <= 0:
+            return "each image at its own size"
+        cap = f" (long side ≤ {self.max_long} px)" if self.max_long else ""
+        return f"short side {self.short} px{cap}"
+
+
+def default_max_long(short: int) -> int:
+    """Long-side cap that goes with a short side: twice it (Cityscapes' 2:1 frames
+    fit whole; a panorama is shrunk until its long side fits, rather than
+    processed at 10× the pixels the head was trained on)."""
+    return 2 * short if short > 0 else 0
 
 
 @dataclass

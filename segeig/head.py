@@ -103,6 +103,26 @@ class EigenHead(nn.Module):
         """Number of eigenfunctions K."""
         return self.config.k
 
+    @torch.no_grad()
+    def reorder_outputs(self, order: torch.Tensor) -> None:
+        """Permute the K outputs: new output ``i`` is old output ``order[i]``.
+
+        Rows of the orthogonal projection and its bias are permuted (a row
+        permutation of an orthogonal matrix is orthogonal, so the
+        parametrisation holds it exactly).
+        """
+        order = torch.as_tensor(order, dtype=torch.long)
+        if sorted(order.tolist()) != list(range(self.k)):
+            raise ValueError(f"order must be a permutation of range({self.k})")
+        weight = self.proj.weight.detach().clone()
+        # Assigning goes through the parametrisation's right_inverse, which
+        # completes the matrix to a square orthogonal one with random numbers:
+        # seed them, so that a resumed run stores the same tensors.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.proj.weight = weight[order.to(weight.device)]
+        self.proj.bias.copy_(self.proj.bias[order.to(weight.device)].clone())
+
     def forward_tokens(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Head on token sequences.
 

@@ -88,19 +88,47 @@ def _binary_knn_edges(points: torch.Tensor, k: int, chunk_size: int) -> torch.Te
     return torch.cat(edges, dim=1)
 
 
-def pixel_points(images: torch.Tensor, grid: tuple[int, int], weight: float) -> torch.Tensor:
+def pad_to_grid(images: torch.Tensor, grid: tuple[int, int], patch: int,
+                colour: tuple[float, ...] | None = None) -> torch.Tensor:
+    """Pad ``B×3×H×W`` images at the bottom/right to ``grid·patch`` pixels, as the
+    backbone does (it pads with zeros after normalisation, i.e. with its mean
+    colour), so that patch ``(i, j)`` covers the same pixels in both."""
+    h, w = grid
+    pad_h, pad_w = h * patch - images.shape[-2], w * patch - images.shape[-1]
+    if pad_h <= 0 and pad_w <= 0:
+        return images
+    out = images.new_empty(*images.shape[:-2], max(h * patch, images.shape[-2]),
+                           max(w * patch, images.shape[-1]))
+    fill = torch.tensor(colour if colour is not None else (0.0, 0.0, 0.0),
+                        dtype=images.dtype, device=images.device)
+    out[:] = fill.view(1, -1, 1, 1)
+    out[..., : images.shape[-2], : images.shape[-1]] = images
+    return out
+
+
+def pixel_points(images: torch.Tensor, grid: tuple[int, int], weight: float,
+                 patch: int | None = None, pad_colour: tuple[float, ...] | None = None
+                 ) -> torch.Tensor:
     """Colour/position descriptors of each patch.
 
     Args:
         images: ``B×3×H×W`` float RGB in [0, 1].
         grid: token grid ``(h, w)``.
         weight: position weight w.
+        patch: the backbone's patch size p. When given, images are first padded
+            to ``h·p × w·p`` with ``pad_colour`` (:func:`pad_to_grid`), so each
+            patch's colour is the colour of the pixels the backbone saw in it;
+            without it the unpadded image is stretched over the grid, which
+            misaligns colours by up to a patch when H or W is not a multiple of p.
+        pad_colour: RGB in [0, 1] of that padding (the backbone's mean).
 
     Returns:
         ``B×(h·w)×5`` float32: bilinearly downsampled RGB in [0, 1] then
         ``(w·x, w·y)`` with x, y in [0, 1] (row-major over the grid).
     """
     h, w = grid
+    if patch is not None:
+        images = pad_to_grid(images, grid, patch, pad_colour)
     small = F.interpolate(images.float(), size=(h, w), mode="bilinear", align_corners=False)
     ys = torch.linspace(0, 1, h, device=images.device) if h > 1 else images.new_zeros(1)
     xs = torch.linspace(0, 1, w, device=images.device) if w > 1 else images.new_zeros(1)
@@ -116,6 +144,8 @@ def pixel_knn_graph(
     passes: tuple[tuple[int, float], ...] = ((10, 2.0), (5, 0.1)),
     chunk_size: int = 1024,
     valid: torch.Tensor | None = None,
+    patch: int | None = None,
+    pad_colour: tuple[float, ...] | None = None,
 ) -> torch.Tensor:
     """Block-diagonal binary colour/position kNN graph (unnormalised).
 
@@ -139,7 +169,7 @@ def pixel_knn_graph(
     n = sum(counts)
     edges = [torch.empty(2, 0, dtype=torch.long, device=images.device)]
     for k, weight in passes:
-        points = pixel_points(images, grid, weight)
+        points = pixel_points(images, grid, weight, patch, pad_colour)
         for i in range(b):
             own = points[i] if keep is None else points[i][keep[i]]
             if len(own) > 1:
@@ -157,6 +187,8 @@ def build_kernel(
     images: torch.Tensor | None,
     config: KernelConfig,
     valid: torch.Tensor | None = None,
+    patch: int | None = None,
+    pad_colour: tuple[float, ...] | None = None,
 ) -> torch.Tensor:
     """The full kernel κ = D^-½ÂD^-½ + α·D^-½ÃD^-½ for a mini-batch.
 
@@ -168,6 +200,10 @@ def build_kernel(
         valid: optional ``B×h×w`` bool marking the patches that are nodes of
             the graph (training drops patches made of augmentation padding);
             ``None`` keeps all.
+        patch, pad_colour: the backbone's patch size and mean colour; the
+            pixel graph then reads colours on the padded patch grid the
+            backbone saw (see :func:`pixel_points`). Always pass them when
+            the image sides may not be multiples of the patch size.
 
     Returns:
         Coalesced sparse ``N×N`` float32 COO tensor, N = B·h·w (or the number
@@ -181,7 +217,8 @@ def build_kernel(
     kernel = symmetric_normalize(feature_knn_graph(flat, config.k_feat, config.chunk_size))
     if images is not None and config.alpha > 0 and config.pixel_passes:
         pixel = symmetric_normalize(
-            pixel_knn_graph(images, (h, w), config.pixel_passes, config.chunk_size, valid)
+            pixel_knn_graph(images, (h, w), config.pixel_passes, config.chunk_size, valid,
+                            patch, pad_colour)
         )
         kernel = (kernel + pixel * config.alpha).coalesce()
     return kernel

@@ -3,10 +3,11 @@
 One forward pass gives per-patch scores for a method:
 
 * ``eigen`` — head logits / τ_min; argmax over K eigenfunctions.
-* ``eigen+kmeans`` — cosine similarity of the head's hidden features to
-  k-means centroids fitted on them.
-* ``kmeans`` — the baseline: cosine similarity of the raw final backbone
-  features to k-means centroids fitted on them (no head needed).
+* ``eigen+kmeans`` — nearest k-means centroid of the head's hidden features
+  (Euclidean, as the reference code, or cosine: the metric is stored with the
+  centroids).
+* ``kmeans`` — the baseline: nearest k-means centroid of the raw final
+  backbone features (no head needed).
 * ``spectral`` — the classic transductive baseline: exact per-image spectral
   clustering, segments labelled by their nearest global centroid
   (:mod:`segeig.spectral`; no head needed).
@@ -14,6 +15,7 @@ One forward pass gives per-patch scores for a method:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,8 +24,9 @@ from torch import nn
 
 from segeig.backbone import Backbone, BackboneFeatures
 from segeig.cluster import centroid_score_maps
-from segeig.config import HeadConfig, KernelConfig, SpectralConfig
+from segeig.config import CENTROID_METRICS, HeadConfig, KernelConfig, SpectralConfig
 from segeig.head import EigenHead
+from segeig.kernel import pad_to_grid
 from segeig.spectral import spectral_scores
 
 Method = Literal["eigen", "eigen+kmeans", "kmeans", "spectral"]
@@ -76,6 +79,8 @@ class SegEigModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.spectral = spectral or (KernelConfig(), SpectralConfig())
+        #: method → (metric, spread) of its centroids (see :meth:`set_centroids`).
+        self.centroid_metrics: dict[str, tuple[str, float]] = {}
         for name, value in (centroids or {}).items():
             self.set_centroids(name, value)
 
@@ -83,8 +88,20 @@ class SegEigModel(nn.Module):
     def _buffer_name(method: str) -> str:
         return "centroids_" + method.replace("+", "_")
 
-    def set_centroids(self, method: str, centroids: torch.Tensor) -> None:
-        """Store ``S×C`` centroids for ``eigen+kmeans``, ``kmeans`` or ``spectral``."""
+    def set_centroids(self, method: str, centroids: torch.Tensor, metric: str = "cosine",
+                      spread: float = 1.0) -> None:
+        """Store ``S×C`` centroids for ``eigen+kmeans``, ``kmeans`` or ``spectral``.
+
+        Args:
+            metric: ``cosine`` or ``euclidean`` (how they were fitted, hence
+                how patches are scored against them).
+            spread: mean squared distance of the fitted tokens to their
+                centroid (euclidean scores are divided by it).
+        """
+        if metric not in CENTROID_METRICS:
+            raise ValueError(f"centroid metric must be one of {CENTROID_METRICS}, not {metric!r}")
+        if not (isinstance(spread, (int, float)) and math.isfinite(spread) and spread > 0):
+            raise ValueError(f"centroid spread must be a positive number, got {spread!r}")
         if method not in CENTROID_METHODS:
             raise ValueError(f"centroids belong to one of {CENTROID_METHODS}, not {method!r}")
         if method == "eigen+kmeans" and self.head is None:
@@ -96,6 +113,13 @@ class SegEigModel(nn.Module):
             )
         ref = next(self.backbone.parameters())
         self.register_buffer(self._buffer_name(method), centroids.to(ref.device, torch.float32))
+        self.centroid_metrics[method] = (metric, float(spread))
+
+    def _centroid_scores(self, features: torch.Tensor, method: str) -> torch.Tensor:
+        metric, spread = self.centroid_metrics.get(method, ("cosine", 1.0))
+        scores = centroid_score_maps(features, self.centroids(method), metric, spread)
+        # Euclidean scores carry their own temperature (segeig.cluster).
+        return scores if metric == "euclidean" else scores / CENTROID_TEMPERATURE
 
     def centroids(self, method: str) -> torch.Tensor | None:
         """The stored centroids for ``method`` or ``None``."""
@@ -133,20 +157,20 @@ class SegEigModel(nn.Module):
             raise ValueError(f"method {method!r} is not available; this model has {self.methods}")
         features = self.backbone(images)
         if method == "kmeans":
-            scores = centroid_score_maps(features.layers[2], self.centroids(method))
-            return ModelOutput(scores / CENTROID_TEMPERATURE, None, features)
+            return ModelOutput(self._centroid_scores(features.layers[2], method), None, features)
         if method == "spectral":
             # Exact eigenvectors in float32 even under autocast (bf16 similarities
             # would reorder near-tied neighbours and eigenvectors).
             with torch.autocast(images.device.type, enabled=False):
+                padded = pad_to_grid(images.float(), features.kernel.shape[-2:],
+                                     self.backbone.patch_size, tuple(self.backbone.mean))
                 scores = spectral_scores(features.kernel.float(), features.layers[2].float(),
-                                         images.float(), self.centroids(method), *self.spectral)
+                                         padded, self.centroids(method), *self.spectral)
             return ModelOutput(scores / CENTROID_TEMPERATURE, None, features)
         logits, hidden = self.head(features.stacked)
         if method == "eigen":
             return ModelOutput(logits.float() / self.head.config.tau_min, logits, features)
-        scores = centroid_score_maps(hidden, self.centroids(method))
-        return ModelOutput(scores / CENTROID_TEMPERATURE, logits, features)
+        return ModelOutput(self._centroid_scores(hidden, method), logits, features)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -1,7 +1,9 @@
 """Inference API: ``segeig.load(path) → Segmenter``; numpy in, numpy out.
 
-A :class:`Segmenter` scores patches with one forward pass, upsamples the scores
-bilinearly to the input size and takes the argmax. Large images are processed
+A :class:`Segmenter` brings each image to the checkpoint's working resolution
+(the scale its head was trained at; :class:`segeig.config.WorkingResolution`),
+scores patches with one forward pass, samples the scores bilinearly at every
+pixel of the original image and takes the argmax. Large images are processed
 in sliding windows whose scores are averaged on the patch grid, and the
 full-resolution argmax (:func:`segeig.resample.pixel_argmax`) only resamples
 the segments that can win each cell, in bands, so time and memory stay
@@ -19,11 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segeig.checkpoint import load_model
-from segeig.config import DEFAULT_MAX_SIDE
+from segeig.checkpoint import checkpoint_resolution, load_model
+from segeig.config import DEFAULT_MAX_SIDE, WorkingResolution
 from segeig.model import ModelOutput, SegEigModel, resolve_device
 from segeig.resample import pixel_argmax, pixel_probs
-from segeig.transforms import to_tensor
+from segeig.transforms import to_tensor, to_working_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,8 @@ class Segmenter:
         config: the checkpoint's JSON description.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         amp: run the backbone in bfloat16 autocast on CUDA.
+        resolution: the working resolution; default: the checkpoint's
+            (:func:`segeig.checkpoint.checkpoint_resolution`).
 
     Typical use::
 
@@ -75,11 +79,36 @@ class Segmenter:
         config: dict[str, Any] | None = None,
         device: str | torch.device = "auto",
         amp: bool = True,
+        resolution: WorkingResolution | None = None,
     ) -> None:
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config = config or {}
         self.amp = amp and self.device.type == "cuda"
+        self.resolution = resolution or checkpoint_resolution(self.config)
+
+    # -- working resolution ------------------------------------------------
+    def working_resolution(self, resolution: int | None = None) -> WorkingResolution:
+        """The checkpoint's working resolution, or an override.
+
+        Args:
+            resolution: ``None``: the checkpoint's; ``0``: each image at its
+                own size; ``N``: short side N, long side capped in the
+                checkpoint's proportion (twice N by default).
+        """
+        if resolution is None:
+            return self.resolution
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 0:
+            raise ValueError(f"resolution must be an int ≥ 0, got {resolution!r}")
+        if resolution == 0:
+            return WorkingResolution()
+        own = self.resolution
+        ratio = own.max_long / own.short if own.short and own.max_long else 2.0
+        return WorkingResolution(resolution, round(resolution * ratio))
+
+    def working_image(self, image: np.ndarray, resolution: int | None = None) -> np.ndarray:
+        """``image`` (``H×W×3`` uint8) at the working resolution (itself if already there)."""
+        return to_working_resolution(_check_image(image), self.working_resolution(resolution))
 
     # -- description -----------------------------------------------------
     @property
@@ -102,7 +131,12 @@ class Segmenter:
 
     @property
     def eigenvalues(self) -> list[float] | None:
-        """Eigenvalue estimates recorded at training time (descending order), if any."""
+        """Each output's eigenvalue, measured after training (descending, in output
+        order), or None for checkpoints that did not measure them."""
+        # Before segeig 0.2 (no recorded "resolution") "eigenvalues" held
+        # training's running estimates, in training order: not a measurement.
+        if "resolution" not in self.config:
+            return None
         return self.config.get("eigenvalues")
 
     # -- tensor API ------------------------------------------------------
@@ -190,20 +224,25 @@ class Segmenter:
 
     # -- numpy API -------------------------------------------------------
     def predict(self, image: np.ndarray, method: str | None = None, crf: bool = False,
-                **window: Any) -> np.ndarray:
+                resolution: int | None = None, **window: Any) -> np.ndarray:
         """Segment one image.
 
         Args:
             image: ``H×W×3`` uint8 RGB (any size ≥ 1×1).
             method: ``eigen`` (default), ``eigen+kmeans`` or ``kmeans``.
             crf: refine with a dense CRF (see :meth:`crf_inputs`; needs pydensecrf).
-            **window: ``window``, ``stride``, ``max_side`` of :meth:`patch_scores`.
+            resolution: override the working resolution (see
+                :meth:`working_resolution`; ``0``: the image's own size).
+            **window: ``window``, ``stride``, ``max_side`` of :meth:`patch_scores`
+                (in pixels of the image at the working resolution).
 
         Returns:
-            ``H×W`` int32 segment ids in ``[0, S)``.
+            ``H×W`` int32 segment ids in ``[0, S)``, at the input's size.
         """
         image = _check_image(image)
-        return self.labels_from_scores(image, self.patch_scores(image, method, **window), crf)
+        small = self.working_image(image, resolution)
+        scores = self.patch_scores(small, method, **window)
+        return self.labels_from_scores(image, scores, crf, in_size=small.shape[:2])
 
     def patch_maps(self, image: np.ndarray, method: str | None = None
                    ) -> tuple[torch.Tensor, np.ndarray | None]:
@@ -211,41 +250,48 @@ class Segmenter:
 
         For callers that show more than labels (the web demo draws the
         eigenfunctions of the pass that segmented the image); turn the scores
-        into labels with :meth:`labels_from_scores`. No sliding window: bound
-        the image's side first (e.g. :func:`segeig.transforms.limit_side`).
+        into labels with :meth:`labels_from_scores`. The image is used as
+        given: bring it to the working resolution first (:meth:`working_image`).
+        No sliding window.
 
         Returns:
             ``(scores, eigenfunctions)``: ``S×h×w`` float32 patch scores (on the
-            device), and ``K×h×w`` float32 eigenfunction values in training
-            order (as :meth:`eigenfunctions`), or None when the method runs no
-            head (``kmeans``).
+            device), and ``K×h×w`` float32 eigenfunction values (as
+            :meth:`eigenfunctions`), or None when the method runs no head
+            (``kmeans``).
         """
         out = self.forward(to_tensor(_check_image(image))[None], method)
         eigen = None if out.logits is None else out.logits[0].float().cpu().numpy()
         return out.scores[0], eigen
 
     def labels_from_scores(self, image: np.ndarray, scores: torch.Tensor,
-                           crf: bool = False) -> np.ndarray:
+                           crf: bool = False, in_size: tuple[int, int] | None = None
+                           ) -> np.ndarray:
         """Pixel segment ids of ``image`` from its patch scores.
 
         Args:
-            image: ``H×W×3`` uint8 RGB the scores belong to (the CRF reads its colours).
-            scores: ``S×h×w`` float patch scores of that image (:meth:`patch_scores`).
+            image: ``H×W×3`` uint8 RGB to label (the CRF reads its colours).
+            scores: ``S×h×w`` float patch scores (:meth:`patch_scores`) of
+                ``image`` resized to ``in_size``.
             crf: refine with a dense CRF over the 32 most relevant segments.
+            in_size: ``(H', W')`` of the network input the scores came from
+                (default: the image's own size).
 
         Returns:
             ``H×W`` int32 segment ids in ``[0, S)``.
         """
+        in_size = tuple(in_size or image.shape[:2])
         if crf:
             from segeig.crf import crf_labels
 
-            probs, ids = pixel_probs(scores, self.patch_size, image.shape[:2])
+            probs, ids = pixel_probs(scores, self.patch_size, in_size, image.shape[:2])
             return ids[crf_labels(image, probs, max_labels=None)].astype(np.int32)
-        labels = pixel_argmax(scores, self.patch_size, image.shape[:2])
+        labels = pixel_argmax(scores, self.patch_size, in_size, image.shape[:2])
         return labels.to(torch.int32).cpu().numpy()
 
     def crf_inputs(self, image: np.ndarray, method: str | None = None,
-                   max_labels: int = 32, **window: Any) -> tuple[np.ndarray, np.ndarray]:
+                   max_labels: int = 32, resolution: int | None = None,
+                   **window: Any) -> tuple[np.ndarray, np.ndarray]:
         """Full-resolution probabilities of the most relevant segments, for a CRF.
 
         The M ≤ ``max_labels`` segments are chosen on the patch grid (those that
@@ -257,32 +303,49 @@ class Segmenter:
             ``(probs M×H×W float32 C-contiguous, segment ids M int64)``;
             ``ids[crf_labels(image, probs, max_labels=None)]`` gives segment ids.
         """
-        scores = self.patch_scores(_check_image(image), method, **window)
-        return pixel_probs(scores, self.patch_size, image.shape[:2], max_labels=max_labels)
+        small = self.working_image(image, resolution)
+        scores = self.patch_scores(small, method, **window)
+        return pixel_probs(scores, self.patch_size, small.shape[:2], image.shape[:2],
+                           max_labels=max_labels)
+
+    def _full_scores(self, image: np.ndarray, method: str | None, resolution: int | None,
+                     window: dict[str, Any]) -> torch.Tensor:
+        """``S×H×W`` float32 scores sampled at every pixel of ``image``."""
+        small = self.working_image(image, resolution)
+        scores = self.patch_scores(small, method, **window)
+        h, w = scores.shape[-2:]
+        p = self.patch_size
+        # The grid covers the padded working image; scale it to the original
+        # pixels, then sample (mmseg's resize-logits-back convention).
+        full = F.interpolate(scores[None].float(), size=(h * p, w * p), mode="bilinear",
+                             align_corners=False)[..., : small.shape[0], : small.shape[1]]
+        if small.shape[:2] != image.shape[:2]:
+            full = F.interpolate(full, size=image.shape[:2], mode="bilinear",
+                                 align_corners=False)
+        return full[0]
 
     def predict_scores(self, image: np.ndarray, method: str | None = None,
-                       **window: Any) -> np.ndarray:
-        """``S×H×W`` float32 full-resolution scores (memory ∝ S·H·W)."""
-        scores = self.patch_scores(_check_image(image), method, **window)
-        full = upsample_scores(scores[None], self.patch_size, image.shape[:2])[0]
-        return full.cpu().numpy()
+                       resolution: int | None = None, **window: Any) -> np.ndarray:
+        """``S×H×W`` float32 scores at the input's size (memory ∝ S·H·W)."""
+        return self._full_scores(image, method, resolution, window).cpu().numpy()
 
     def predict_proba(self, image: np.ndarray, method: str | None = None,
-                      **window: Any) -> np.ndarray:
+                      resolution: int | None = None, **window: Any) -> np.ndarray:
         """``S×H×W`` float32 probabilities (softmax of the scores; sums to 1 per pixel)."""
-        scores = self.patch_scores(_check_image(image), method, **window)
-        full = upsample_scores(scores[None], self.patch_size, image.shape[:2])[0]
+        full = self._full_scores(image, method, resolution, window)
         return torch.softmax(full, dim=0).cpu().numpy()
 
-    def eigenfunctions(self, image: np.ndarray) -> np.ndarray:
-        """Raw eigenfunction values on the patch grid, ``K×h×w`` float32.
+    def eigenfunctions(self, image: np.ndarray, resolution: int | None = None) -> np.ndarray:
+        """Raw eigenfunction values (head logits) on the patch grid, ``K×h×w`` float32.
 
-        Channel i is the i-th eigenfunction in training order (the objective
-        orders them by eigenvalue, largest first).
+        The image is brought to the working resolution first. Channel i is
+        output i of the head; checkpoints trained by segeig ≥ 0.2 store the
+        outputs in decreasing order of their eigenvalue as measured after
+        training (:attr:`eigenvalues`); older ones keep training order.
         """
         if self.num_eigenfunctions is None:
             raise ValueError("this checkpoint has no eigenfunction head (kmeans baseline)")
-        return self.patch_maps(image, "eigen")[1]
+        return self.patch_maps(self.working_image(image, resolution), "eigen")[1]
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ from tests.conftest import random_image
 @pytest.fixture
 def seg(tiny_model) -> Segmenter:
     add_centroids(tiny_model)
-    return Segmenter(tiny_model, {"eigenvalues": EIGENVALUES}, device="cpu")
+    config = {"eigenvalues": EIGENVALUES, "resolution": {"short": 0, "max_long": 0}}
+    return Segmenter(tiny_model, config, device="cpu")
 
 
 @pytest.fixture

@@ -41,7 +41,8 @@ def test_tiny_cpu_run_then_resume_rules(images, tmp_path, capsys):
     assert config["head"]["kind"] == "transformer" and config["head"]["k"] == 8
     assert config["backbone"]["weights_origin"] == "random"
     training = config["training"]
-    assert training["batch_size"] == 2 and training["resize_short"] == 320  # folder default
+    assert training["batch_size"] == 2 and training["resolution"] == 320  # folder default
+    assert config["resolution"] == {"short": 320, "max_long": 640}
     assert [r["event"] for r in read_log(out / "train_log.jsonl")][-1] == "end"
     # Same directory again: refused, nothing touched.
     before = (out / "checkpoint.safetensors").read_bytes()

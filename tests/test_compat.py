@@ -36,12 +36,27 @@ def test_old_checkpoint_describes_itself(old_segmenter):
 def test_old_checkpoint_predicts_what_it_predicted(old_segmenter, method, name):
     image = np.asarray(Image.open(OLD / "image.png").convert("RGB"))
     expected = np.asarray(Image.open(OLD / f"labels-{name}.png")).astype(np.int32)
-    labels = old_segmenter.predict(image, method=method)
+    # 0.1.0 predicted every image at its own size; resolution=0 still does.
+    labels = old_segmenter.predict(image, method=method, resolution=0)
     # Equal up to float ties that another CPU's kernels may break differently.
     assert labels.shape == expected.shape and (labels == expected).mean() >= 0.995
+
+
+def test_old_checkpoint_gets_a_working_resolution_from_its_training_config(old_segmenter):
+    # It was trained on images pre-resized to a short side of 64 (resize_short).
+    assert (old_segmenter.resolution.short, old_segmenter.resolution.max_long) == (64, 128)
+    image = np.asarray(Image.open(OLD / "image.png").convert("RGB"))  # 128×128
+    labels = old_segmenter.predict(image)
+    assert labels.shape == (128, 128)
+    small = old_segmenter.predict(image[::2, ::2].copy(), resolution=0)  # already 64×64
+    # Predicting at the working resolution = predicting a 64 px copy, sampled at 128 px.
+    assert (labels[::2, ::2] == small).mean() > 0.9
+    # Its "eigenvalues" are training-order running estimates, not a measurement.
+    assert old_segmenter.eigenvalues is None
 
 
 def test_old_checkpoint_through_the_cli(capsys):
     assert main(["info", str(OLD)]) == 0
     out = capsys.readouterr().out
     assert "K=6" in out and "eigen, eigen+kmeans" in out
+    assert "working resolution: short side 64 px (long side ≤ 128 px) (derived" in out

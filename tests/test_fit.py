@@ -35,7 +35,8 @@ def test_fit_folder_writes_a_complete_checkpoint(photos, tmp_path):
     assert len(config["eigenvalues"]) == 6
     training = config["training"]
     assert training["num_images"] == 3 and training["total_steps"] == 4
-    assert training["kmeans_k"] == 6 and training["crop"] == 64 and training["resize_short"] == 64
+    assert training["kmeans_k"] == 6 and training["crop"] == 64 and training["resolution"] == 64
+    assert config["resolution"] == {"short": 64, "max_long": 128}
     assert {"kernel", "objective"} <= config.keys()
     seg = segeig.load(ckpt, device="cpu")
     assert seg.num_segments("eigen+kmeans") == 6

@@ -196,6 +196,7 @@ class ColourBackbone(torch.nn.Module):
     the classes of :func:`write_halves` are then separable by construction."""
 
     patch_size, embed_dim = 16, 3
+    mean = (0.5, 0.5, 0.5)  # the colour inputs are padded with
 
     def __init__(self) -> None:
         super().__init__()

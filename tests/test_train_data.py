@@ -165,8 +165,8 @@ def test_trains_on_each_layout_without_reading_a_label(tmp_path, monkeypatch, na
     ckpt = train(config, tmp_path / "out")
     training = read_config(ckpt)["training"]
     assert training["dataset"] == name and training["num_images"] == 3
-    # custom: the centroid count comes from classes.txt (names, not labels).
-    assert training["kmeans_k"] == 3
+    # Default centroid count: K (the paper's k-means rows), never the labels.
+    assert training["kmeans_k"] == (8 if name == "custom" else 3)
 
 
 # ------------------------------------------------------------ state file

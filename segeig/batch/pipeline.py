@@ -4,10 +4,12 @@ Stages, overlapped so the device rarely waits:
 
 1. **decode** — :func:`segeig.imageio.read_image` in DataLoader worker
    processes (``workers``); an unreadable file becomes a failure record.
-2. **score** — on the device, in the main process: same-size images are
-   stacked into batches of up to ``batch_size``; images with a side above
-   ``max_side`` go alone through :meth:`Segmenter.patch_scores` (sliding
-   windows, bounded memory).
+2. **score** — on the device, in the main process: each image is brought to
+   the checkpoint's working resolution (:meth:`Segmenter.working_image`);
+   images of the same working size are stacked into batches of up to
+   ``batch_size``; those with a side still above ``max_side`` go alone through
+   :meth:`Segmenter.patch_scores` (sliding windows, bounded memory). Labels
+   come back at each image's original size.
 3. **refine** (``crf``) — :class:`segeig.crf.CRFPool` worker processes.
 4. **write** — label map, overlay and scores in a thread pool, each file
    atomically (see :mod:`segeig.batch.outputs`).
@@ -63,8 +65,10 @@ class SegmentOptions:
         batch_size: same-size images scored together on the device (1 = one by one).
         workers: decode and CRF worker processes each (0 = all in this process).
         overwrite: redo images whose outputs exist.
-        max_side: images with a longer side are scored in sliding windows of
-            this size; None never slides.
+        max_side: images with a longer side (at the working resolution) are
+            scored in sliding windows of this size; None never slides.
+        resolution: override the checkpoint's working resolution (``None``:
+            the checkpoint's; ``0``: each image at its own size).
         crf_max_labels: segments kept per image for the CRF (chosen on the patch grid).
         crf_max_pixels: larger images get their CRF on a copy downscaled to this
             many pixels (labels upscaled back, nearest), bounding CRF memory to
@@ -83,6 +87,7 @@ class SegmentOptions:
     max_side: int | None = DEFAULT_MAX_SIDE
     crf_max_labels: int = 32
     crf_max_pixels: int = 1 << 22
+    resolution: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,6 +137,7 @@ class _Job:
     image: np.ndarray
     paths: dict[str, Path]
     scores: np.ndarray | None = None  # float16 S×h×w when save_probs
+    work: np.ndarray | None = None  # the image at the working resolution
 
 
 class _Run:
@@ -161,7 +167,8 @@ class _Run:
 
     # -- scoring ---------------------------------------------------------
     def add(self, job: _Job) -> None:
-        height, width = job.image.shape[:2]
+        job.work = self.seg.working_image(job.image, self.opt.resolution)
+        height, width = job.work.shape[:2]
         big = self.opt.max_side is not None and max(height, width) > self.opt.max_side
         if self.opt.batch_size <= 1 or big:
             self.score([job])
@@ -183,7 +190,7 @@ class _Run:
     def score(self, jobs: list[_Job]) -> None:
         if len(jobs) > 1:
             try:
-                batch = torch.stack([to_tensor(j.image) for j in jobs])
+                batch = torch.stack([to_tensor(j.work) for j in jobs])
                 scores = self.seg.forward(batch, self.method).scores
             except (RuntimeError, ValueError) as err:  # e.g. out of device memory
                 logger.warning("batch of %d failed (%s); retrying one by one", len(jobs), err)
@@ -195,7 +202,7 @@ class _Run:
             return
         job = jobs[0]
         try:
-            s = self.seg.patch_scores(job.image, self.method, max_side=self.opt.max_side)
+            s = self.seg.patch_scores(job.work, self.method, max_side=self.opt.max_side)
         except (RuntimeError, ValueError) as err:
             self.fail(job, f"scoring failed ({err})")
             return
@@ -204,16 +211,18 @@ class _Run:
     def finish_scores(self, job: _Job, scores: torch.Tensor) -> None:
         """``scores``: ``S×h×w`` on the device → labels (now or via the CRF pool)."""
         size = job.image.shape[:2]
+        in_size = job.work.shape[:2]
+        job.work = None  # not needed any more; free it before the CRF queue
         try:
             if self.opt.save_probs:
                 job.scores = scores.to(torch.float16).cpu().numpy()
             if self.crf_pool is None:
-                labels = pixel_argmax(scores, self.seg.patch_size, size)
+                labels = pixel_argmax(scores, self.seg.patch_size, in_size, size)
                 self.write(job, labels.to(torch.int32).cpu().numpy())
                 return
             scale = min(1.0, math.sqrt(self.opt.crf_max_pixels / (size[0] * size[1])))
             crf_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-            probs, ids = pixel_probs(scores, self.seg.patch_size, size, crf_size,
+            probs, ids = pixel_probs(scores, self.seg.patch_size, in_size, crf_size,
                                      self.opt.crf_max_labels)
             image = job.image
             if probs.shape[1:] != size:  # downscaled CRF for a very large image

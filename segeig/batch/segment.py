@@ -30,6 +30,7 @@ from segeig.batch.inputs import Conflict, InputFile
 from segeig.batch.outputs import SUBDIRS
 from segeig.batch.pipeline import ImageResult, SegmentOptions, resolve_method, segment_files
 from segeig.checkpoint import resolve_checkpoint_path
+from segeig.config import to_dict
 from segeig.crf import CRFParams
 from segeig.predictor import Segmenter
 
@@ -178,6 +179,7 @@ def segment_inputs(
     checkpoint = resolve_checkpoint_path(checkpoint)
     sha = file_sha256(checkpoint)
     settings = {**options.to_dict(), "method": resolve_method(segmenter, options.method),
+                "working_resolution": to_dict(segmenter.working_resolution(options.resolution)),
                 "checkpoint_sha256": sha, "device": str(segmenter.device)}
     if not options.overwrite:
         _check_previous(out, settings)

@@ -58,3 +58,18 @@ def backbone_overrides(args: argparse.Namespace) -> dict:
     return {"backbone_name": args.backbone, "backbone_weights": args.backbone_weights,
             "backbone_arch_overrides": parse_arch(args.backbone_arch),
             "backbone_kernel_features": args.kernel_features}
+
+
+def add_resolution_argument(parser: argparse.ArgumentParser) -> None:
+    """``--resolution N``: override the checkpoint's working resolution."""
+    parser.add_argument(
+        "--resolution", type=int, default=None, metavar="PX",
+        help="working resolution (short side in pixels) images are processed at; default: "
+             "the one the checkpoint was trained at (see `segeig info`); 0: each image at "
+             "its own size")
+
+
+def check_resolution(value: int | None) -> None:
+    """Reject a negative ``--resolution`` before any work."""
+    if value is not None and not 0 <= value <= 16384:
+        raise ValueError(f"--resolution must be between 0 and 16384 pixels, got {value}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 
+from segeig.cli.common import add_resolution_argument, check_resolution
 from segeig.cli.progress import ProgressBars
 
 
@@ -65,6 +66,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     spectral.add_argument("--max-tokens", type=int, default=None, metavar="N",
                           help="refuse sets with more patches than this (default 200000, "
                                "~10 GiB)")
+    add_resolution_argument(parser)
     parser.add_argument("--crf-max-labels", type=int, default=32,
                         help="segments per image given to the CRF (default 32)")
     parser.set_defaults(func=run)
@@ -113,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
     def progress(iterable, total):
         return bars.wrap(iterable, total, "evaluate")
 
+    check_resolution(args.resolution)
     common = dict(match=args.match, crf=args.crf, max_images=args.max_images,
                   progress=progress, crf_workers=crf_workers, loader_workers=workers,
                   n_examples=args.examples, crf_max_labels=args.crf_max_labels)
@@ -131,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError("--clusters and --max-tokens apply to --method spectral-dataset "
                              "only")
         result = evaluate(segmenter, dataset, protocol, method=args.method,
-                          batch_size=batch_size, **common)
+                          batch_size=batch_size, resolution=args.resolution, **common)
     print(format_table(result))
     meta = {"checkpoint": str(args.checkpoint), "root": str(args.root),
             "device": str(segmenter.device), "torch_threads": torch.get_num_threads(),

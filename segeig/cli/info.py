@@ -17,7 +17,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segeig.checkpoint import read_config
+    from segeig.checkpoint import checkpoint_resolution, read_config
 
     config = read_config(args.checkpoint)
     if args.json:
@@ -32,6 +32,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         print("head     : none (baseline without a head)")
     print(f"methods  : {', '.join(config['methods'])}")
+    resolution = checkpoint_resolution(config)
+    derived = "" if "resolution" in config else " (derived from the training settings)"
+    print(f"working resolution: {resolution.describe()}{derived}")
     spectral = config.get("spectral")
     if spectral:
         print(f"spectral : {spectral['segments_per_image']} segments per image from "

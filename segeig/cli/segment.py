@@ -7,7 +7,12 @@ import logging
 import os
 import sys
 
-from segeig.cli.common import add_backbone_arguments, backbone_config
+from segeig.cli.common import (
+    add_backbone_arguments,
+    add_resolution_argument,
+    backbone_config,
+    check_resolution,
+)
 from segeig.cli.progress import ProgressBars
 from segeig.config import DEFAULT_MAX_SIDE
 
@@ -47,6 +52,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-side", type=int, default=DEFAULT_MAX_SIDE, metavar="PX",
                         help=f"slide windows of this size over larger images "
                              f"(default {DEFAULT_MAX_SIDE})")
+    add_resolution_argument(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="redo existing outputs (and refit DIR/checkpoint.safetensors)")
     parser.add_argument("--shard", metavar="I/N",
@@ -117,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
+    check_resolution(args.resolution)
     shard = _shard(args)
     device = _device(args)
     files, conflicts = expand_inputs(args.inputs, exclude=[args.out])
@@ -135,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
             method=args.method, crf=args.crf, overlay=args.overlay,
             overlay_format=args.overlay_format, save_probs=args.save_probs,
             batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
-            max_side=args.max_side,
+            max_side=args.max_side, resolution=args.resolution,
         )
         summary = segment_inputs(segmenter, mine, args.out, options, checkpoint=checkpoint,
                                  fitted_here=fitted, conflicts=conflicts, shard=shard,

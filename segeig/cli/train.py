@@ -56,10 +56,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     opt.add_argument("--steps", type=int, help="total steps (overrides --epochs)")
     opt.add_argument("--batch-size", type=int, help="images per step per process")
     opt.add_argument("--crop", type=int, help="training crop side in pixels")
+    opt.add_argument("--resolution", "--resize-short", dest="resolution", type=int,
+                     metavar="PX",
+                     help="working resolution: images are resized to this short side, trained "
+                          "around it (--scale) and later used at it; recorded in the "
+                          "checkpoint (0: each image at its own size)")
+    opt.add_argument("--max-long", type=int, metavar="PX",
+                     help="cap on the long side at the working resolution (default 2×)")
     opt.add_argument("--scale", type=float, nargs=2, metavar=("MIN", "MAX"),
-                     help="random rescale range relative to the image")
-    opt.add_argument("--resize-short", type=int,
-                     help="resize images to this short side before augmenting (0: off)")
+                     help="random rescale ratio range around the working resolution")
     opt.add_argument("--no-flip", dest="hflip", action="store_const", const=False)
     opt.add_argument("--no-photometric", dest="photometric", action="store_const", const=False)
     opt.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3)")
@@ -77,7 +82,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     io.add_argument("--save-every", type=int, help="also save the resume state every N steps")
     io.add_argument("--checkpoint-every", type=int, help="epochs between checkpoints (0: end)")
     km = parser.add_argument_group("k-means")
-    km.add_argument("--kmeans-k", type=int, help="centroids (default: per dataset)")
+    km.add_argument("--kmeans-k", type=int,
+                    help="centroids (default: K, as the paper; the class count gives the "
+                         "older class-count k-means)")
+    km.add_argument("--kmeans-metric", choices=("euclidean", "cosine"),
+                    help="k-means distance (default euclidean, the reference code's)")
     km.add_argument("--kmeans-tokens", type=int, help="token sample size per fit")
     km.add_argument("--kmeans-iters", type=int)
     km.add_argument("--kmeans-images", type=int, help="images visited (default all)")
@@ -97,7 +106,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def overrides_from_args(args: argparse.Namespace) -> dict:
     """Explicitly given flags as TrainConfig overrides (``None`` = not given)."""
     names = ("split", "method", "k", "epochs", "steps", "batch_size", "crop", "scale",
-             "resize_short", "hflip", "photometric", "lr", "lr_min", "amp", "seed", "workers",
+             "resolution", "max_long", "kmeans_metric", "hflip", "photometric", "lr",
+             "lr_min", "amp", "seed", "workers",
              "min_valid", "global_graph", "log_every", "save_every", "checkpoint_every",
              "kmeans_k", "kmeans_tokens", "kmeans_iters", "kmeans_images",
              "baseline_centroids", "spectral_centroids", "spectral_segments",

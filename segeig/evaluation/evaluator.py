@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from segeig.config import WorkingResolution, to_dict
 from segeig.crf import CRFParams, CRFPool, require_pydensecrf
 from segeig.data import SegDataset
 from segeig.evaluation.protocols import Prepared, Protocol, prepare, resolve_protocol
@@ -43,24 +44,27 @@ MATCHES = ("hungarian", "majority")
 class _PreparedView(Dataset):
     # Reads with SegDataset.load (a Sample, whatever transform the dataset
     # carries) and sizes it for the protocol, inside DataLoader workers if any.
-    def __init__(self, dataset: SegDataset, protocol: Protocol, n: int) -> None:
+    def __init__(self, dataset: SegDataset, protocol: Protocol, n: int,
+                 resolution: WorkingResolution | None) -> None:
         self.dataset, self.protocol, self.n = dataset, protocol, n
+        self.resolution = resolution
 
     def __len__(self) -> int:
         return self.n
 
     def __getitem__(self, index: int) -> Prepared:
-        return prepare(self.dataset.load(index), self.protocol)
+        return prepare(self.dataset.load(index), self.protocol, self.resolution)
 
 
 def _identity(item: Any) -> Any:
     return item
 
 
-def prepared_samples(dataset: SegDataset, protocol: Protocol, n: int, workers: int
-                     ) -> Iterable[Prepared]:
-    """The first ``n`` samples sized for ``protocol``, read in ``workers`` processes."""
-    view = _PreparedView(dataset, protocol, n)
+def prepared_samples(dataset: SegDataset, protocol: Protocol, n: int, workers: int,
+                     resolution: WorkingResolution | None = None) -> Iterable[Prepared]:
+    """The first ``n`` samples sized for ``protocol`` (and the working
+    ``resolution``), read in ``workers`` processes."""
+    view = _PreparedView(dataset, protocol, n, resolution)
     if workers <= 0:
         return (view[i] for i in range(n))
     return DataLoader(view, batch_size=None, shuffle=False, num_workers=workers,
@@ -136,6 +140,7 @@ def evaluate(
     n_examples: int = 8,
     crf_params: CRFParams | None = None,
     crf_max_labels: int = 32,
+    resolution: int | None = None,
 ) -> EvaluationResult:
     """Score a segmenter on a labelled dataset.
 
@@ -160,6 +165,8 @@ def evaluate(
         crf_params: CRF hyper-parameters (default: the paper's).
         crf_max_labels: segments per image passed to the CRF (top by area on
             the patch grid).
+        resolution: override the checkpoint's working resolution (``native``
+            and ``full`` use it; see :meth:`Segmenter.working_resolution`).
 
     Returns:
         :class:`EvaluationResult`.
@@ -184,8 +191,10 @@ def evaluate(
         raise ValueError(f"nothing to evaluate: {dataset!r} has {len(dataset)} images "
                          f"(max_images={max_images})")
     check_crf_available(crf)
-    logger.info("evaluating %d images: %s; method %s, %s matching, %d segments%s",
-                n, protocol.describe(), method, match, n_segments, ", with CRF" if crf else "")
+    working = segmenter.working_resolution(resolution)
+    logger.info("evaluating %d images: %s (working resolution: %s); method %s, %s matching, "
+                "%d segments%s", n, protocol.describe(), working.describe(), method, match,
+                n_segments, ", with CRF" if crf else "")
 
     timer = StageTimer()
     patch = segmenter.patch_size
@@ -195,7 +204,8 @@ def evaluate(
         return protocol.window is None and (protocol.max_side is None
                                             or max(s.in_size) <= protocol.max_side)
 
-    samples: Iterable[Prepared] = prepared_samples(dataset, protocol, n, loader_workers)
+    samples: Iterable[Prepared] = prepared_samples(dataset, protocol, n, loader_workers,
+                                                   working)
     if progress is not None:
         samples = progress(samples, total=n)
     with CRFPool(crf_workers if crf else 0, crf_params, max_labels=None) as pool:
@@ -216,4 +226,6 @@ def evaluate(
             for s, grid in zip(batch, grids, strict=True):
                 scorer.add(s, grid)
         scorer.drain(0)
-    return scorer.result(dataset, protocol, method, match, n, start)
+    result = scorer.result(dataset, protocol, method, match, n, start)
+    result.resolution = to_dict(working) if protocol.working_resolution else None
+    return result

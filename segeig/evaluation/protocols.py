@@ -6,15 +6,18 @@ Three protocols (DESIGN §2); always report which one a number comes from.
   320×320, one forward pass. The label is resized with nearest neighbour and
   cropped identically, and scoring happens on the 320×320 crop.
 * ``full`` (Segmenter/mmseg style): resize the short side to the dataset's
-  size, slide a window over it and average the scores of overlapping windows
-  on the patch grid. Scoring happens at the **original label resolution**:
+  size — the checkpoint's working resolution when it has one (the benchmark
+  presets' working resolutions are exactly these sizes) — slide a window over
+  it and average the scores of overlapping windows on the patch grid.
+  Scoring happens at the **original label resolution**:
   the grid scores are sampled bilinearly at every original pixel (the mmseg
   convention of resizing logits back to the label size) — labels are never
   resized, so no label pixel is lost or invented by the protocol.
-* ``native`` (default for ``custom``): each image at its own resolution,
-  scored there; a sliding window (the :class:`~segeig.predictor.Segmenter`
-  default: windows of 1024 px, stride 2/3) only when a side exceeds 1024 px —
-  exactly what ``segeig segment`` would predict.
+* ``native`` (default for ``custom``): each image predicted exactly as
+  ``segeig segment`` would — brought to the checkpoint's working resolution
+  (its own size for checkpoints without one), a sliding window (windows of
+  1024 px, stride 2/3) only when a side still exceeds 1024 px — and scored
+  at its original resolution.
 
 Classes per protocol: ``stego`` uses Pascal Context 59 (background ignored)
 and Cityscapes 27; ``full`` and ``native`` use Pascal Context 60 (background
@@ -31,11 +34,11 @@ from typing import Any
 
 import numpy as np
 
-from segeig.config import DEFAULT_MAX_SIDE, LABELLED_DATASETS, PROTOCOL_NAMES
+from segeig.config import DEFAULT_MAX_SIDE, LABELLED_DATASETS, PROTOCOL_NAMES, WorkingResolution
 from segeig.data import SegDataset
 from segeig.data.base import Sample
 from segeig.data.registry import build_dataset
-from segeig.transforms import center_crop, resize_short_side
+from segeig.transforms import center_crop, resize_short_side, to_working_resolution
 
 __all__ = [
     "DEFAULT_PROTOCOL",
@@ -65,7 +68,10 @@ class Protocol:
         max_side: with ``window=None``, slide (windows of ``max_side``, stride
             2/3) only when a side exceeds it; ``None`` never slides.
         score_at_original: sample the scores at the original label resolution
-            (``full``) rather than scoring at the network input's resolution.
+            (``full``, ``native``) rather than scoring at the network input's
+            resolution.
+        working_resolution: images are resized to the checkpoint's working
+            resolution when it has one (instead of ``short_side``).
     """
 
     name: str
@@ -77,6 +83,7 @@ class Protocol:
     stride: int | None = None
     max_side: int | None = None
     score_at_original: bool = False
+    working_resolution: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
@@ -85,7 +92,10 @@ class Protocol:
     def describe(self) -> str:
         """One line such as ``full: short side 520, window 480/320, PC-60``."""
         parts = []
-        if self.short_side:
+        if self.working_resolution:
+            fallback = f", else short side {self.short_side}" if self.short_side else ""
+            parts.append(f"at the checkpoint's working resolution{fallback}")
+        elif self.short_side:
             parts.append(f"short side {self.short_side}")
         if self.crop:
             parts.append(f"centre crop {self.crop}")
@@ -119,10 +129,11 @@ def _table() -> dict[tuple[str, str], Protocol]:
     for dataset, (short, window, stride) in full.items():
         table["full", dataset] = Protocol("full", dataset, _FULL_CLASSES[dataset],
                                           short_side=short, window=window, stride=stride,
-                                          score_at_original=True)
+                                          score_at_original=True, working_resolution=True)
     for dataset, classes in _FULL_CLASSES.items():
         table["native", dataset] = Protocol("native", dataset, classes,
-                                            max_side=DEFAULT_MAX_SIDE)
+                                            max_side=DEFAULT_MAX_SIDE, score_at_original=True,
+                                            working_resolution=True)
     return table
 
 
@@ -182,8 +193,15 @@ class Prepared:
         return self.label.shape[0], self.label.shape[1]
 
 
-def prepare(sample: Sample, protocol: Protocol) -> Prepared:
+def prepare(sample: Sample, protocol: Protocol,
+            resolution: WorkingResolution | None = None) -> Prepared:
     """Size a dataset sample for a protocol (see module docstring).
+
+    Args:
+        sample: a labelled sample.
+        protocol: how to size it.
+        resolution: the checkpoint's working resolution (used by protocols
+            with ``working_resolution``; ``None`` or short side 0: none).
 
     Raises:
         ValueError: the sample has no label (build the dataset with labels).
@@ -192,6 +210,8 @@ def prepare(sample: Sample, protocol: Protocol) -> Prepared:
         raise ValueError(f"sample {sample.name!r} has no label; evaluation needs a dataset "
                          "built with with_labels=True")
     image, label = sample.image, sample.label
+    if protocol.working_resolution and resolution is not None and resolution.short > 0:
+        return Prepared(sample.name, to_working_resolution(image, resolution), image, label)
     if protocol.short_side is not None:
         resized = resize_short_side(image, protocol.short_side)
         if protocol.score_at_original:
@@ -202,4 +222,6 @@ def prepare(sample: Sample, protocol: Protocol) -> Prepared:
         label = resize_short_side(label, protocol.short_side, label=True)
     if protocol.crop is not None:
         image, label = center_crop(image, protocol.crop), center_crop(label, protocol.crop)
+    if protocol.score_at_original:
+        return Prepared(sample.name, image, sample.image, label)
     return Prepared(sample.name, image, image, label)

@@ -108,6 +108,8 @@ class EvaluationResult:
     timing: dict[str, float]
     seconds: float
     examples: list[Example] = field(default_factory=list)
+    #: The working resolution images were predicted at (``short``, ``max_long``).
+    resolution: dict[str, int] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -122,6 +124,7 @@ class EvaluationResult:
             "split": self.split,
             "protocol": self.protocol.name,
             "protocol_settings": self.protocol.to_dict(),
+            "working_resolution": self.resolution,
             "method": self.method,
             "match": self.match,
             "n_images": self.n_images,

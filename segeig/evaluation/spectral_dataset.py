@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-from segeig.config import KernelConfig, from_dict
+from segeig.config import KernelConfig, from_dict, to_dict
 from segeig.crf import CRFParams, CRFPool
 from segeig.data import SegDataset
 from segeig.evaluation.evaluator import (
@@ -36,6 +36,7 @@ from segeig.evaluation.evaluator import (
 )
 from segeig.evaluation.protocols import Protocol, resolve_protocol
 from segeig.evaluation.scoring import EvaluationResult, GridScorer, StageTimer
+from segeig.kernel import pad_to_grid
 from segeig.model import CENTROID_TEMPERATURE
 from segeig.predictor import Segmenter
 from segeig.spectral import exact_spectral_bytes, spectral_cluster_set
@@ -129,12 +130,14 @@ def evaluate_spectral_dataset(
     if n <= 0:
         raise ValueError(f"nothing to evaluate: {dataset!r} has {len(dataset)} images")
     kernel_config = kernel_config or kernel_config_of(segmenter)
+    working = segmenter.working_resolution()
     backbone, patch, device = segmenter.model.backbone, segmenter.patch_size, segmenter.device
     timer = StageTimer()
     timer.seconds["spectral"] = 0.0
 
     def images() -> Iterable:
-        samples = timer.timed(prepared_samples(dataset, protocol, n, loader_workers), "data")
+        samples = timer.timed(prepared_samples(dataset, protocol, n, loader_workers, working),
+                              "data")
         return progress(samples, total=n) if progress is not None else samples
 
     # Pass 1: kernel features and the image at grid resolution (all the pixel
@@ -154,7 +157,9 @@ def evaluate_spectral_dataset(
             raise SpectralSetTooLargeError(_too_large(i + 1, tokens, n, max_tokens,
                                                       kernel_config.k_feat))
         features.append(kernel.cpu())
-        smalls.append(F.interpolate(image.float(), size=(h, w), mode="bilinear",
+        # Colours on the padded patch grid the backbone saw.
+        padded = pad_to_grid(image.float(), (h, w), backbone.patch_size, tuple(backbone.mean))
+        smalls.append(F.interpolate(padded, size=(h, w), mode="bilinear",
                                     align_corners=False)[0].cpu())
     if tokens < n_clusters:
         raise ValueError(f"{n} images hold only {tokens} patches, fewer than the {n_clusters} "
@@ -174,4 +179,6 @@ def evaluate_spectral_dataset(
         for s, grid in zip(images(), grids, strict=True):
             scorer.add(s, grid / CENTROID_TEMPERATURE)
         scorer.drain(0)
-    return scorer.result(dataset, protocol, METHOD, match, n, start)
+    result = scorer.result(dataset, protocol, METHOD, match, n, start)
+    result.resolution = to_dict(working) if protocol.working_resolution else None
+    return result

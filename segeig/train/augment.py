@@ -2,7 +2,8 @@
 
 Pipeline: random rescale of the image by a factor in ``scale`` (relative to
 the image's own size, not to the crop) -> pad bottom/right to at least
-crop x crop (image with 0, mask with 255) -> random crop -> horizontal flip
+crop x crop (image with ``fill``, the backbone's mean colour, which is what
+inference pads with; mask with 255) -> random crop -> horizontal flip
 (p = 0.5) -> photometric distortion modelled on mmseg's PhotoMetricDistortion:
 brightness +-32 (p 0.5), contrast x[0.5, 1.5] (p 0.5, randomly before or after
 the colour steps), saturation x[0.5, 1.5] (p 0.5), hue +-18 of OpenCV's 0..180
@@ -60,6 +61,7 @@ class TrainTransform:
         hflip: bool = True,
         photometric: bool = True,
         seed: int | None = None,
+        fill: tuple[int, int, int] = (0, 0, 0),
     ):
         if crop <= 0:
             raise ValueError(f"crop must be positive, got {crop}")
@@ -75,7 +77,7 @@ class TrainTransform:
                                        mask_interpolation=cv2.INTER_NEAREST, p=1.0))
         steps += [
             A.PadIfNeeded(min_height=crop, min_width=crop, position="top_left",
-                          border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=255),
+                          border_mode=cv2.BORDER_CONSTANT, fill=tuple(fill), fill_mask=255),
             A.RandomCrop(height=crop, width=crop),
         ]
         if hflip:
@@ -139,6 +141,7 @@ def train_transform(
     hflip: bool = True,
     photometric: bool = True,
     seed: int | None = None,
+    fill: tuple[int, int, int] = (0, 0, 0),
 ) -> TrainTransform:
     """Build the training augmentation.
 
@@ -148,9 +151,12 @@ def train_transform(
         hflip: random horizontal flip with p = 0.5.
         photometric: mmseg-style brightness/contrast/saturation/hue jitter.
         seed: seed for the main process (DataLoader workers reseed from torch).
+        fill: RGB 0..255 of the padding (training passes the backbone's mean
+            colour, which is what the backbone pads inference inputs with).
 
     Returns:
         A :class:`TrainTransform`: ``f(image [H,W,3] uint8) -> [crop,crop,3] uint8``,
         or ``f(image, mask) -> (image, mask)`` with mask padding 255.
     """
-    return TrainTransform(crop, scale=scale, hflip=hflip, photometric=photometric, seed=seed)
+    return TrainTransform(crop, scale=scale, hflip=hflip, photometric=photometric, seed=seed,
+                          fill=fill)

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from segeig.checkpoint import CHECKPOINT_NAME
-from segeig.config import BackboneConfig
+from segeig.config import BackboneConfig, WorkingResolution, default_max_long
 from segeig.data import SegDataset
 from segeig.data.base import Item, Sample
 from segeig.data.files import list_images
@@ -33,7 +33,7 @@ from segeig.train.config import TrainConfig, default_config
 from segeig.train.loader import ImageList
 from segeig.train.runtime import DistContext
 from segeig.train.trainer import Trainer
-from segeig.transforms import resize_short_side
+from segeig.transforms import to_working_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ ProgressFn = Callable[[int, int, dict], None]
 #: Settings of :func:`fit_images`, chosen to finish in about a minute on a
 #: 2-core CPU for a handful of photos with ViT-S/16 (see docs/training.md).
 FIT_DEFAULTS: dict = dict(
-    k=16, steps=60, batch_size=4, crop=224, resize_short=224, scale=(1.0, 1.5), lr=3e-3,
+    k=16, steps=60, batch_size=4, crop=224, resolution=224, scale=(0.75, 1.5), lr=3e-3,
     kmeans_k=16, kmeans_tokens=65_536, workers=0, log_every=5, checkpoint_every=0,
 )
 
@@ -137,9 +137,9 @@ def _image_files(images: str | Path | Sequence[str | Path]) -> tuple[list[Path],
     return files, f"<{len(files)} image files>"
 
 
-def _load_dataset(files: list[Path], short: int) -> SegDataset:
-    """Small sets: decode all now (unreadable ones skipped with a warning).
-    Large sets: lazily, skipping unreadable files when drawn."""
+def _load_dataset(files: list[Path], resolution: WorkingResolution) -> SegDataset:
+    """Small sets: decode all now, at the working resolution (unreadable ones
+    skipped with a warning). Large sets: lazily, skipping unreadable files when drawn."""
     if len(files) > PRELOAD_LIMIT:
         for path in files:  # fail now, clearly, if nothing at all can be read
             try:
@@ -151,7 +151,7 @@ def _load_dataset(files: list[Path], short: int) -> SegDataset:
     images, kept, errors = [], [], []
     for path in files:
         try:
-            images.append(resize_short_side(read_image(path), short))
+            images.append(to_working_resolution(read_image(path), resolution))
             kept.append(path)
         except ImageReadError as err:
             logger.warning("skipping unreadable image %s: %s", path, err.reason)
@@ -206,8 +206,8 @@ def fit_images(
     files, where = _image_files(images)
     given = {key: value for key, value in overrides.items() if value is not None}
     settings = {**FIT_DEFAULTS, **given}
-    if "crop" in given and "resize_short" not in given:
-        settings["resize_short"] = given["crop"]  # photos are brought to the crop's scale
+    if "crop" in given and "resolution" not in given and "resize_short" not in given:
+        settings["resolution"] = given["crop"]  # photos are brought to the crop's scale
     if k is not None:
         settings["k"] = k
         if "kmeans_k" not in given:
@@ -216,7 +216,10 @@ def fit_images(
         settings["steps"] = steps
     config = default_config("folder", where, backbone=backbone or BackboneConfig(), seed=seed,
                             **settings)
-    dataset = _load_dataset(files, config.resize_short or config.crop)
+    resolution = config.working_resolution
+    if not resolution.short:  # own size asked for: still bound what is held in memory
+        resolution = WorkingResolution(config.crop, default_max_long(config.crop))
+    dataset = _load_dataset(files, resolution)
     out = Path(out_dir)
     checkpoint_path = log_path = None
     if out.suffix == ".safetensors":

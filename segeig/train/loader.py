@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from segeig.config import WorkingResolution
 from segeig.data import ImageFolder, SegDataset
 from segeig.data.base import Item
 from segeig.data.files import is_image_file
 from segeig.data.registry import build_dataset
 from segeig.train.augment import TrainTransform, train_transform
 from segeig.train.config import TrainConfig
-from segeig.transforms import center_crop, resize_short_side
+from segeig.transforms import center_crop, resize_short_side, to_working_resolution
 
 logger = logging.getLogger(__name__)
 
@@ -129,29 +130,29 @@ class AugmentedCrops(Dataset):
 
     Args:
         dataset: label-free dataset returning :class:`~segeig.data.Sample`.
-        transform: the training augmentation.
-        resize_short: resize images to this short side first (``None``: keep).
+        transform: the training augmentation (its random rescale is relative
+            to the working resolution).
+        resolution: bring images to this working resolution first (``None``:
+            keep their own size).
         cache: keep decoded, pre-resized images in memory (per process).
     """
 
     def __init__(self, dataset: SegDataset, transform: TrainTransform,
-                 resize_short: int | None = None, cache: bool = False) -> None:
+                 resolution: WorkingResolution | None = None, cache: bool = False) -> None:
         if dataset.with_labels:
             raise ValueError("training datasets must be built with with_labels=False")
         self.dataset, self.transform = dataset, transform
-        self.resize_short, self.cache = resize_short, cache
+        self.resolution, self.cache = resolution, cache
         self._cache: dict[int, np.ndarray] = {}
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def image(self, index: int) -> np.ndarray:
-        """Decoded (and pre-resized) ``H×W×3`` uint8 image ``index``."""
+        """Decoded ``H×W×3`` uint8 image ``index`` at the working resolution."""
         if index in self._cache:
             return self._cache[index]
-        image = self.dataset[index].image
-        if self.resize_short:
-            image = resize_short_side(image, self.resize_short)
+        image = to_working_resolution(self.dataset[index].image, self.resolution)
         if self.cache:
             self._cache[index] = image
         return image
@@ -165,31 +166,51 @@ class AugmentedCrops(Dataset):
 
 
 class CenterViews(Dataset):
-    """Deterministic views for the k-means pass: short side → ``size``, centre crop.
+    """Deterministic views for the centroid passes, at the working resolution.
 
-    ``dataset[i] → 3×size×size uint8`` (images whose short side is already
-    ``size`` after resizing are always at least ``size`` on both sides).
+    Each image is brought to the working resolution (with none: short side →
+    ``crop``) and centre-cropped to a square of ``min(crop, short side)``, so
+    views batch together and show objects at the scale the head was trained
+    and will be used at. ``dataset[i] → 3×S×S uint8``.
     """
 
-    def __init__(self, dataset: SegDataset, size: int) -> None:
-        self.dataset, self.size = dataset, size
+    def __init__(self, dataset: SegDataset, crop: int,
+                 resolution: WorkingResolution | None = None) -> None:
+        self.dataset, self.crop = dataset, crop
+        self.resolution = resolution if resolution and resolution.short else None
+
+    @property
+    def size(self) -> int:
+        """Side of every view."""
+        return min(self.crop, self.resolution.short) if self.resolution else self.crop
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> torch.Tensor:
         image = self.dataset[index].image
-        image = center_crop(resize_short_side(image, self.size), self.size)
-        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+        if self.resolution is None:
+            image = resize_short_side(image, self.crop)
+        else:
+            image = to_working_resolution(image, self.resolution)
+            if min(image.shape[:2]) < self.size:  # the long-side cap shrank it
+                image = resize_short_side(image, self.size)
+        image = center_crop(image, self.size)
+        return torch.from_numpy(np.array(image, copy=True, order="C")).permute(2, 0, 1).contiguous()
 
 
 def make_train_loader(config: TrainConfig, dataset: SegDataset, *, rank: int, world_size: int,
-                      start_step: int, total_steps: int, pin_memory: bool) -> DataLoader:
+                      start_step: int, total_steps: int, pin_memory: bool,
+                      pad_colour: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> DataLoader:
     """DataLoader of ``(crops B×3×S×S uint8, valid B×S×S bool)`` for steps
-    ``start_step … total_steps-1`` of process ``rank``."""
+    ``start_step … total_steps-1`` of process ``rank``.
+
+    ``pad_colour`` (RGB in [0, 1], the backbone's mean) fills crop padding.
+    """
+    fill = tuple(int(round(255 * v)) for v in pad_colour)
     transform = train_transform(config.crop, scale=config.scale, hflip=config.hflip,
-                                photometric=config.photometric, seed=config.seed)
-    crops = AugmentedCrops(dataset, transform, config.resize_short, config.cache_images)
+                                photometric=config.photometric, seed=config.seed, fill=fill)
+    crops = AugmentedCrops(dataset, transform, config.working_resolution, config.cache_images)
     sampler = PlanSampler(len(dataset), config.batch_size, rank, world_size, config.seed,
                           start_step, total_steps)
     # An explicit generator keeps the loader from consuming torch's global RNG.

@@ -48,8 +48,8 @@ import torch
 from safetensors import safe_open
 
 from segeig.atomic import write_safetensors, write_text
-from segeig.config import from_dict, to_dict
-from segeig.train.config import TrainConfig
+from segeig.config import to_dict
+from segeig.train.config import TrainConfig, train_config_from_dict
 
 STATE_NAME = "train_state.safetensors"
 LOG_NAME = "train_log.jsonl"
@@ -205,7 +205,7 @@ def load_train_state(path: str | os.PathLike) -> TrainState:
         "python": (r["python"][0], tuple(r["python"][1]), r["python"][2]),
         "cuda": [tensors[f"rng.cuda.{i}"] for i in range(r["cuda"])],
     }
-    return TrainState(config=from_dict(TrainConfig, meta["config"]), progress=progress, head=head,
+    return TrainState(config=train_config_from_dict(meta["config"]), progress=progress, head=head,
                       optimizer=optimizer, scaler=meta["scaler"], rng=rng)
 
 

@@ -44,7 +44,7 @@ from segeig.head import gumbel_probs, tau_at
 from segeig.kernel import build_kernel
 from segeig.model import SegEigModel, build_model, resolve_device
 from segeig.objective import neuralef_loss
-from segeig.train.centroids import centroid_methods, fit_centroids
+from segeig.train.centroids import EigenvalueMeter, centroid_methods, fit_centroids
 from segeig.train.config import TrainConfig, config_differences
 from segeig.train.loader import (
     build_train_dataset,
@@ -146,7 +146,8 @@ class Trainer:
                              f"with the same number (now {self.dist.world_size}), since the "
                              "batches and the data order depend on it")
         if self.progress.kmeans_k is None:
-            self.progress.kmeans_k = (config.kmeans_k or self.dataset.num_classes or 32)
+            # The paper's k-means rows use K clusters (as many as eigenfunctions).
+            self.progress.kmeans_k = config.kmeans_k or config.head.k
         self.optimizer = self.scaler = None
         if self.model.head is not None:
             self.optimizer = torch.optim.Adam(self.model.head.parameters(), lr=config.lr,
@@ -176,11 +177,17 @@ class Trainer:
                     "steps_per_epoch": self.spe, "total_steps": self.total,
                     "world_size": self.dist.world_size, "kmeans_k": self.progress.kmeans_k,
                     "steps_done": self.progress.step}
-        extra = {"training": training, "kernel": to_dict(c.kernel),
+        extra = {"training": training, "resolution": to_dict(c.working_resolution),
+                 "kernel": to_dict(c.kernel),
                  "objective": {**to_dict(c.objective), "beta_effective": c.objective.beta_for(
                      c.head.k)}}
         if self.progress.eigenvalues is not None:
-            extra["eigenvalues"] = self.progress.eigenvalues
+            # Measured after training on deterministic views, outputs sorted by
+            # them ("eigenvalues"); before that only training's running
+            # estimates exist, in training order ("eigenvalues_training").
+            measured = self.progress.extra.get("eigenvalues_measured", False)
+            extra["eigenvalues" if measured else "eigenvalues_training"] = \
+                self.progress.eigenvalues
         return extra
 
     def _save(self, model_checkpoint: bool = True) -> None:
@@ -225,7 +232,9 @@ class Trainer:
             kfeat, kvalid = dist.all_gather(kfeat), dist.all_gather(valid)
             kimages = dist.all_gather(crops).float().div_(255)
         with full_precision(device):
-            kernel = build_kernel(kfeat, kimages, c.kernel, valid=kvalid)
+            kernel = build_kernel(kfeat, kimages, c.kernel, valid=kvalid,
+                                  patch=self.model.backbone.patch_size,
+                                  pad_colour=self.model.backbone.mean)
         with autocast(device, self.amp_dtype):
             logits, _ = head(features.stacked)
         with full_precision(device):
@@ -254,7 +263,8 @@ class Trainer:
         head.train()
         loader = make_train_loader(c, self.dataset, rank=self.dist.rank,
                                    world_size=self.dist.world_size, start_step=p.step,
-                                   total_steps=self.total, pin_memory=self.device.type == "cuda")
+                                   total_steps=self.total, pin_memory=self.device.type == "cuda",
+                                   pad_colour=tuple(self.model.backbone.mean))
         generator = torch.Generator(device=self.device)
         last_time, last_step = self.log.elapsed(), p.step
         for step, (crops, valid_px) in zip(range(p.step, self.total), loader, strict=True):
@@ -310,6 +320,18 @@ class Trainer:
             p.extra["step_saved"] = p.step
             self._save()
 
+    def _order_by_eigenvalue(self, meter: EigenvalueMeter | None) -> None:
+        """Put the head's outputs in decreasing order of their measured eigenvalue."""
+        values = None if meter is None else meter.eigenvalues(self.dist)
+        if values is None:
+            return
+        order = torch.argsort(values, descending=True, stable=True)
+        self.model.head.reorder_outputs(order)
+        self.progress.eigenvalues = values[order].tolist()
+        self.progress.extra["eigenvalues_measured"] = True
+        self.log.write("eigenvalues", order=order.tolist(),
+                       eigenvalues=[round(v, 6) for v in self.progress.eigenvalues])
+
     def run(self) -> Path:
         """Train (or continue), fit centroids, write the final checkpoint; returns its path."""
         c, p = self.config, self.progress
@@ -327,14 +349,21 @@ class Trainer:
         self.model.eval()
         methods = centroid_methods(self.model, c.baseline_centroids, c.spectral_centroids,
                                    c.method)
+        meter = None
+        if self.model.head is not None:
+            meter = EigenvalueMeter(c.kernel, self.model.backbone.patch_size,
+                                    tuple(self.model.backbone.mean), c.head.tau_min)
         centroids = fit_centroids(
             self.model, self.dataset, k=p.kmeans_k, crop=c.crop, batch_size=c.batch_size,
             max_tokens=c.kmeans_tokens, iters=c.kmeans_iters, seed=c.seed, device=self.device,
             methods=methods, workers=c.workers, max_images=c.kmeans_images,
-            autocast_dtype=self.amp_dtype, dist=self.dist, progress=self.progress_fn)
-        for method, value in centroids.items():
-            self.model.set_centroids(method, value)
-            self.log.write("centroids", method=method, k=int(value.shape[0]))
+            autocast_dtype=self.amp_dtype, dist=self.dist, progress=self.progress_fn,
+            resolution=c.working_resolution, metric=c.kmeans_metric, on_batch=meter)
+        self._order_by_eigenvalue(meter)
+        for method, fitted in centroids.items():
+            self.model.set_centroids(method, fitted.centroids, fitted.metric, fitted.spread)
+            self.log.write("centroids", method=method, k=int(fitted.centroids.shape[0]),
+                           metric=fitted.metric)
         p.phase = "done"
         if c.checkpoint_every:
             self._save()

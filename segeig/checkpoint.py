@@ -439,16 +439,47 @@ def load_model(
     return model.to(device).eval(), document
 
 
-def _segment_counts(document: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]
+def _segment_counts(document: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]
                     ) -> dict[str, int]:
-    """method → clusters S, read from a checkpoint's JSON and tensors (no model built)."""
+    """method → clusters S, from a checkpoint's JSON and its tensors' shapes."""
     counts = {}
     for method in document.get("methods", []):
         if method == "eigen" and document.get("head"):
             counts[method] = int(document["head"]["k"])
-        elif f"centroids.{method}" in tensors:
-            counts[method] = int(tensors[f"centroids.{method}"].shape[0])
+        elif f"centroids.{method}" in shapes:
+            counts[method] = int(shapes[f"centroids.{method}"][0])
     return counts
+
+
+def segment_counts(path: str | os.PathLike) -> dict[str, int]:
+    """method → number of clusters S of a checkpoint, read from the file (no model built)."""
+    path = resolve_checkpoint_path(path)
+    document = read_config(path)
+    with safe_open(str(path), framework="pt") as handle:
+        shapes = {key: handle.get_slice(key).get_shape()
+                  for key in handle.keys()  # noqa: SIM118 - safe_open is not a mapping
+                  if key.startswith("centroids.")}
+    return _segment_counts(document, shapes)
+
+
+def class_map_destination(source: str | os.PathLike, out: str | os.PathLike,
+                          overwrite: bool = False) -> Path:
+    """Where :func:`save_class_map` writes, checked before any work is done.
+
+    Raises:
+        CheckpointError: the destination exists (it may be ``source`` itself)
+            and ``overwrite`` is false.
+    """
+    src = resolve_checkpoint_path(source)
+    dst = Path(out)
+    if dst.suffix != ".safetensors":
+        dst = dst / CHECKPOINT_NAME
+    if dst.exists() and not overwrite:
+        same = dst.resolve() == src.resolve()
+        raise CheckpointError(
+            f"{dst} {'is the input checkpoint' if same else 'already exists'}; choose another "
+            "output directory or allow replacing it (segeig label --overwrite)")
+    return dst
 
 
 def save_class_map(
@@ -481,16 +512,9 @@ def save_class_map(
             ``overwrite``, or a map that does not fit the checkpoint.
     """
     src = resolve_checkpoint_path(source)
-    dst = Path(out)
-    if dst.suffix != ".safetensors":
-        dst = dst / CHECKPOINT_NAME
-    if dst.exists() and not overwrite:
-        same = dst.resolve() == src.resolve()
-        raise CheckpointError(
-            f"{dst} {'is the input checkpoint' if same else 'already exists'}; choose another "
-            "output directory or allow replacing it (segeig label --overwrite)")
+    dst = class_map_destination(src, out, overwrite)
     document = read_config(src)
     tensors = _read_tensors(src, "")
-    class_map.check_segments(_segment_counts(document, tensors))
+    class_map.check_segments(_segment_counts(document, {k: t.shape for k, t in tensors.items()}))
     write_safetensors(dst, tensors, FORMAT, {**document, "classes": class_map.to_dict()})
     return dst

@@ -20,7 +20,8 @@ from segeig.atomic import atomic_write
 from segeig.evaluation.scoring import EvaluationResult, Scores
 from segeig.viz import colorize, comparison_grid, confusion_plot, legend_image
 
-__all__ = ["REPORT_FILES", "format_table", "match_description", "write_json", "write_report"]
+__all__ = ["REPORT_FILES", "format_table", "map_origin", "match_description", "write_json",
+           "write_report"]
 
 #: File names written by :func:`write_report` inside its directory.
 REPORT_FILES = {
@@ -119,6 +120,7 @@ def format_table(result: EvaluationResult, per_class_limit: int = 40) -> str:
         f"method {result.method} ({result.n_segments} segments), "
         f"{match_description(result)} matching",
         f"protocol {p.describe()}",
+        *([f"stored class map: {map_origin(result)}"] if result.match == "fixed" else []),
         "",
         _table(("metric", "no CRF", "CRF"), _rows(result)),
         "",
@@ -253,12 +255,23 @@ def _markdown(result: EvaluationResult, meta: dict[str, Any], paths: dict[str, P
     return "\n".join(parts)
 
 
+def map_origin(result: EvaluationResult) -> str:
+    """Where a ``fixed`` evaluation's stored map came from, in words ("" otherwise)."""
+    if result.match != "fixed":
+        return ""
+    source = (result.class_map or {}).get("source", {})
+    if source.get("kind") == "names":
+        return f"named by hand ({source.get('file', 'a names file')})"
+    used = source.get("match_used", {})
+    used = used.get(result.method, "") if isinstance(used, dict) else ""
+    return (f"fitted on {source.get('dataset', '?')} {source.get('split', '?')} "
+            f"({source.get('n_images', '?')} images, {source.get('protocol', '?')} protocol, "
+            f"{used or source.get('match', '?')} matching)")
+
+
 def _scores_note(result: EvaluationResult) -> str:
     if result.match == "fixed":
-        source = (result.class_map or {}).get("source", {})
-        origin = ", ".join(f"{k} {v}" for k, v in source.items()
-                           if k in ("kind", "dataset", "split", "protocol", "match", "file"))
-        return ("Both columns use the checkpoint's stored cluster→class map (not refitted on "
-                f"these predictions){': ' + origin if origin else ''}.")
+        return ("Both columns use the checkpoint's stored cluster→class map, not refitted on "
+                f"these predictions: {map_origin(result)}.")
     return ("Matching: " + match_description(result) + ". Each column has its own "
             "cluster→class mapping, fitted on its own predictions.")

@@ -25,6 +25,8 @@ import numpy as np
 from PIL import Image
 from segeig.app import logic
 
+from segeig.checkpoint import UNASSIGNED
+from segeig.evaluation import format_names
 from segeig.predictor import Segmenter
 
 logger = logging.getLogger(__name__)
@@ -100,6 +102,11 @@ def model_summary(seg: Segmenter, how: str | None = None) -> str:
         parts.append(f"K = {seg.num_eigenfunctions} eigenfunctions")
     parts.append("methods: " + ", ".join(
         f"{m} ({seg.num_segments(m)} segments)" for m in logic.available_methods(seg)))
+    if seg.class_map is not None:
+        names = seg.class_map.names
+        shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
+        parts.append(f"{len(names)} named classes ({logic.md_escape(shown)}) for "
+                     f"{', '.join(seg.class_map.methods)}")
     if how:
         parts.append(how)
     text = "**Model:** " + " · ".join(parts)
@@ -170,32 +177,40 @@ class DemoHandlers:
         gallery, files = [], []
         current = None
         for i, result in enumerate(results):
-            palette = logic.palette_for(self.seg, result.method)
-            merged = logic.merge(result, n_segments)
-            shown = logic.render_overlay(result, merged, palette, opacity)
-            labels_png, overlay_png = logic.write_downloads(folder, i, result, merged, palette,
-                                                            shown)
+            view = logic.view_of(self.seg, result, n_segments)
+            shown = logic.render_overlay(result, view, opacity)
+            labels_png, overlay_png = logic.write_downloads(folder, i, result, view, shown)
             files += [str(labels_png), str(overlay_png)]
             gallery.append((str(overlay_png), f"{i + 1}. {result.name}"))
             if i == index:
-                current = (result, merged, palette, str(overlay_png))
-        result, merged, palette, overlay_png = current
-        legend, hidden = logic.legend_for(merged, palette)
+                current = (result, view, str(overlay_png))
+        result, view, overlay_png = current
+        entries, hidden = logic.legend_for(view)
+        if any(logic.has_classes(self.seg, r.method) for r in results):
+            # Class label maps are only readable with their names (and colours).
+            files.append(_write_text(folder / "classes.txt",
+                                     "".join(f"{n}\n" for n in self.seg.class_map.names)))
+            files.append(self.downloads.save(folder, "legend.png", logic.legend_picture(entries)))
         views = folder / "view"
         views.mkdir()
-        table = logic.segment_table(merged)
-        choices = [(logic.segment_caption(*row), row[0]) for row in table]
+        table = logic.segment_table(view.merged)
+        choices = [(logic.caption(view, *row), row[0]) for row in table]
+        count = sum(1 for row in table if not (view.classes and row[0] == UNASSIGNED))
+        kind = ("class" if count == 1 else "classes") if view.classes else (
+            "segment" if count == 1 else "segments")
         lines = [f"**{result.name}** ({result.image.shape[1]}×{result.image.shape[0]}): "
-                 f"{len(table)} segment{'s' if len(table) != 1 else ''}, method *{result.method}*"
-                 f"{', CRF on' if result.crf else ''}."]
+                 f"{count} {kind}, method *{result.method}*{', CRF on' if result.crf else ''}."]
+        if view.classes:
+            lines.append("Class names and colours come from the checkpoint's class map "
+                         "(`segeig label`); *Number of segments* does not apply to them.")
         if hidden:
-            lines.append(f"The legend lists the {len(table) - hidden} largest; "
-                         f"{hidden} smaller segments are not listed.")
+            lines.append(f"The legend lists the {len(entries)} largest; "
+                         f"{hidden} smaller ones are not listed.")
         lines += [n for n in [result.notice] if n] + state["notices"]
         return (
             "\n\n".join(lines),
             (self.downloads.save(views, "before.png", result.image), overlay_png),
-            self.downloads.save(views, "legend.png", legend),
+            logic.legend_html(entries),
             gallery,
             files,
             overlay_png,
@@ -227,14 +242,14 @@ class DemoHandlers:
 
     def explain(self, state: dict | None, selected: int | None, n_segments: float,
                 seg_id: int | None) -> tuple:
-        """Mask and description of one segment of the selected image."""
+        """Mask and description of one segment (or class) of the selected image."""
         if not state or seg_id is None:
             return None, ""
         result = state["results"][_clamp_index(selected, len(state["results"]))]
-        merged = logic.merge(result, n_segments)
-        mask = logic.mask_view(result.image, merged.labels, int(seg_id))
+        view = logic.view_of(self.seg, result, n_segments)
+        mask = logic.mask_view(result.image, view.merged.labels, int(seg_id))
         mask = self.downloads.save(self.downloads.new(), f"segment_{int(seg_id)}.png", mask)
-        return mask, logic.explain_segment(self.seg, result, merged, int(seg_id),
+        return mask, logic.explain_segment(self.seg, result, view, int(seg_id),
                                            lock=self.model_lock)
 
     def click(self, state: dict | None, selected: int | None, n_segments: float,
@@ -243,11 +258,48 @@ class DemoHandlers:
         if not state or evt is None or evt.index is None:
             return gr.skip(), None, ""
         result = state["results"][_clamp_index(selected, len(state["results"]))]
-        merged = logic.merge(result, n_segments)
+        view = logic.view_of(self.seg, result, n_segments)
         x, y = evt.index[:2]
-        seg_id = logic.segment_at(merged, int(x), int(y))
+        seg_id = logic.segment_at(view.merged, int(x), int(y))
         mask, text = self.explain(state, selected, n_segments, seg_id)
         return seg_id, mask, text
+
+    def name_segment(self, state: dict | None, names: dict | None, selected: int | None,
+                     n_segments: float, seg_id: int | None, text: str | None) -> tuple:
+        """Name the selected segment; returns the names, the names file and a note.
+
+        Names are kept per method, by the model's segment ids (a merged segment
+        names all its members), in the format ``segeig label --names`` reads.
+        """
+        if not state or seg_id is None:
+            raise logic.UserError("Click a segment (or pick one from the list) first.")
+        result = state["results"][_clamp_index(selected, len(state["results"]))]
+        if logic.has_classes(self.seg, result.method):
+            raise logic.UserError(f"The checkpoint already names the classes of "
+                                  f"{result.method}; choose a method without a class map to "
+                                  "name segments.")
+        name = logic.clean_name(text)
+        view = logic.view_of(self.seg, result, n_segments)
+        if int(seg_id) not in view.merged.members:
+            raise logic.UserError(f"segment {int(seg_id)} is not in this image")
+        names = dict(names or {})
+        named = dict(names.get(result.method, {}))
+        for member in view.merged.members[int(seg_id)]:
+            named[member] = name
+        names[result.method] = named
+        path = self.downloads.new() / f"names-{logic.safe_stem(result.method)}.json"
+        _write_text(path, format_names(named))
+        listing = ", ".join(f"{k} → {logic.md_escape(v)}" for k, v in sorted(named.items()))
+        note = (f"Named {len(named)} of {self.seg.num_segments(result.method)} segments of "
+                f"*{result.method}*: {listing}.\n\nDownload the file and run "
+                f"`segeig label --checkpoint CKPT --names {path.name} --method {result.method} "
+                "--out DIR` to give the checkpoint these names.")
+        return names, str(path), note
+
+
+def _write_text(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
 
 
 def _clamp_index(selected: Any, count: int) -> int:

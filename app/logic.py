@@ -8,6 +8,7 @@ with a message that never names a server path.
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 from contextlib import AbstractContextManager, nullcontext
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segeig.checkpoint import MAX_NAME_CHARS, UNASSIGNED
 from segeig.cluster import MergeResult, merge_label_map, segment_profiles
 from segeig.imageio import ImageReadError, read_image, save_segments
 from segeig.predictor import Segmenter
@@ -51,6 +53,12 @@ def safe_message(text: str, limit: int = 300) -> str:
     text = _ABS_PATH.sub(lambda m: m.group(1) or "<path>", str(text))
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def md_escape(text: str) -> str:
+    """``text`` with Markdown and HTML punctuation backslash-escaped, shown literally
+    (class names come from a checkpoint: no links, no markup)."""
+    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>&])", r"\\\1", text)
 
 
 def display_name(path: str | Path) -> str:
@@ -164,11 +172,61 @@ def palette_for(seg: Segmenter, method: str) -> np.ndarray:
     return make_palette(seg.num_segments(method))
 
 
-def render_overlay(result: ImageResult, merged: MergeResult, palette: np.ndarray,
-                   opacity: float) -> np.ndarray:
-    """``H×W×3`` uint8 image with segment colours blended at ``opacity`` ∈ [0, 1]."""
+@dataclass
+class View:
+    """One result as shown: a label map (merged segments, or classes) with colours and names.
+
+    Attributes:
+        merged: the label map shown (``H×W`` int32) and, per shown id, the
+            model's segment ids it covers.
+        palette: uint8 colours indexed by shown id.
+        names: shown id → class name (255 → ``"unassigned"``) when ``classes``;
+            None for segment ids.
+        classes: ids are class indices of the checkpoint's class map (merging
+            does not apply).
+    """
+
+    merged: MergeResult
+    palette: np.ndarray
+    names: dict[int, str] | None = None
+    classes: bool = False
+
+    def name(self, shown_id: int) -> str:
+        """``"sky"`` for a class, ``"segment 12"`` for a segment id."""
+        if self.names is not None:
+            return self.names.get(shown_id, f"class {shown_id}")
+        return f"segment {shown_id}"
+
+
+def has_classes(seg: Segmenter, method: str) -> bool:
+    """Whether the checkpoint names ``method``'s clusters (a class map from `segeig label`)."""
+    return seg.class_map is not None and method in seg.class_map.maps
+
+
+def view_of(seg: Segmenter, result: ImageResult, n_segments: int | None) -> View:
+    """How to show ``result``: its classes when the method has a class map, else its
+    segments merged to at most ``n_segments``."""
+    if not has_classes(seg, result.method):
+        return View(merge(result, n_segments), palette_for(seg, result.method))
+    class_map = seg.class_map
+    table = class_map.lookup(result.method)
+    members: dict[int, list[int]] = {}
+    for cluster in result.ids.tolist():
+        members.setdefault(int(table[cluster]), []).append(int(cluster))
+    names = dict(enumerate(class_map.names))
+    names[UNASSIGNED] = "unassigned"
+    return View(MergeResult(table[result.labels].astype(np.int32), members),
+                class_map.label_palette(), names, classes=True)
+
+
+def render_overlay(result: ImageResult, view: View, opacity: float) -> np.ndarray:
+    """``H×W×3`` uint8 image with segment colours blended at ``opacity`` ∈ [0, 1].
+
+    Pixels of unassigned clusters (class views) keep the plain image.
+    """
     alpha = float(np.clip(opacity, 0.0, 1.0))
-    return overlay(result.image, merged.labels, palette, alpha=alpha, ignore_index=None)
+    return overlay(result.image, view.merged.labels, view.palette, alpha=alpha,
+                   ignore_index=UNASSIGNED if view.classes else None)
 
 
 def segment_table(merged: MergeResult) -> list[tuple[int, float, int]]:
@@ -180,35 +238,78 @@ def segment_table(merged: MergeResult) -> list[tuple[int, float, int]]:
     return sorted(rows, key=lambda r: (-r[1], r[0]))
 
 
+def _share(fraction: float) -> str:
+    return f"{fraction:.0%}" if fraction >= 0.01 else "<1%"
+
+
 def segment_caption(seg_id: int, fraction: float, merged_count: int) -> str:
     """``"segment 12 · 34%"`` (``"(+2 merged)"`` appended when merged)."""
-    text = f"segment {seg_id} · {fraction:.0%}" if fraction >= 0.01 else f"segment {seg_id} · <1%"
+    text = f"segment {seg_id} · {_share(fraction)}"
     return text + (f" (+{merged_count - 1} merged)" if merged_count > 1 else "")
 
 
-def legend_for(merged: MergeResult, palette: np.ndarray,
-               max_entries: int = LEGEND_ENTRIES) -> tuple[np.ndarray, int]:
-    """Legend image of the largest segments, and how many smaller ones it leaves out."""
-    rows = segment_table(merged)
+def caption(view: View, seg_id: int, fraction: float, merged_count: int) -> str:
+    """``"sky · 34%"`` in a class view, else :func:`segment_caption`."""
+    if view.classes:
+        return f"{view.name(seg_id)} · {_share(fraction)}"
+    return segment_caption(seg_id, fraction, merged_count)
+
+
+def legend_for(view: View, max_entries: int = LEGEND_ENTRIES
+               ) -> tuple[list[tuple[str, np.ndarray]], int]:
+    """``(caption, RGB colour)`` of the largest segments or classes (unassigned pixels,
+    drawn uncoloured, are left out), and how many smaller ones it leaves out."""
+    rows = [r for r in segment_table(view.merged) if not (view.classes and r[0] == UNASSIGNED)]
     shown = rows[:max_entries]
-    names = [segment_caption(*row) for row in shown]
-    colours = palette[[row[0] for row in shown]]
-    return legend_image(names, colours, max_rows=12), len(rows) - len(shown)
+    return [(caption(view, *row), view.palette[row[0]]) for row in shown], len(rows) - len(shown)
+
+
+def legend_html(entries: list[tuple[str, np.ndarray]]) -> str:
+    """The legend as HTML: a colour swatch and a caption per entry (captions escaped:
+    class names come from a checkpoint and are untrusted)."""
+    items = []
+    for text, (r, g, b) in entries:
+        swatch = (f'<span style="display:inline-block;width:14px;height:14px;'
+                  f'background:#{int(r):02x}{int(g):02x}{int(b):02x};margin-right:6px;'
+                  f'vertical-align:middle;border:1px solid #8888"></span>')
+        items.append(f'<li style="list-style:none;margin:2px 10px 2px 0;display:inline-block">'
+                     f'{swatch}<span class="legend-name">{html.escape(text)}</span></li>')
+    return f'<ul class="segeig-legend" style="padding:0;margin:0">{"".join(items)}</ul>'
+
+
+def legend_picture(entries: list[tuple[str, np.ndarray]]) -> np.ndarray:
+    """The legend as an ``H×W×3`` uint8 picture (for downloads)."""
+    if not entries:
+        return legend_image(["(none)"], np.zeros((1, 3), np.uint8))
+    return legend_image([e[0] for e in entries], np.array([e[1] for e in entries]), max_rows=12)
+
+
+def clean_name(text: str | None) -> str:
+    """A segment name typed by a user, checked like the names ``segeig label`` accepts."""
+    name = " ".join(str(text or "").split())
+    if not name:
+        raise UserError("Type a name for the segment first.")
+    if len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise UserError(f"Names are printable text of at most {MAX_NAME_CHARS} characters.")
+    return name
 
 
 # -- downloads -----------------------------------------------------------------
-def write_downloads(out_dir: Path, index: int, result: ImageResult, merged: MergeResult,
-                    palette: np.ndarray, overlay_image: np.ndarray) -> list[Path]:
+def write_downloads(out_dir: Path, index: int, result: ImageResult, view: View,
+                    overlay_image: np.ndarray) -> list[Path]:
     """Write ``NN_<name>_labels.png`` and ``NN_<name>_overlay.png`` into ``out_dir``.
 
-    File names come from :func:`safe_stem`, so nothing is written outside ``out_dir``.
+    Class views write class label maps (pixel = class index, 255 =
+    unassigned, class colours) as `segeig segment` does with a labelled
+    checkpoint. File names come from :func:`safe_stem`, so nothing is written
+    outside ``out_dir``.
     """
     stem = f"{index + 1:02d}_{safe_stem(result.name)}"
     labels_path = out_dir / f"{stem}_labels.png"
     overlay_path = out_dir / f"{stem}_overlay.png"
     # The same format as `segeig segment` (palette PNG up to 256 segments,
     # 16-bit beyond), chosen by the method's segment count, not by this image.
-    save_segments(merged.labels, labels_path, len(palette), palette)
+    save_segments(view.merged.labels, labels_path, len(view.palette), view.palette)
     Image.fromarray(overlay_image).save(overlay_path, format="PNG")
     return [labels_path, overlay_path]
 
@@ -284,21 +385,30 @@ def mask_view(image: np.ndarray, labels: np.ndarray, seg_id: int,
     return view
 
 
-def explain_segment(seg: Segmenter, result: ImageResult, merged: MergeResult, seg_id: int,
+def explain_segment(seg: Segmenter, result: ImageResult, view: View, seg_id: int,
                     top: int = 3, lock: AbstractContextManager | None = None) -> str:
-    """Markdown describing a segment: area, merged ids, its most distinctive eigenfunctions.
+    """Markdown describing a segment or class: area, model segments, distinctive eigenfunctions.
 
     An eigenfunction is distinctive for a segment when the segment's mean
     value of it lies far from the image mean, in units of the function's
     standard deviation over the image.
     """
+    merged = view.merged
     mask = merged.labels == seg_id
     if not mask.any():
-        raise UserError(f"segment {seg_id} is not in this image")
+        raise UserError(f"{view.name(seg_id)} is not in this image")
     members = merged.members.get(seg_id, [seg_id])
-    lines = [f"**Segment {seg_id}** covers {mask.mean():.1%} of *{result.name}*."]
-    if len(members) > 1:
-        lines.append(f"It merges the model's segments {', '.join(map(str, members))}.")
+    if view.classes:
+        title = md_escape(view.name(seg_id))
+        lines = [f"**{title}** covers {mask.mean():.1%} of *{result.name}*.",
+                 f"The model's segment{'s' if len(members) > 1 else ''} "
+                 f"{', '.join(map(str, members))} "
+                 + ("have no class in the checkpoint's class map." if seg_id == UNASSIGNED
+                    else "map to this class in the checkpoint's class map.")]
+    else:
+        lines = [f"**Segment {seg_id}** covers {mask.mean():.1%} of *{result.name}*."]
+        if len(members) > 1:
+            lines.append(f"It merges the model's segments {', '.join(map(str, members))}.")
     if seg.num_eigenfunctions is not None:
         values = eigenfunctions_of(seg, result, lock)
         ids, profiles, _ = segment_profiles(mask.astype(np.int64), values, seg.patch_size)

@@ -76,6 +76,8 @@ def build_demo(
     methods = logic.available_methods(seg)
     if not methods:
         raise ValueError("the checkpoint supports none of the demo's methods")
+    # A labelled checkpoint opens on a method whose clusters have class names.
+    default = next((m for m in methods if logic.has_classes(seg, m)), methods[0])
     downloads = DownloadArea(download_root)
     h = DemoHandlers(seg, max_side, max_images, downloads)
     max_segments = max(seg.num_segments(m) for m in methods)
@@ -85,6 +87,8 @@ def build_demo(
         gr.Markdown(f"# {TITLE}\n\n{INTRO}")
         gr.Markdown(model_summary(seg, how), elem_id="model-summary")
         state = gr.State(None, time_to_live=DOWNLOAD_MAX_AGE_S)
+        # {method: {segment id: name}} typed by the user; outlives new "Segment" clicks.
+        names = gr.State({}, time_to_live=DOWNLOAD_MAX_AGE_S)
         with gr.Tab("Segment", id="segment"), gr.Row():
             with gr.Column(scale=1, min_width=300):
                 files = gr.File(label="Images", file_count="multiple", file_types=["image"],
@@ -94,7 +98,7 @@ def build_demo(
                         value=[(p, Path(p).stem) for p in example_paths],
                         label="…or pick an example", columns=4, height=130,
                         object_fit="cover", allow_preview=False, elem_id="examples")
-                method = gr.Radio(methods, value=methods[0], label="Method",
+                method = gr.Radio(methods, value=default, label="Method",
                                   info="eigen: argmax over eigenfunctions; eigen+kmeans: "
                                        "nearest k-means centroid of the head's features")
                 crf = gr.Checkbox(True, label="CRF refinement",
@@ -110,12 +114,13 @@ def build_demo(
                 selector = gr.Dropdown(label="Image", choices=[], interactive=False)
                 compare = gr.ImageSlider(label="Before / after (drag the handle)",
                                          format="png", elem_id="compare")
-                legend = gr.Image(label="Segment colours", format="png",
-                                  elem_id="legend", height=220)
+                gr.Markdown("**Legend**")
+                legend = gr.HTML(elem_id="legend")
                 gallery = gr.Gallery(label="All results", columns=4, format="png",
                                      height=240, fit_columns=False, elem_id="results")
                 download = gr.File(label="Downloads: label maps (palette PNG, pixel = "
-                                         "segment id) and overlays",
+                                         "segment id, or class index with classes.txt) "
+                                         "and overlays",
                                    file_count="multiple", elem_id="downloads")
         with gr.Tab("Eigenfunctions", id="eigen") as eigen_tab:
             gr.Markdown(EIGEN_INTRO)
@@ -134,6 +139,15 @@ def build_demo(
                                 height=360, elem_id="mask")
             segment_choice = gr.Dropdown(label="Segment", choices=[], elem_id="segment-choice")
             explanation = gr.Markdown(elem_id="explanation")
+            gr.Markdown("### Name a segment\nType what the selected segment shows; the names "
+                        "file is what `segeig label --names` reads to give the checkpoint "
+                        "class names.")
+            with gr.Row():
+                name_box = gr.Textbox(label="Name", placeholder="e.g. sky", max_length=100,
+                                      elem_id="segment-name", scale=3)
+                name_button = gr.Button("Save name", elem_id="save-name", scale=1)
+            names_file = gr.File(label="Names file", elem_id="names-file", interactive=False)
+            names_note = gr.Markdown(elem_id="names-note")
 
         view_outputs = [summary, compare, legend, gallery, download, clickable,
                         segment_choice, mask, explanation]
@@ -164,6 +178,11 @@ def build_demo(
                              [mask, explanation], show_progress_on=[mask], **private)
         clickable.select(guard(h.click), [state, selector, n_segments],
                          [segment_choice, mask, explanation], show_progress_on=[mask], **private)
+        name_event = dict(fn=guard(h.name_segment),
+                          inputs=[state, names, selector, n_segments, segment_choice, name_box],
+                          outputs=[names, names_file, names_note], **private)
+        name_button.click(**name_event)
+        name_box.submit(**name_event)
     demo.segeig_downloads = downloads
     return demo
 

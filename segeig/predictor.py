@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segeig.checkpoint import checkpoint_resolution, load_model
+from segeig.checkpoint import ClassMap, checkpoint_resolution, class_map_of, load_model
 from segeig.config import DEFAULT_MAX_SIDE, WorkingResolution
 from segeig.model import ModelOutput, SegEigModel, resolve_device
 from segeig.resample import pixel_argmax, pixel_probs
@@ -71,6 +71,11 @@ class Segmenter:
         seg = segeig.load("runs/ade/checkpoint.safetensors")
         labels = seg.predict(image)            # H×W int32
         probs = seg.predict_proba(image)        # S×H×W float32, sums to 1
+        classes = seg.predict(image, classes=True)  # labelled checkpoints: class indices
+
+    Raises:
+        CheckpointError: the config's ``classes`` section is malformed or does
+            not fit the model.
     """
 
     def __init__(
@@ -86,6 +91,8 @@ class Segmenter:
         self.config = config or {}
         self.amp = amp and self.device.type == "cuda"
         self.resolution = resolution or checkpoint_resolution(self.config)
+        self.class_map: ClassMap | None = class_map_of(
+            self.config, {m: model.num_segments(m) for m in model.methods})
 
     # -- working resolution ------------------------------------------------
     def working_resolution(self, resolution: int | None = None) -> WorkingResolution:
@@ -128,6 +135,27 @@ class Segmenter:
     def num_eigenfunctions(self) -> int | None:
         """K, the eigenfunctions the head outputs; None without a head (k-means baseline)."""
         return None if self.model.head is None else self.model.head.k
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """Class names of a labelled checkpoint (class index i is ``class_names[i]``), else None."""
+        return None if self.class_map is None else list(self.class_map.names)
+
+    @property
+    def class_palette(self) -> np.ndarray | None:
+        """uint8 ``C×3`` RGB class colours of a labelled checkpoint, else None."""
+        return None if self.class_map is None else self.class_map.palette.copy()
+
+    def to_classes(self, labels: np.ndarray, method: str | None = None) -> np.ndarray:
+        """Cluster ids of ``method`` → uint8 class indices (255 = unassigned), same shape.
+
+        Raises:
+            ValueError: the checkpoint has no class map, or none for ``method``.
+        """
+        if self.class_map is None:
+            raise ValueError("this checkpoint has no class map; label it first with "
+                             "`segeig label` (segeig.evaluation.fit_class_map)")
+        return self.class_map.apply(labels, method or self.model.default_method)
 
     @property
     def eigenvalues(self) -> list[float] | None:
@@ -224,7 +252,8 @@ class Segmenter:
 
     # -- numpy API -------------------------------------------------------
     def predict(self, image: np.ndarray, method: str | None = None, crf: bool = False,
-                resolution: int | None = None, **window: Any) -> np.ndarray:
+                resolution: int | None = None, classes: bool = False,
+                **window: Any) -> np.ndarray:
         """Segment one image.
 
         Args:
@@ -233,16 +262,23 @@ class Segmenter:
             crf: refine with a dense CRF (see :meth:`crf_inputs`; needs pydensecrf).
             resolution: override the working resolution (see
                 :meth:`working_resolution`; ``0``: the image's own size).
+            classes: return class indices through the checkpoint's class map
+                (:meth:`to_classes`) instead of cluster ids.
             **window: ``window``, ``stride``, ``max_side`` of :meth:`patch_scores`
                 (in pixels of the image at the working resolution).
 
         Returns:
-            ``H×W`` int32 segment ids in ``[0, S)``, at the input's size.
+            ``H×W`` int32 segment ids in ``[0, S)`` at the input's size; with
+            ``classes``, class indices into :attr:`class_names`, 255 where a
+            cluster has no class.
         """
         image = _check_image(image)
+        if classes:  # fail before the forward pass when there is no map
+            self.to_classes(np.zeros(0, np.int64), method)
         small = self.working_image(image, resolution)
         scores = self.patch_scores(small, method, **window)
-        return self.labels_from_scores(image, scores, crf, in_size=small.shape[:2])
+        labels = self.labels_from_scores(image, scores, crf, in_size=small.shape[:2])
+        return self.to_classes(labels, method).astype(np.int32) if classes else labels
 
     def patch_maps(self, image: np.ndarray, method: str | None = None
                    ) -> tuple[torch.Tensor, np.ndarray | None]:

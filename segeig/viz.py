@@ -332,3 +332,19 @@ def legend_image(names: Sequence[str], palette: np.ndarray, max_rows: int = 30) 
         ax.add_patch(Rectangle((col + 0.03, row + 0.15), 0.12, 0.7, color=palette[i] / 255.0))
         ax.text(col + 0.19, row + 0.5, str(name), va="center", fontsize=8)
     return _render(fig)
+
+
+def with_legend(image: np.ndarray, legend: np.ndarray) -> np.ndarray:
+    """``image`` above ``legend`` on white (the narrower one padded on the right).
+
+    Args:
+        image, legend: uint8 ``(H, W, 3)`` RGB (e.g. an overlay and :func:`legend_image`).
+
+    Returns:
+        uint8 ``(H1 + H2, max(W1, W2), 3)``.
+    """
+    width = max(image.shape[1], legend.shape[1])
+    out = np.full((image.shape[0] + legend.shape[0], width, 3), 255, dtype=np.uint8)
+    out[: image.shape[0], : image.shape[1]] = image
+    out[image.shape[0]:, : legend.shape[1]] = legend
+    return out

@@ -8,6 +8,7 @@ when set, else to the test's temp dir.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -93,21 +94,35 @@ def shots(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     playwright = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: apt-get install chromium chromium-driver "
                     "(.ci/run does this)")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
-            tab.set_default_timeout(30_000)
-            tab.goto(server)
-            tab.wait_for_selector("#run")
-            yield tab
+            yield chromium
         finally:
-            browser.close()
+            chromium.close()
+
+
+@contextlib.contextmanager
+def _browser_page(browser, url: str):
+    tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        tab.set_default_timeout(30_000)
+        tab.goto(url)
+        tab.wait_for_selector("#run")
+        yield tab
+    finally:
+        tab.close()
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    with _browser_page(browser, server) as tab:
+        yield tab
 
 
 def _images_loaded(page, selector: str) -> int:
@@ -167,12 +182,59 @@ def test_browser_upload_segment_and_explore(page, files, shots):
     assert "of wide scene.png" in page.inner_text("#explanation")
     page.screenshot(path=str(shots / "03_eigenfunctions.png"), full_page=True)
 
+    # Name the selected segment: a names file for `segeig label --names` to download.
+    page.locator("#segment-name textarea, #segment-name input").first.fill("rooftops")
+    page.click("#save-name")
+    page.wait_for_selector("#names-note >> text=segeig label --checkpoint CKPT --names")
+    assert "rooftops" in page.inner_text("#names-note")
+    page.wait_for_selector("#names-file >> text=names-eigen_kmeans")
+
     # Pick a bundled example: it is loaded and segmented at once.
     page.get_by_role("tab", name="Segment").click()
     page.locator("#examples img").first.click()
     page.wait_for_selector("#summary >> text=chelsea.jpg")
     _wait_images(page, "#compare", 2)
     page.screenshot(path=str(shots / "04_example.png"), full_page=True)
+
+
+@pytest.fixture(scope="module")
+def labelled_server(files):
+    """URL of a demo serving a checkpoint whose eigen+kmeans clusters carry class names."""
+    from segeig.checkpoint import save_class_map
+    from segeig.evaluation import class_map_from_names
+
+    torch.manual_seed(0)
+    model = build_model(Backbone(tiny_backbone_config()), HeadConfig(kind="mlp", k=12)).eval()
+    ckpt = write_tiny_checkpoint(model, files["root"] / "ckpt-unlabelled")
+    names = {0: "sky", 1: "grass", 2: "sky", 3: "red roof", 4: "grass", 5: "water"}
+    class_map = class_map_from_names(names, 6, "eigen+kmeans")
+    labelled = save_class_map(ckpt, files["root"] / "ckpt-labelled", class_map)
+    demo = build_demo(segeig.load(labelled, device="cpu"), max_side=MAX_SIDE, max_images=2,
+                      how="labelled test model", download_root=files["root"])
+    port = _free_port()
+    serve(demo, "127.0.0.1", port, concurrency=1, block=False, quiet=True)
+    try:
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        close(demo)
+
+
+@pytest.mark.browser
+def test_browser_labelled_checkpoint_shows_class_names(browser, labelled_server, files, shots):
+    with _browser_page(browser, labelled_server) as page:
+        assert "named classes (sky, grass, red roof, water)" in page.inner_text("#model-summary")
+        page.locator("#upload input[type=file]").set_input_files([str(files["wide"])])
+        page.wait_for_selector("#upload >> text=wide")
+        page.click("#run")
+        _wait_images(page, "#compare", 2)
+        page.wait_for_selector("#summary >> text=class map")
+        legend = page.inner_text("#legend")
+        found = [n for n in ("sky", "grass", "red roof", "water") if f"{n} · " in legend]
+        assert found, legend
+        assert "segment " not in legend
+        downloads = page.inner_text("#downloads").replace("\n.", ".")
+        assert "classes.txt" in downloads and "legend.png" in downloads
+        page.screenshot(path=str(shots / "06_class_names.png"), full_page=True)
 
 
 @pytest.mark.browser

@@ -79,9 +79,10 @@ def test_segment_handler_outputs(h, tmp_path, rng):
     assert compare[1] == clickable == files[1]
     labels = read_segments(files[0])
     assert len(np.unique(labels)) == 2
-    assert mask is None and text == "" and _read(legend).ndim == 3
+    assert mask is None and text == "" and legend.count("<li") == 2
+    assert "segment " in legend
     # every returned picture lives in the app's own download area
-    for path in [*compare, legend, *files]:
+    for path in [*compare, *files]:
         assert Path(path).is_relative_to(h.downloads.root)
 
 
@@ -114,6 +115,52 @@ def test_view_eigen_explain_and_click(h, tmp_path, rng):
     event = gr.SelectData(None, {"index": [4, 3], "value": None})
     chosen, mask2, text2 = h.click(state, 0, 0, event)
     assert chosen == seg_id and text2 == text
+
+
+def test_classes_from_a_labelled_checkpoint(h, seg, tmp_path, rng):
+    from segeig.evaluation import class_map_from_names
+
+    path = write_image(tmp_path / "a.png", random_image(rng, 40, 40))
+    state = _segment(h, [str(path)], method="eigen")[0]
+    present = state["results"][0].ids.tolist()
+    seg.class_map = class_map_from_names({present[0]: "sky", present[1]: "grass & soil"}, 12,
+                                         "eigen")
+    summary, _, legend, _, files, _, choice, *_ = h.view(state, 0, 0.5, 1)
+    assert "class map" in summary and ("2 classes" in summary or "1 class" in summary)
+    assert "sky · " in legend and "grass &amp; soil · " in legend
+    names = [os.path.basename(f) for f in files]
+    assert names[-2:] == ["classes.txt", "legend.png"]
+    assert Path(files[-2]).read_text().splitlines() == ["sky", "grass & soil"]
+    assert set(np.unique(read_segments(files[0])).tolist()) <= {0, 1, 255}
+    assert any(label.startswith("sky · ") for label, _ in choice.choices)
+    assert r"named classes (sky, grass \& soil) for eigen" in handlers.model_summary(seg)
+    text = h.explain(state, 0, 0, 0)[1]
+    assert text.startswith("**sky** covers")
+    with pytest.raises(logic.UserError, match="already names the classes"):
+        h.name_segment(state, {}, 0, 0, 0, "tree")
+
+
+def test_naming_segments_writes_a_names_file(h, seg, tmp_path, rng):
+    from segeig.evaluation import parse_names
+
+    path = write_image(tmp_path / "a.png", random_image(rng, 40, 40))
+    state = _segment(h, [str(path)], method="eigen")[0]
+    result = state["results"][0]
+    merged = logic.merge(result, 1)  # everything merged into one segment
+    (rep, members), = merged.members.items()
+    names, file, note = h.name_segment(state, None, 0, 1, rep, "  all of it ")
+    assert names == {"eigen": {m: "all of it" for m in members}}
+    assert Path(file).name == "names-eigen.json" and Path(file).is_relative_to(h.downloads.root)
+    assert parse_names(Path(file).read_bytes(), 12) == {m: "all of it" for m in members}
+    assert "--names names-eigen.json --method eigen" in note
+    # A second name adds to the first, per method.
+    other = int(result.labels[0, 0])
+    names, file, _ = h.name_segment(state, names, 0, 0, other, "corner")
+    assert names["eigen"][other] == "corner" and len(names["eigen"]) == len(members)
+    with pytest.raises(logic.UserError, match="Click a segment"):
+        h.name_segment(state, names, 0, 0, None, "x")
+    with pytest.raises(logic.UserError, match="Type a name"):
+        h.name_segment(state, names, 0, 0, other, "")
 
 
 def test_download_area_sweeps_old_folders(tmp_path):

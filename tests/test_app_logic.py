@@ -92,28 +92,87 @@ def test_merge_reduces_segment_count(result):
     assert set(np.unique(merged.labels)) <= set(result.ids.tolist())
 
 
-def test_render_overlay_opacity(result):
-    palette = make_palette(12)
-    merged = logic.merge(result, 0)
+def test_render_overlay_opacity(seg, result):
+    view = logic.view_of(seg, result, 0)
+    merged, palette = view.merged, view.palette
+    np.testing.assert_array_equal(palette, make_palette(12))
     edge = np.zeros(merged.labels.shape, bool)
     edge[:, :-1] |= merged.labels[:, :-1] != merged.labels[:, 1:]
     edge[:-1, :] |= merged.labels[:-1, :] != merged.labels[1:, :]
-    plain = logic.render_overlay(result, merged, palette, 0.0)
+    plain = logic.render_overlay(result, view, 0.0)
     np.testing.assert_array_equal(plain[~edge], result.image[~edge])
-    full = logic.render_overlay(result, merged, palette, 1.0)
+    full = logic.render_overlay(result, view, 1.0)
     np.testing.assert_array_equal(full[~edge], palette[merged.labels][~edge])
 
 
-def test_legend_lists_largest_segments(result):
-    palette = make_palette(12)
-    merged = logic.merge(result, 0)
-    table = logic.segment_table(merged)
+def test_legend_lists_largest_segments(seg, result):
+    view = logic.view_of(seg, result, 0)
+    table = logic.segment_table(view.merged)
     fractions = [row[1] for row in table]
     assert fractions == sorted(fractions, reverse=True)
     assert abs(sum(fractions) - 1) < 1e-9
-    legend, hidden = logic.legend_for(merged, palette, max_entries=2)
-    assert legend.ndim == 3 and legend.dtype == np.uint8
+    entries, hidden = logic.legend_for(view, max_entries=2)
+    assert [e[0] for e in entries] == [logic.segment_caption(*row) for row in table[:2]]
+    np.testing.assert_array_equal(entries[0][1], view.palette[table[0][0]])
     assert hidden == len(table) - 2
+    picture = logic.legend_picture(entries)
+    assert picture.ndim == 3 and picture.dtype == np.uint8
+    html = logic.legend_html(entries)
+    r, g, b = view.palette[table[0][0]]
+    assert entries[0][0] in html and f"#{r:02x}{g:02x}{b:02x}" in html
+
+
+def _class_seg(seg, names: dict[int, str]):
+    from segeig.evaluation import class_map_from_names
+
+    seg.class_map = class_map_from_names(names, 12, "eigen")
+    return seg
+
+
+def test_class_view_names_colours_and_unassigned(seg, result):
+    present = result.ids.tolist()
+    assert len(present) >= 3
+    # Two present segments share a class, one gets another, the rest none.
+    _class_seg(seg, {present[0]: "sky", present[1]: "sky", present[2]: "<b>road</b>"})
+    view = logic.view_of(seg, result, 2)  # merging does not apply to classes
+    assert view.classes
+    table = seg.class_map.maps["eigen"]
+    np.testing.assert_array_equal(view.merged.labels, table[result.labels])
+    assert view.merged.members[0] == sorted(present[:2])
+    assert view.merged.members[255] == present[3:]
+    entries, _ = logic.legend_for(view)
+    captions = [e[0] for e in entries]
+    assert any(c.startswith("sky · ") for c in captions)
+    assert not any(c.startswith("unassigned") for c in captions)  # drawn uncoloured
+    html = logic.legend_html(entries)
+    assert "&lt;b&gt;road&lt;/b&gt;" in html and "<b>road" not in html  # escaped
+    shown = logic.render_overlay(result, view, 1.0)
+    unassigned = view.merged.labels == 255
+    # Unassigned pixels keep the photo (except the white boundary lines); others are coloured.
+    assert (shown[unassigned] == result.image[unassigned]).all(axis=1).mean() > 0.5
+    assert (shown[~unassigned] == result.image[~unassigned]).all(axis=1).mean() < 0.05
+    text = logic.explain_segment(seg, result, view, 1)
+    assert text.startswith("**\\<b\\>road\\</b\\>** covers")
+    assert "map to this class" in text
+    assert "have no class" in logic.explain_segment(seg, result, view, 255)
+
+
+def test_class_downloads_hold_class_indices(tmp_path, seg, result):
+    present = result.ids.tolist()
+    _class_seg(seg, {present[0]: "sky"})
+    view = logic.view_of(seg, result, 0)
+    files = logic.write_downloads(tmp_path, 0, result, view, logic.render_overlay(result, view, .5))
+    labels = read_segments(files[0])
+    assert set(np.unique(labels).tolist()) <= {0, 255}
+    np.testing.assert_array_equal(labels == 0, result.labels == present[0])
+
+
+def test_clean_name():
+    assert logic.clean_name("  blue   sky ") == "blue sky"
+    with pytest.raises(logic.UserError, match="Type a name"):
+        logic.clean_name("   ")
+    with pytest.raises(logic.UserError, match="at most 100"):
+        logic.clean_name("x" * 101)
 
 
 def test_segment_caption():
@@ -121,12 +180,12 @@ def test_segment_caption():
     assert logic.segment_caption(3, 0.001, 3) == "segment 3 · <1% (+2 merged)"
 
 
-def test_write_downloads_roundtrip(tmp_path, result):
-    palette = make_palette(12)
-    merged = logic.merge(result, 3)
-    shown = logic.render_overlay(result, merged, palette, 0.5)
+def test_write_downloads_roundtrip(tmp_path, seg, result):
+    view = logic.view_of(seg, result, 3)
+    merged = view.merged
+    shown = logic.render_overlay(result, view, 0.5)
     result.name = "../../holiday photo.jpg"
-    files = logic.write_downloads(tmp_path, 0, result, merged, palette, shown)
+    files = logic.write_downloads(tmp_path, 0, result, view, shown)
     assert [f.name for f in files] == ["01_holiday_photo_labels.png",
                                       "01_holiday_photo_overlay.png"]
     assert all(f.parent == tmp_path for f in files)
@@ -145,7 +204,7 @@ def test_label_download_format_follows_the_segment_count(tmp_path, result, n_seg
     merged = MergeResult(labels, {0: [0], 7: [7], 255: [255]})
     palette = make_palette(n_segments)
     shown = np.zeros((2, 2, 3), np.uint8)
-    path = logic.write_downloads(tmp_path, 0, result, merged, palette, shown)[0]
+    path = logic.write_downloads(tmp_path, 0, result, logic.View(merged, palette), shown)[0]
     np.testing.assert_array_equal(read_segments(path), labels)
     with Image.open(path) as img:
         if n_segments == 256:
@@ -173,7 +232,8 @@ def test_eigen_order_without_eigenvalues(tiny_model):
 
 
 def test_segment_mask_and_explanation(seg, result):
-    merged = logic.merge(result, 0)
+    shown = logic.view_of(seg, result, 0)
+    merged = shown.merged
     seg_id = logic.segment_at(merged, 5, 7)
     assert seg_id == merged.labels[7, 5]
     assert logic.segment_at(merged, 10_000, -5) == merged.labels[0, -1]
@@ -185,7 +245,7 @@ def test_segment_mask_and_explanation(seg, result):
     np.testing.assert_array_equal(view[inside & ~outline], result.image[inside & ~outline])
     far = ~inside & ~outline
     np.testing.assert_allclose(view[far], np.rint(result.image[far] * 0.25 + 40), atol=0)
-    text = logic.explain_segment(seg, result, merged, seg_id)
+    text = logic.explain_segment(seg, result, shown, seg_id)
     assert text.startswith(f"**Segment {seg_id}** covers ")
     assert "Most distinctive eigenfunctions: ψ" in text
     with pytest.raises(logic.UserError, match="not in this image"):

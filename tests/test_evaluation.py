@@ -152,8 +152,9 @@ def test_hungarian_needs_enough_segments(tmp_path, tiny_model):
     oracle = OracleSegmenter(tiny_model, clusters=(0, 1, 2, 2), extra=0)  # 3 for 4 classes
     dataset = load_eval_dataset(PROTOCOLS["native", "custom"], _stripe_dataset(tmp_path))
     with pytest.raises(ValueError, match="--match majority"):
-        evaluate(oracle, dataset, crf=False)
-    result = evaluate(oracle, dataset, match="majority", crf=False)
+        evaluate(oracle, dataset, match="hungarian", crf=False)
+    result = evaluate(oracle, dataset, crf=False)  # auto: majority, as segments != classes
+    assert (result.match, result.match_used) == ("auto", "majority")
     # Blue and yellow share cluster 2, which majority gives to one of them;
     # the other is never predicted.
     assert result.scores.mapping[:2] == [0, 1] and result.scores.mapping[2] in (2, 3)
@@ -230,6 +231,38 @@ def test_paths_agree(tmp_path, tiny_model):
 
 # -- reports and CLI ----------------------------------------------------------
 
+@pytest.mark.parametrize(("extra", "used"), [(0, "hungarian"), (3, "majority")])
+def test_auto_match_follows_the_segment_count(tmp_path, tiny_model, extra, used):
+    # Clusters 0..3 predict the four classes; `extra` further clusters never win.
+    oracle = OracleSegmenter(tiny_model, clusters=(2, 0, 3, 1), extra=extra)
+    dataset = load_eval_dataset(PROTOCOLS["native", "custom"], _stripe_dataset(tmp_path))
+    result = evaluate(oracle, dataset, crf=False)
+    assert (result.match, result.match_used, result.scores.match) == ("auto", used, used)
+    data = result.to_dict()
+    assert (data["match"], data["match_used"], data["class_map"]) == ("auto", used, None)
+    # Both matchings are reported for the same predictions.
+    assert set(data["by_match"]) == {"hungarian", "majority"}
+    assert data["by_match"]["majority"]["miou"] == pytest.approx(100.0)
+    assert data["by_match"]["hungarian"]["miou"] == pytest.approx(100.0)
+    assert data["by_match"]["majority"]["miou_crf"] is None
+
+
+def test_report_shows_both_matchings(tmp_path, tiny_model):
+    # 3 clusters for 4 classes: majority scores, hungarian is undefined (and says so).
+    oracle = OracleSegmenter(tiny_model, clusters=(0, 1, 2, 2), extra=0)
+    dataset = load_eval_dataset(PROTOCOLS["native", "custom"], _stripe_dataset(tmp_path / "d"))
+    result = evaluate(oracle, dataset, crf=False)
+    text = write_report(result, tmp_path / "r")["report"].read_text()
+    assert "| matching | auto → majority |" in text
+    majority = result.scores
+    assert (f"| majority (used) | {majority.miou:.1f} | {majority.pixel_acc:.1f} | off | off |"
+            in text)
+    assert "| hungarian | n/a: fewer segments than classes |" in text
+    table = format_table(result)
+    assert "auto → majority matching" in table and "majority (used)" in table
+    assert result.to_dict()["by_match"]["hungarian"] is None
+
+
 def test_report_files(tmp_path, oracle):
     dataset = load_eval_dataset(PROTOCOLS["native", "custom"], _stripe_dataset(tmp_path / "d"))
     result: EvaluationResult = evaluate(oracle, dataset, crf=True, crf_workers=0)
@@ -256,8 +289,9 @@ def test_cli_end_to_end(synth_root, tiny_checkpoint, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "mIoU" in printed and "time split" in printed
     data = json.loads(out_json.read_text())
-    assert (data["method"], data["protocol"], data["match"]) == ("eigen+kmeans", "native",
-                                                                  "hungarian")
+    # auto: 10 segments for 5 classes, so majority (hungarian would score 5 clusters wrong).
+    assert (data["method"], data["protocol"], data["match"], data["match_used"]) == (
+        "eigen+kmeans", "native", "auto", "majority")
     assert data["n_images"] == 3 and data["miou_crf"] is not None
     assert (tmp_path / "rep" / "report.md").is_file()
 

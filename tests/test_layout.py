@@ -123,7 +123,7 @@ def test_core_stays_small():
     assert len(core) <= 18, core
 
 
-COMMANDS = ("segment", "fit", "train", "evaluate", "demo", "info")
+COMMANDS = ("segment", "fit", "train", "evaluate", "label", "demo", "info")
 
 
 def test_help_imports_no_heavy_library():

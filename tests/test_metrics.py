@@ -237,3 +237,19 @@ def test_update_is_fast():
         times.append(time.perf_counter() - t0)
     # Typically a few ms; generous bound because CI cores are shared.
     assert sorted(times)[2] < 0.1
+
+
+def test_auto_match_resolves_by_shape():
+    from segeig.evaluation.metrics import resolve_match
+
+    assert resolve_match("auto", 4, 4) == "hungarian"
+    assert resolve_match("auto", 27, 4) == "majority"  # over-clustering
+    assert resolve_match("auto", 3, 4) == "majority"  # hungarian would be undefined
+    assert resolve_match("hungarian", 27, 4) == "hungarian"
+    square = evaluate_confusion(np.diag([5, 6, 7]), "auto")
+    assert square["match"] == "hungarian" and square["mapping"] == [0, 1, 2]
+    # Two clusters split class 0: majority keeps both, hungarian drops one.
+    wide = np.array([[5, 0], [4, 0], [0, 6]])
+    assert evaluate_confusion(wide, "auto")["match"] == "majority"
+    assert evaluate_confusion(wide, "auto")["pixel_acc"] == pytest.approx(100.0)
+    assert evaluate_confusion(wide, "hungarian")["pixel_acc"] < 100.0

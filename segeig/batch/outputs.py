@@ -4,7 +4,8 @@ Layout under the output directory ``DIR`` for an input with output key ``KEY``
 (:attr:`segeig.batch.inputs.InputFile.key`, e.g. ``trip/beach``)::
 
     DIR/labels/KEY.png      segment ids, same size as the input (see segeig.imageio.save_segments)
-    DIR/overlays/KEY.jpg    colour overlay (optional; .png with overlay_format="png")
+    DIR/overlays/KEY.jpg    colour overlay (optional; .png with overlay_format="png"),
+                            with a legend of class names below it for class label maps
     DIR/probs/KEY.npz       patch-grid scores (optional; see save_scores)
 
 Every file goes through :func:`segeig.atomic.atomic_write` (temp name + rename),
@@ -23,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from segeig.atomic import atomic_write
-from segeig.viz import overlay
+from segeig.viz import overlay, with_legend
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +111,8 @@ def output_paths(
 
 
 def save_overlay(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike[str],
-                 palette: np.ndarray, alpha: float = 0.5) -> None:
+                 palette: np.ndarray, alpha: float = 0.5, ignore_index: int | None = None,
+                 legend: np.ndarray | None = None) -> None:
     """Write the image blended with segment colours and boundaries (JPEG q90 or PNG by suffix).
 
     Args:
@@ -119,8 +121,13 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike[
         path: ``.jpg``/``.jpeg`` or ``.png`` destination.
         palette: uint8 ``S×3`` RGB.
         alpha: colour weight in ``[0, 1]``.
+        ignore_index: id left uncoloured (e.g. 255 = unassigned in class maps);
+            None colours every id.
+        legend: uint8 ``h×w×3`` picture drawn below the overlay (the file is
+            then taller than the input), or None.
     """
-    blended = Image.fromarray(overlay(image, labels, palette, alpha=alpha, ignore_index=None))
+    painted = overlay(image, labels, palette, alpha=alpha, ignore_index=ignore_index)
+    blended = Image.fromarray(painted if legend is None else with_legend(painted, legend))
     suffix = Path(path).suffix.lower()
     if suffix in (".jpg", ".jpeg"):
         atomic_write(path, lambda f: blended.save(f, format="JPEG", quality=90))

@@ -37,17 +37,18 @@ import torch
 
 from segeig.batch.inputs import InputFile, decode_images
 from segeig.batch.outputs import OutputPathError, output_paths, save_overlay, save_scores
+from segeig.checkpoint import UNASSIGNED
 from segeig.config import DEFAULT_MAX_SIDE
 from segeig.crf import CRFParams, CRFPool
 from segeig.imageio import MAX_SEGMENTS, save_segments
 from segeig.predictor import Segmenter
 from segeig.resample import pixel_argmax, pixel_probs
 from segeig.transforms import to_tensor
-from segeig.viz import make_palette
+from segeig.viz import legend_image, make_palette
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["ImageResult", "SegmentOptions", "resolve_method", "segment_files"]
+__all__ = ["ImageResult", "SegmentOptions", "resolve_method", "segment_files", "uses_classes"]
 
 
 @dataclass
@@ -56,7 +57,11 @@ class SegmentOptions:
 
     Attributes:
         method: ``eigen``, ``eigen+kmeans`` or ``kmeans``; None picks
-            ``eigen+kmeans`` when the checkpoint has it, else its default.
+            ``eigen+kmeans`` when the checkpoint has it, else its default
+            (with class maps: among the methods that have one, see
+            :func:`resolve_method`).
+        clusters: write cluster ids even when the checkpoint has a class map
+            (default: a labelled checkpoint writes class indices).
         crf: refine with a dense CRF.
         overlay: also write a colour overlay.
         overlay_format: ``"jpg"`` (quality 90) or ``"png"``.
@@ -76,6 +81,7 @@ class SegmentOptions:
     """
 
     method: str | None = None
+    clusters: bool = False
     crf: bool = False
     overlay: bool = False
     overlay_format: str = "jpg"
@@ -112,13 +118,30 @@ class ImageResult:
     size: tuple[int, int] | None = None
 
 
-def resolve_method(segmenter: Segmenter, method: str | None) -> str:
-    """``method`` if the checkpoint has it; None → ``eigen+kmeans`` if present, else the default."""
+def uses_classes(segmenter: Segmenter, options: SegmentOptions) -> bool:
+    """Whether a run writes class indices: a labelled checkpoint, unless ``options.clusters``."""
+    return segmenter.class_map is not None and not options.clusters
+
+
+def resolve_method(segmenter: Segmenter, method: str | None, classes: bool = False) -> str:
+    """The method a run uses.
+
+    ``method`` if the checkpoint has it; None → ``eigen+kmeans`` if present,
+    else the default. With ``classes`` (the run writes class indices) only
+    methods with a class map qualify: None picks among them the same way, and
+    a method without one is an error naming those that have one.
+    """
     methods = segmenter.methods
+    if method is not None and method not in methods:
+        raise ValueError(f"method {method!r} is not in this checkpoint; it has {methods}")
+    if classes and segmenter.class_map is not None:
+        mapped = segmenter.class_map.methods
+        if method is None:
+            return "eigen+kmeans" if "eigen+kmeans" in mapped else mapped[0]
+        segmenter.class_map.lookup(method)  # raises, naming the methods with a map
+        return method
     if method is None:
         return "eigen+kmeans" if "eigen+kmeans" in methods else segmenter.model.default_method
-    if method not in methods:
-        raise ValueError(f"method {method!r} is not in this checkpoint; it has {methods}")
     return method
 
 
@@ -147,11 +170,18 @@ class _Run:
                  emit: Callable[[ImageResult], None], crf_pool: CRFPool | None,
                  writer: ThreadPoolExecutor | None) -> None:
         self.seg, self.opt, self.emit = segmenter, options, emit
-        self.method = resolve_method(segmenter, options.method)
+        self.classes = segmenter.class_map if uses_classes(segmenter, options) else None
+        self.method = resolve_method(segmenter, options.method, self.classes is not None)
         self.num_segments = segmenter.num_segments(self.method)
         if self.num_segments > MAX_SEGMENTS:
             raise ValueError(f"{self.num_segments} segments do not fit a 16-bit label PNG")
         self.palette = make_palette(self.num_segments)
+        self.legends: dict[tuple[int, ...], np.ndarray] = {}
+        if self.classes is not None:
+            # Class label maps: pixel = class index, 255 = unassigned; one
+            # palette PNG for any class count (at most 255 classes).
+            self.lookup = self.classes.lookup(self.method)
+            self.palette = self.classes.label_palette()
         self.crf_pool, self.writer = crf_pool, writer
         bound = 2 * max(1, options.workers)
         self.crf_bound, self.write_bound = bound, bound
@@ -247,11 +277,26 @@ class _Run:
                 labels = _nearest_resize(labels, size)
             self.write(job, labels.astype(np.int32))
 
+    def legend(self, classes: np.ndarray) -> np.ndarray:
+        """Legend picture of the classes present in a class label map (cached per set)."""
+        present = np.flatnonzero(np.bincount(classes.ravel(), minlength=256)[:UNASSIGNED])
+        key = tuple(int(c) for c in present)
+        if key not in self.legends:
+            names = [self.classes.names[c] for c in key] or ["(no class)"]
+            colours = self.palette[list(key)] if key else np.zeros((1, 3), np.uint8)
+            self.legends[key] = legend_image(names, colours, max_rows=12)
+        return self.legends[key]
+
     def write(self, job: _Job, labels: np.ndarray) -> None:
+        legend = None
+        if self.classes is not None:
+            labels = self.lookup[labels]
+            # Drawn here, in the main thread: matplotlib is not thread-safe.
+            legend = self.legend(labels) if self.opt.overlay else None
         if self.writer is None:
-            self.emit(self.write_files(job, labels))
+            self.emit(self.write_files(job, labels, legend))
             return
-        self.write_jobs.append((job, self.writer.submit(self.write_files, job, labels)))
+        self.write_jobs.append((job, self.writer.submit(self.write_files, job, labels, legend)))
         self.drain_writes()
 
     def drain_writes(self, wait: bool = False) -> None:
@@ -260,19 +305,25 @@ class _Run:
             _, future = self.write_jobs.popleft()
             self.emit(future.result())  # write_files never raises
 
-    def write_files(self, job: _Job, labels: np.ndarray) -> ImageResult:
-        """Write the missing (or, with overwrite, all) outputs; the label map last."""
+    def write_files(self, job: _Job, labels: np.ndarray,
+                    legend: np.ndarray | None = None) -> ImageResult:
+        """Write the missing (or, with overwrite, all) outputs; the label map last.
+
+        ``labels``: cluster ids, or class indices (255 = unassigned) with class maps.
+        """
         size = tuple(job.image.shape[:2])
         paths, opt = job.paths, self.opt
+        classes = self.classes is not None
         try:
             if "overlay" in paths and (opt.overwrite or not paths["overlay"].exists()):
                 save_overlay(job.image, labels, paths["overlay"], self.palette,
-                             opt.overlay_alpha)
+                             opt.overlay_alpha, UNASSIGNED if classes else None, legend)
             if "probs" in paths and (opt.overwrite or not paths["probs"].exists()):
                 save_scores(paths["probs"], job.scores, patch_size=self.seg.patch_size,
                             image_size=size, method=self.method)
             if opt.overwrite or not paths["labels"].exists():
-                save_segments(labels, paths["labels"], self.num_segments, self.palette)
+                save_segments(labels, paths["labels"], 256 if classes else self.num_segments,
+                              self.palette)
         except (OSError, ValueError) as err:
             logger.warning("failed to write outputs of %s: %s", job.item.path, err)
             return ImageResult(str(job.item.path), job.item.key, "failed",

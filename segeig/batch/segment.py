@@ -28,8 +28,14 @@ from segeig import __version__
 from segeig.atomic import atomic_write
 from segeig.batch.inputs import Conflict, InputFile
 from segeig.batch.outputs import SUBDIRS
-from segeig.batch.pipeline import ImageResult, SegmentOptions, resolve_method, segment_files
-from segeig.checkpoint import resolve_checkpoint_path
+from segeig.batch.pipeline import (
+    ImageResult,
+    SegmentOptions,
+    resolve_method,
+    segment_files,
+    uses_classes,
+)
+from segeig.checkpoint import UNASSIGNED, resolve_checkpoint_path
 from segeig.config import to_dict
 from segeig.crf import CRFParams
 from segeig.predictor import Segmenter
@@ -43,8 +49,8 @@ __all__ = [
 ]
 
 #: Settings that change the outputs; a resumed run must match them.
-_OUTPUT_SETTINGS = ("checkpoint_sha256", "method", "crf", "crf_max_labels", "crf_max_pixels",
-                    "max_side", "overlay_alpha")
+_OUTPUT_SETTINGS = ("checkpoint_sha256", "method", "clusters", "crf", "crf_max_labels",
+                    "crf_max_pixels", "max_side", "overlay_alpha")
 
 
 def summary_path(out_dir: str | os.PathLike[str], shard: tuple[int, int] = (0, 1)) -> Path:
@@ -76,6 +82,8 @@ class SegmentSummary:
         checkpoint: ``{"path", "sha256", "fitted_here"}``.
         shard: ``(index, count)``, 0-based.
         complete: every input was handled (False when interrupted).
+        classes: class names, when the label maps hold class indices (a
+            labelled checkpoint; pixel value i is ``classes[i]``, 255 unassigned).
     """
 
     total: int
@@ -89,6 +97,7 @@ class SegmentSummary:
     shard: tuple[int, int] = (0, 1)
     complete: bool = False
     started: str = ""
+    classes: list[str] | None = None
 
     @property
     def succeeded(self) -> int:
@@ -111,6 +120,9 @@ class SegmentSummary:
             "settings": self.settings,
             "checkpoint": self.checkpoint,
             "layout": {kind: f"{sub}/KEY" for kind, sub in SUBDIRS.items()},
+            # Only for class label maps: an unlabelled run's summary stays as it was.
+            **({"classes": self.classes, "unassigned": UNASSIGNED}
+               if self.classes is not None else {}),
         }
 
 
@@ -178,7 +190,9 @@ def segment_inputs(
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = resolve_checkpoint_path(checkpoint)
     sha = file_sha256(checkpoint)
-    settings = {**options.to_dict(), "method": resolve_method(segmenter, options.method),
+    classes = uses_classes(segmenter, options)
+    settings = {**options.to_dict(),
+                "method": resolve_method(segmenter, options.method, classes),
                 "working_resolution": to_dict(segmenter.working_resolution(options.resolution)),
                 "checkpoint_sha256": sha, "device": str(segmenter.device)}
     if not options.overwrite:
@@ -188,6 +202,7 @@ def segment_inputs(
         checkpoint={"path": str(checkpoint.resolve()), "sha256": sha,
                     "fitted_here": fitted_here},
         started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        classes=segmenter.class_names if classes else None,
     )
     for conflict in conflicts:
         summary.failed += 1

@@ -14,7 +14,7 @@ import sys
 from segeig import __version__
 
 #: Subcommand modules, in the order ``segeig --help`` lists them.
-COMMANDS = ("segment", "fit", "train", "evaluate", "demo", "info")
+COMMANDS = ("segment", "fit", "train", "evaluate", "label", "demo", "info")
 
 
 def build_parser() -> argparse.ArgumentParser:

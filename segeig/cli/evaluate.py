@@ -36,7 +36,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="default: the checkpoint's default (eigen, or its baseline without "
                              "a head). spectral-dataset: exact spectral clustering of all "
                              "evaluated images as one graph (any checkpoint; small sets only)")
-    parser.add_argument("--match", choices=("hungarian", "majority"), default="hungarian")
+    parser.add_argument("--match", choices=("auto", "hungarian", "majority", "fixed"),
+                        default="auto",
+                        help="cluster-to-class matching: auto (default: hungarian when the "
+                             "method predicts as many segments as there are classes, else "
+                             "majority), hungarian (one-to-one), majority (many-to-one), or "
+                             "fixed: the map stored by `segeig label` instead of a refit")
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
                         help="also score CRF-refined predictions (default: on)")
     parser.add_argument("--max-images", type=int, default=None, metavar="N",

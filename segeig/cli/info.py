@@ -39,6 +39,24 @@ def run(args: argparse.Namespace) -> int:
     if spectral:
         print(f"spectral : {spectral['segments_per_image']} segments per image from "
               f"{spectral['n_eigenvectors']} eigenvectors, k_feat {spectral['k_feat']}")
+    classes = config.get("classes")
+    if classes is not None:
+        from segeig.checkpoint import UNASSIGNED, ClassMap
+
+        class_map = ClassMap.from_dict(classes)  # validates the untrusted section
+        source = class_map.source
+        origin = (f"fitted on {source.get('dataset')} {source.get('split')} "
+                  f"({source.get('n_images')} images, {source.get('match')} matching)"
+                  if source.get("kind") == "dataset" else
+                  f"named by hand ({source.get('file', 'names file')})")
+        print(f"classes  : {len(class_map.names)}, {origin}")
+        for method, table in class_map.maps.items():
+            print(f"  {method}: {len(table)} clusters -> "
+                  f"{len(set(table.tolist()) - {UNASSIGNED})} classes, "
+                  f"{int((table == UNASSIGNED).sum())} unassigned")
+        for i, name in enumerate(class_map.names):
+            r, g, b = class_map.palette[i]
+            print(f"  {i:3d} {name}  (#{r:02x}{g:02x}{b:02x})")
     training = config.get("training")
     if training:
         print(f"training : {json.dumps(training)}")

@@ -36,7 +36,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="checkpoint.safetensors (or its folder); default: fit one on INPUT")
     parser.add_argument("--method", metavar="METHOD",
                         help="eigen, eigen+kmeans, kmeans, ... (those the checkpoint has; "
-                             "default: eigen+kmeans when present, else the checkpoint's default)")
+                             "default: eigen+kmeans when present, else the checkpoint's default; "
+                             "with a labelled checkpoint, among the methods with a class map)")
+    parser.add_argument("--clusters", action="store_true",
+                        help="with a labelled checkpoint (segeig label): write raw cluster ids "
+                             "instead of class label maps")
     parser.add_argument("--crf", action="store_true", help="refine boundaries with a dense CRF")
     parser.add_argument("--overlay", action="store_true",
                         help="also write DIR/overlays/<path>.jpg (colours over the photo)")
@@ -139,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         segmenter = segeig.load(checkpoint, device=device,
                                 backbone_weights=args.backbone_weights if args.checkpoint else None)
         options = SegmentOptions(
-            method=args.method, crf=args.crf, overlay=args.overlay,
+            method=args.method, clusters=args.clusters, crf=args.crf, overlay=args.overlay,
             overlay_format=args.overlay_format, save_probs=args.save_probs,
             batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
             max_side=args.max_side, resolution=args.resolution,
@@ -152,6 +156,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"segmented {summary.segmented}, skipped {summary.skipped} (already done), failed "
           f"{summary.failed} of {summary.total} in {summary.seconds:.1f} s{rate}; "
           f"summary: {summary_path(args.out, shard)}")
+    if summary.classes is not None:
+        print(f"class label maps ({summary.settings['method']}): pixel value = index in "
+              f"{', '.join(summary.classes)}; 255 = unassigned")
     for failure in summary.failures[:20]:
         print(f"  failed: {failure['input']}: {failure['reason']}", file=sys.stderr)
     if len(summary.failures) > 20:

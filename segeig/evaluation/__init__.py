@@ -5,10 +5,16 @@ Modules: ``evaluator`` (:func:`evaluate`: one pass, with and without CRF),
 ``protocols`` (how each dataset is prepared: stego / full / native),
 ``scoring`` (confusion matrices over a grid of settings, results),
 ``metrics`` (matching clusters to classes, mIoU), ``report`` (JSON, Markdown
-and pictures).
+and pictures), ``labelling`` (cluster → class maps stored in checkpoints).
 """
 
 from segeig.evaluation.evaluator import evaluate
+from segeig.evaluation.labelling import (
+    class_map_from_names,
+    fit_class_map,
+    format_names,
+    parse_names,
+)
 from segeig.evaluation.protocols import Protocol, load_eval_dataset, resolve_protocol
 from segeig.evaluation.report import format_table, write_json, write_report
 from segeig.evaluation.scoring import EvaluationResult, Scores
@@ -18,10 +24,14 @@ __all__ = [
     "EvaluationResult",
     "Protocol",
     "Scores",
+    "class_map_from_names",
     "evaluate",
     "evaluate_spectral_dataset",
+    "fit_class_map",
+    "format_names",
     "format_table",
     "load_eval_dataset",
+    "parse_names",
     "resolve_protocol",
     "write_json",
     "write_report",

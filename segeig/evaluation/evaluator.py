@@ -36,9 +36,11 @@ from segeig.transforms import to_tensor
 logger = logging.getLogger(__name__)
 
 __all__ = ["MATCHES", "check_crf_available", "check_dataset", "check_segments", "evaluate",
-           "prepared_samples"]
+           "prepared_samples", "stored_mapping"]
 
-MATCHES = ("hungarian", "majority")
+#: ``auto``: hungarian when segments equal classes, else majority
+#: (:func:`segeig.evaluation.metrics.resolve_match`); ``fixed``: the checkpoint's stored map.
+MATCHES = ("auto", "hungarian", "majority", "fixed")
 
 
 class _PreparedView(Dataset):
@@ -121,7 +123,29 @@ def check_segments(method: str, n_segments: int, n_classes: int, match: str) -> 
         raise ValueError(
             f"hungarian matching needs at least as many segments as classes, but method "
             f"{method!r} predicts {n_segments} segments for {n_classes} classes; use "
-            f"--match majority or more segments (K >= {n_classes})")
+            f"--match majority (or auto) or more segments (K >= {n_classes})")
+
+
+def stored_mapping(segmenter: Segmenter, method: str, class_names: list[str]
+                   ) -> tuple[list[int], dict[str, Any]]:
+    """The checkpoint's stored cluster → class map of ``method``, in the dataset's class order.
+
+    Returns:
+        ``(mapping, description)``: ``S`` ints (index into ``class_names``,
+        ``-1`` = unassigned) and what to report about the map (its classes and
+        how it was made).
+
+    Raises:
+        ValueError: no class map, none for ``method``, or classes the dataset lacks.
+    """
+    class_map = segmenter.class_map
+    if class_map is None:
+        raise ValueError("--match fixed scores with the checkpoint's stored class map, but "
+                         "this checkpoint has none; fit one with `segeig label` first, or "
+                         "use --match auto|hungarian|majority")
+    mapping = class_map.mapping_to(method, class_names)
+    return [int(m) for m in mapping], {"names": list(class_map.names),
+                                       "source": dict(class_map.source)}
 
 
 def evaluate(
@@ -129,7 +153,7 @@ def evaluate(
     dataset: SegDataset,
     protocol: Protocol | str | None = None,
     method: str | None = None,
-    match: str = "hungarian",
+    match: str = "auto",
     crf: bool = True,
     max_images: int | None = None,
     progress: Callable[..., Iterable] | None = None,
@@ -152,7 +176,11 @@ def evaluate(
             dataset's default (see :mod:`segeig.evaluation.protocols`).
         method: ``eigen``, ``eigen+kmeans`` or ``kmeans``; default: the
             checkpoint's default (``kmeans`` for a head-less checkpoint).
-        match: ``hungarian`` (one-to-one) or ``majority`` (many-to-one).
+        match: ``auto`` (default: ``hungarian`` when the method predicts as
+            many segments as there are classes, else ``majority``),
+            ``hungarian`` (one-to-one), ``majority`` (many-to-one), or
+            ``fixed``: the checkpoint's stored class map (:func:`stored_mapping`)
+            instead of one fitted on these predictions.
         crf: also score CRF-refined predictions (needs pydensecrf).
         max_images: evaluate only the first N images.
         progress: optional wrapper ``progress(iterable, total=N)`` (e.g. tqdm)
@@ -173,7 +201,8 @@ def evaluate(
 
     Raises:
         ValueError: unknown method/match, dataset without labels or with the
-            wrong class count, too few segments for hungarian matching, no images.
+            wrong class count, too few segments for hungarian matching, no images,
+            ``fixed`` without a stored map for the method.
         RuntimeError: CRF requested but pydensecrf is not installed.
     """
     start = time.perf_counter()
@@ -186,6 +215,9 @@ def evaluate(
                          f"{', '.join(segmenter.methods)}")
     n_segments = segmenter.num_segments(method)
     check_segments(method, n_segments, n_classes, match)
+    mapping, class_map = (stored_mapping(segmenter, method, dataset.class_names
+                                         or [f"class {i}" for i in range(n_classes)])
+                          if match == "fixed" else (None, None))
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     if n <= 0:
         raise ValueError(f"nothing to evaluate: {dataset!r} has {len(dataset)} images "
@@ -226,6 +258,6 @@ def evaluate(
             for s, grid in zip(batch, grids, strict=True):
                 scorer.add(s, grid)
         scorer.drain(0)
-    result = scorer.result(dataset, protocol, method, match, n, start)
+    result = scorer.result(dataset, protocol, method, match, n, start, mapping, class_map)
     result.resolution = to_dict(working) if protocol.working_resolution else None
     return result

@@ -38,13 +38,18 @@ logger = logging.getLogger(__name__)
 """Ground-truth value of pixels excluded from every score."""
 
 __all__ = [
+    "FITTED_MATCHES",
     "ConfusionAccumulator",
     "class_confusion",
     "evaluate_confusion",
     "hungarian_match",
     "majority_match",
+    "resolve_match",
     "scores",
 ]
+
+#: Matchings fitted on a confusion matrix; ``auto`` picks one of them (:func:`resolve_match`).
+FITTED_MATCHES = ("hungarian", "majority")
 
 
 def _check_integer(name: str, arr: np.ndarray) -> None:
@@ -214,6 +219,21 @@ def majority_match(conf: np.ndarray) -> np.ndarray:
     return mapping
 
 
+def resolve_match(match: str, n_clusters: int, n_classes: int) -> str:
+    """The matching ``match`` stands for with ``n_clusters`` clusters and ``n_classes`` classes.
+
+    ``auto`` is one-to-one (``hungarian``) when there are exactly as many
+    clusters as classes and many-to-one (``majority``) otherwise: with more
+    clusters, one-to-one leaves all but ``n_classes`` of them unmatched and
+    scores their pixels wrong (the paper's over-clustering tables use
+    majority voting); with fewer, one-to-one is undefined. Other values are
+    returned unchanged.
+    """
+    if match == "auto":
+        return "hungarian" if n_clusters == n_classes else "majority"
+    return match
+
+
 def class_confusion(conf: np.ndarray, mapping: np.ndarray) -> np.ndarray:
     """Fold cluster counts into class counts through a mapping.
 
@@ -286,24 +306,28 @@ def scores(class_conf: np.ndarray) -> dict[str, Any]:
 
 
 def evaluate_confusion(
-    conf: np.ndarray, match: Literal["hungarian", "majority"] = "hungarian"
+    conf: np.ndarray, match: Literal["auto", "hungarian", "majority"] = "hungarian"
 ) -> dict[str, Any]:
     """Match clusters to classes and score, in one call.
 
     Args:
         conf: ``(n_clusters, n_classes)`` counts, e.g. ``ConfusionAccumulator.matrix``.
-        match: ``"hungarian"`` (one-to-one) or ``"majority"`` (many-to-one by IoU).
+        match: ``"hungarian"`` (one-to-one), ``"majority"`` (many-to-one by IoU)
+            or ``"auto"`` (:func:`resolve_match`).
 
     Returns:
-        The :func:`scores` dict plus ``match`` (str) and ``mapping`` (list of
-        ``n_clusters`` ints, ``-1`` = unmatched); all JSON-serialisable.
+        The :func:`scores` dict plus ``match`` (str, the matching used: never
+        ``auto``) and ``mapping`` (list of ``n_clusters`` ints, ``-1`` =
+        unmatched); all JSON-serialisable.
     """
+    if match == "auto":
+        match = resolve_match(match, *_as_conf(conf).shape)
     if match == "hungarian":
         mapping = hungarian_match(conf)
     elif match == "majority":
         mapping = majority_match(conf)
     else:
-        raise ValueError(f"match must be 'hungarian' or 'majority', got {match!r}")
+        raise ValueError(f"match must be 'auto', 'hungarian' or 'majority', got {match!r}")
     result = scores(class_confusion(conf, mapping))
     result["match"] = match
     result["mapping"] = [int(m) for m in mapping]

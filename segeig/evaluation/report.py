@@ -20,7 +20,8 @@ from segeig.atomic import atomic_write
 from segeig.evaluation.scoring import EvaluationResult, Scores
 from segeig.viz import colorize, comparison_grid, confusion_plot, legend_image
 
-__all__ = ["REPORT_FILES", "format_table", "write_json", "write_report"]
+__all__ = ["REPORT_FILES", "format_table", "map_origin", "match_description", "write_json",
+           "write_report"]
 
 #: File names written by :func:`write_report` inside its directory.
 REPORT_FILES = {
@@ -62,6 +63,35 @@ def _rows(result: EvaluationResult) -> list[tuple[str, str, str]]:
     ]
 
 
+def match_description(result: EvaluationResult) -> str:
+    """``"majority"``, ``"auto → majority"`` or ``"fixed (stored class map)"``."""
+    used = result.match_used or result.match
+    if result.match == "fixed":
+        return "fixed (stored class map)"
+    return f"auto → {used}" if result.match == "auto" else used
+
+
+def _match_rows(result: EvaluationResult) -> list[tuple[str, ...]]:
+    """One row per matching (scores of the same predictions), the one used marked."""
+    used = result.match_used or result.match
+    rows = []
+    pairs = dict(result.by_match())
+    if result.match == "fixed":
+        pairs = {"fixed": (result.scores, result.scores_crf), **pairs}
+    for match, pair in pairs.items():
+        name = f"{match} (used)" if match == used else match
+        if pair is None:
+            rows.append((name, "n/a: fewer segments than classes", "", "", ""))
+            continue
+        raw, crf = pair
+        rows.append((name, _fmt(raw.miou), _fmt(raw.pixel_acc),
+                     _fmt(crf.miou) if crf else "off", _fmt(crf.pixel_acc) if crf else "off"))
+    return rows
+
+
+_MATCH_HEADER = ("matching", "mIoU", "pixel acc.", "mIoU CRF", "pixel acc. CRF")
+
+
 def _timing_rows(result: EvaluationResult) -> list[tuple[str, str, str]]:
     total = result.timing.get("total", result.seconds) or 1.0
     return [(k, f"{v:.2f}", f"{100 * v / total:.0f}%")
@@ -87,10 +117,14 @@ def format_table(result: EvaluationResult, per_class_limit: int = 40) -> str:
     p = result.protocol
     lines = [
         f"{p.dataset} {result.split}: {result.n_images} images, {result.num_classes} classes; "
-        f"method {result.method} ({result.n_segments} segments), {result.match} matching",
+        f"method {result.method} ({result.n_segments} segments), "
+        f"{match_description(result)} matching",
         f"protocol {p.describe()}",
+        *([f"stored class map: {map_origin(result)}"] if result.match == "fixed" else []),
         "",
         _table(("metric", "no CRF", "CRF"), _rows(result)),
+        "",
+        _table(_MATCH_HEADER, _match_rows(result)),
     ]
     if result.num_classes <= per_class_limit:
         crf = result.scores_crf
@@ -155,7 +189,8 @@ def write_report(result: EvaluationResult, out_dir: str | os.PathLike,
     paths: dict[str, Path] = {}
     data = {**(meta or {}), **result.to_dict()}
     paths["json"] = write_json(out / REPORT_FILES["json"], data)
-    title = f"{result.protocol.dataset} {result.protocol.name}, {result.method}, {result.match}"
+    title = (f"{result.protocol.dataset} {result.protocol.name}, {result.method}, "
+             f"{result.match_used or result.match}")
     confusion_plot(result.scores.class_confusion, result.class_names,
                    out / REPORT_FILES["confusion"], title=f"{title} (no CRF)")
     paths["confusion"] = out / REPORT_FILES["confusion"]
@@ -180,7 +215,7 @@ def _markdown(result: EvaluationResult, meta: dict[str, Any], paths: dict[str, P
     p, crf = result.protocol, result.scores_crf
     settings = [("dataset", f"{p.dataset} ({result.split})"), ("protocol", p.describe()),
                 ("method", f"{result.method} ({result.n_segments} segments)"),
-                ("matching", result.match), ("images", str(result.n_images)),
+                ("matching", match_description(result)), ("images", str(result.n_images)),
                 ("classes", str(result.num_classes))]
     settings += [(k, f"`{v}`") for k, v in meta.items()]
     per = [(str(i), name, _fmt(iou), _fmt(crf.per_class_iou[i]) if crf else "off")
@@ -190,8 +225,13 @@ def _markdown(result: EvaluationResult, meta: dict[str, Any], paths: dict[str, P
         f"# Evaluation: {p.dataset} / {p.name} / {result.method}", "",
         _md_table(("setting", "value"), settings), "",
         "## Scores", "",
-        "Each column has its own cluster→class mapping, fitted on its own predictions.", "",
+        _scores_note(result), "",
         _md_table(("metric", "no CRF", "CRF"), _rows(result)), "",
+        "## Scores under each matching", "",
+        "The same predictions matched one-to-one (hungarian: clusters beyond the number of "
+        "classes count as wrong) and many-to-one (majority: each cluster goes to the class "
+        "it overlaps most, by IoU).", "",
+        _md_table(_MATCH_HEADER, _match_rows(result)), "",
         "## Per-class IoU", "",
         "`-` = class neither present in the ground truth nor predicted (left out of the mean).",
         "", _md_table(("id", "class", "IoU", "IoU CRF"), per), "",
@@ -213,3 +253,25 @@ def _markdown(result: EvaluationResult, meta: dict[str, Any], paths: dict[str, P
     parts += ["", f"All numbers, the mappings and the raw confusion matrices: "
               f"[{paths['json'].name}]({paths['json'].name})", ""]
     return "\n".join(parts)
+
+
+def map_origin(result: EvaluationResult) -> str:
+    """Where a ``fixed`` evaluation's stored map came from, in words ("" otherwise)."""
+    if result.match != "fixed":
+        return ""
+    source = (result.class_map or {}).get("source", {})
+    if source.get("kind") == "names":
+        return f"named by hand ({source.get('file', 'a names file')})"
+    used = source.get("match_used", {})
+    used = used.get(result.method, "") if isinstance(used, dict) else ""
+    return (f"fitted on {source.get('dataset', '?')} {source.get('split', '?')} "
+            f"({source.get('n_images', '?')} images, {source.get('protocol', '?')} protocol, "
+            f"{used or source.get('match', '?')} matching)")
+
+
+def _scores_note(result: EvaluationResult) -> str:
+    if result.match == "fixed":
+        return ("Both columns use the checkpoint's stored cluster→class map, not refitted on "
+                f"these predictions: {map_origin(result)}.")
+    return ("Matching: " + match_description(result) + ". Each column has its own "
+            "cluster→class mapping, fitted on its own predictions.")

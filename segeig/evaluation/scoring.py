@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,7 +23,13 @@ import torch
 
 from segeig.crf import CRFPool
 from segeig.data import SegDataset
-from segeig.evaluation.metrics import ConfusionAccumulator, class_confusion, evaluate_confusion
+from segeig.evaluation.metrics import (
+    FITTED_MATCHES,
+    ConfusionAccumulator,
+    class_confusion,
+    evaluate_confusion,
+    scores,
+)
 from segeig.evaluation.protocols import Prepared, Protocol
 from segeig.resample import pixel_argmax, pixel_probs
 from segeig.viz import make_palette
@@ -48,6 +54,8 @@ class Scores:
             nor predicted.
         mapping: ``S`` ints, cluster → class (``-1`` = unmatched, always wrong).
         confusion: int64 ``S×C`` cluster × class pixel counts.
+        match: the matching that gave ``mapping``: ``hungarian``, ``majority``
+            (fitted on ``confusion``) or ``fixed`` (given, e.g. a checkpoint's map).
     """
 
     miou: float
@@ -55,12 +63,23 @@ class Scores:
     per_class_iou: list[float]
     mapping: list[int]
     confusion: np.ndarray
+    match: str = ""
 
     @classmethod
     def from_confusion(cls, confusion: np.ndarray, match: str) -> Scores:
+        """Fit ``match`` (``auto``, ``hungarian`` or ``majority``) on the counts and score."""
         found = evaluate_confusion(confusion, match)  # type: ignore[arg-type]
         return cls(found["miou"], found["pixel_acc"], found["per_class_iou"],
-                   found["mapping"], np.array(confusion, dtype=np.int64))
+                   found["mapping"], np.array(confusion, dtype=np.int64), found["match"])
+
+    @classmethod
+    def from_mapping(cls, confusion: np.ndarray, mapping: Sequence[int],
+                     match: str = "fixed") -> Scores:
+        """Score the counts through a given ``S`` cluster → class mapping (``-1`` = none)."""
+        mapping = np.asarray(mapping, dtype=np.int64)
+        found = scores(class_confusion(confusion, mapping))
+        return cls(found["miou"], found["pixel_acc"], found["per_class_iou"],
+                   [int(m) for m in mapping], np.array(confusion, dtype=np.int64), match)
 
     @property
     def class_confusion(self) -> np.ndarray:
@@ -93,7 +112,13 @@ class Example:
 
 @dataclass
 class EvaluationResult:
-    """Everything one evaluation produced. :meth:`to_dict` is the JSON form."""
+    """Everything one evaluation produced. :meth:`to_dict` is the JSON form.
+
+    ``match`` is the matching asked for (``auto``, ``hungarian``, ``majority``
+    or ``fixed``), ``match_used`` the one that gave the scores (``auto``
+    resolved); ``class_map`` describes the stored map a ``fixed`` evaluation
+    used (its ``source``), else None.
+    """
 
     protocol: Protocol
     split: str
@@ -110,15 +135,40 @@ class EvaluationResult:
     examples: list[Example] = field(default_factory=list)
     #: The working resolution images were predicted at (``short``, ``max_long``).
     resolution: dict[str, int] | None = None
+    match_used: str = ""
+    class_map: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def by_match(self) -> dict[str, tuple[Scores, Scores | None] | None]:
+        """The same confusion matrices scored under every fitted matching.
+
+        Returns:
+            ``{"hungarian": (scores, CRF scores or None), "majority": (...)}``;
+            ``hungarian`` is None when there are fewer segments than classes.
+        """
+        out: dict[str, tuple[Scores, Scores | None] | None] = {}
+        for match in FITTED_MATCHES:
+            if match == "hungarian" and self.n_segments < self.num_classes:
+                out[match] = None
+                continue
+            crf = self.scores_crf
+            out[match] = (Scores.from_confusion(self.scores.confusion, match),
+                          Scores.from_confusion(crf.confusion, match) if crf else None)
+        return out
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (NaN → None); see docs/evaluation.md for the schema."""
         names = unique_names(self.class_names)
         crf = self.scores_crf
+        by_match = {
+            match: None if pair is None else {
+                "miou": _num(pair[0].miou), "pixel_acc": _num(pair[0].pixel_acc),
+                "miou_crf": _num(pair[1].miou) if pair[1] else None,
+                "pixel_acc_crf": _num(pair[1].pixel_acc) if pair[1] else None}
+            for match, pair in self.by_match().items()}
         return {
             "dataset": self.protocol.dataset,
             "split": self.split,
@@ -127,6 +177,8 @@ class EvaluationResult:
             "working_resolution": self.resolution,
             "method": self.method,
             "match": self.match,
+            "match_used": self.match_used or self.match,
+            "class_map": self.class_map,
             "n_images": self.n_images,
             "n_segments": self.n_segments,
             "num_classes": self.num_classes,
@@ -138,6 +190,7 @@ class EvaluationResult:
             "pixel_acc_crf": _num(crf.pixel_acc) if crf else None,
             "per_class_iou_crf": (dict(zip(names, map(_num, crf.per_class_iou), strict=True))
                                   if crf else None),
+            "by_match": by_match,
             "mapping": list(self.scores.mapping),
             "mapping_crf": list(crf.mapping) if crf else None,
             "confusion": self.scores.confusion.tolist(),
@@ -244,8 +297,13 @@ class GridScorer:
                 example.pred_crf = refined.astype(np.int32)
 
     def result(self, dataset: SegDataset, protocol: Protocol, method: str, match: str,
-               n_images: int, start: float) -> EvaluationResult:
-        """Match clusters to classes and package everything (call after :meth:`drain`)."""
+               n_images: int, start: float, mapping: Sequence[int] | None = None,
+               class_map: dict[str, Any] | None = None) -> EvaluationResult:
+        """Match clusters to classes and package everything (call after :meth:`drain`).
+
+        ``match`` ``fixed`` scores through ``mapping`` (``S`` ints, ``-1`` = no
+        class) instead of fitting one; ``class_map`` says where it came from.
+        """
         seconds = time.perf_counter() - start
         timing = dict(self.timer.seconds)
         timing["other"] = max(0.0, seconds - sum(timing.values()))
@@ -254,11 +312,20 @@ class GridScorer:
         names = list(dataset.class_names or [f"class {i}" for i in range(n_classes)])
         palette = dataset.palette if dataset.palette is not None else make_palette(n_classes)
         crf = self.acc_crf
+
+        def score(confusion: np.ndarray) -> Scores:
+            if match == "fixed":
+                if mapping is None:
+                    raise ValueError("match 'fixed' needs the mapping to score with")
+                return Scores.from_mapping(confusion, mapping)
+            return Scores.from_confusion(confusion, match)
+
+        raw = score(self.acc.matrix.copy())
         return EvaluationResult(
             protocol=protocol, split=dataset.split, method=method, match=match,
             class_names=names, palette=np.asarray(palette, dtype=np.uint8),
             n_images=n_images, n_segments=self.acc.matrix.shape[0],
-            scores=Scores.from_confusion(self.acc.matrix.copy(), match),
-            scores_crf=Scores.from_confusion(crf.matrix.copy(), match) if crf else None,
+            scores=raw, scores_crf=score(crf.matrix.copy()) if crf else None,
             timing=timing, seconds=seconds, examples=self.examples,
+            match_used=raw.match, class_map=class_map,
         )

@@ -78,7 +78,7 @@ def evaluate_spectral_dataset(
     dataset: SegDataset,
     protocol: Protocol | str | None = None,
     n_clusters: int | None = None,
-    match: str = "hungarian",
+    match: str = "auto",
     crf: bool = True,
     max_images: int | None = None,
     progress: Callable[..., Iterable] | None = None,
@@ -123,6 +123,9 @@ def evaluate_spectral_dataset(
     if not isinstance(protocol, Protocol):
         protocol = resolve_protocol(protocol, dataset.name)
     n_classes = check_dataset(dataset, protocol, match)
+    if match == "fixed":
+        raise ValueError("spectral-dataset clusters are made afresh for every evaluated set, so "
+                         "no stored class map fits them; use --match auto|hungarian|majority")
     n_clusters = n_clusters or n_classes
     check_segments(METHOD, n_clusters, n_classes, match)
     check_crf_available(crf)

@@ -75,6 +75,24 @@ def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """Small JSON of printable strings: what a class map's ``source`` may hold (it is
+    printed by ``segeig info`` and reports, so no control characters)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return len(value) <= 1000 and value.isprintable()
+    if depth >= 3:
+        return False
+    if isinstance(value, list):
+        return len(value) <= 100 and all(_plain_json(v, depth + 1) for v in value)
+    if isinstance(value, Mapping):
+        return len(value) <= 100 and all(isinstance(k, str) and _plain_json(k, depth + 1)
+                                         and _plain_json(v, depth + 1)
+                                         for k, v in value.items())
+    return False
+
+
 @dataclass(eq=False)
 class ClassMap:
     """Cluster → class maps of a labelled checkpoint (its JSON ``"classes"`` section).
@@ -139,8 +157,9 @@ class ClassMap:
                                       f"outside 0..{n - 1} and is not {UNASSIGNED} (unassigned)")
             maps[method] = table.astype(np.uint8)
         self.maps = maps
-        if not isinstance(self.source, Mapping):
-            raise CheckpointError("class map: 'source' must be a JSON object")
+        if not isinstance(self.source, Mapping) or not _plain_json(self.source):
+            raise CheckpointError("class map: 'source' must be a JSON object of numbers and "
+                                  "short printable strings")
 
     @classmethod
     def from_dict(cls, section: Any) -> ClassMap:

@@ -230,33 +230,6 @@ class ClassMap:
         colours[: len(self.names)] = self.palette
         return colours
 
-    def mapping_to(self, method: str, class_names: Sequence[str]) -> np.ndarray:
-        """``method``'s map as indices into another class list (matched by name).
-
-        Returns:
-            int64 ``(S,)``: index in ``class_names`` of each cluster's class,
-            ``-1`` for unassigned clusters.
-
-        Raises:
-            ValueError: a stored class name is not in ``class_names``, or one
-                name stands for several classes there.
-        """
-        table = self.lookup(method)
-        if list(self.names) == list(class_names):
-            index = np.arange(len(self.names))
-        else:
-            where = {name: i for i, name in enumerate(class_names)}
-            used = sorted({self.names[c] for c in table if c != UNASSIGNED})
-            missing = [name for name in used if name not in where]
-            if missing:
-                raise ValueError(f"the stored class map names classes that are not among the "
-                                 f"dataset's: {', '.join(map(repr, missing[:10]))}")
-            if len(where) != len(class_names):
-                raise ValueError("the dataset's class names repeat, so a stored map cannot be "
-                                 "matched to them by name")
-            index = np.array([where.get(name, -1) for name in self.names])
-        return np.where(table == UNASSIGNED, -1, index[np.minimum(table, len(index) - 1)])
-
 
 def class_map_of(document: Mapping[str, Any], segments: Mapping[str, int]) -> ClassMap | None:
     """The checkpoint's :class:`ClassMap` (validated against the model), or None without one.

@@ -84,6 +84,24 @@ def _int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _plain_json(value: Any, depth: int = 0) -> bool:
+    """Small JSON of printable strings: what a class map's ``source`` may hold (it is
+    printed by ``segeig info`` and reports, so no control characters)."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return len(value) <= 1000 and value.isprintable()
+    if depth >= 3:
+        return False
+    if isinstance(value, list):
+        return len(value) <= 100 and all(_plain_json(v, depth + 1) for v in value)
+    if isinstance(value, Mapping):
+        return len(value) <= 100 and all(isinstance(k, str) and _plain_json(k, depth + 1)
+                                         and _plain_json(v, depth + 1)
+                                         for k, v in value.items())
+    return False
+
+
 @dataclass(eq=False)
 class ClassMap:
     """Cluster → class maps of a labelled checkpoint (its JSON ``"classes"`` section).
@@ -148,8 +166,9 @@ class ClassMap:
                                       f"outside 0..{n - 1} and is not {UNASSIGNED} (unassigned)")
             maps[method] = table.astype(np.uint8)
         self.maps = maps
-        if not isinstance(self.source, Mapping):
-            raise CheckpointError("class map: 'source' must be a JSON object")
+        if not isinstance(self.source, Mapping) or not _plain_json(self.source):
+            raise CheckpointError("class map: 'source' must be a JSON object of numbers and "
+                                  "short printable strings")
 
     @classmethod
     def from_dict(cls, section: Any) -> ClassMap:
@@ -219,33 +238,6 @@ class ClassMap:
         colours = np.zeros((256, 3), dtype=np.uint8)
         colours[: len(self.names)] = self.palette
         return colours
-
-    def mapping_to(self, method: str, class_names: Sequence[str]) -> np.ndarray:
-        """``method``'s map as indices into another class list (matched by name).
-
-        Returns:
-            int64 ``(S,)``: index in ``class_names`` of each cluster's class,
-            ``-1`` for unassigned clusters.
-
-        Raises:
-            ValueError: a stored class name is not in ``class_names``, or one
-                name stands for several classes there.
-        """
-        table = self.lookup(method)
-        if list(self.names) == list(class_names):
-            index = np.arange(len(self.names))
-        else:
-            where = {name: i for i, name in enumerate(class_names)}
-            used = sorted({self.names[c] for c in table if c != UNASSIGNED})
-            missing = [name for name in used if name not in where]
-            if missing:
-                raise ValueError(f"the stored class map names classes that are not among the "
-                                 f"dataset's: {', '.join(map(repr, missing[:10]))}")
-            if len(where) != len(class_names):
-                raise ValueError("the dataset's class names repeat, so a stored map cannot be "
-                                 "matched to them by name")
-            index = np.array([where.get(name, -1) for name in self.names])
-        return np.where(table == UNASSIGNED, -1, index[np.minimum(table, len(index) - 1)])
 
 
 def class_map_of(document: Mapping[str, Any], segments: Mapping[str, int]) -> ClassMap | None:

@@ -279,6 +279,8 @@ def _section(**changes):
     ({"maps": {"kmeans": [0] * 8}}, "does not have"),
     ({"maps": {}}, "at least one method"),
     ({"extra": 1}, "unknown keys"),
+    ({"source": {"dataset": "x\x1b[2J"}}, "printable strings"),
+    ({"source": [1]}, "must be a JSON object"),
 ])
 def test_malformed_class_sections_are_refused(tiny_model, tmp_path, changes, message):
     path = save_checkpoint(tmp_path / "c", tiny_model, extra={"classes": _section(**changes)})

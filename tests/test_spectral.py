@@ -257,7 +257,10 @@ def test_spectral_dataset_recovers_known_classes(halves):
                                      crf=False, kernel_config=KernelConfig(k_feat=16)
                                      ).scores.miou > 90
     with pytest.raises(ValueError, match="at least as many segments as classes"):
-        evaluate_spectral_dataset(segmenter, dataset, n_clusters=3, crf=False)
+        evaluate_spectral_dataset(segmenter, dataset, n_clusters=3, match="hungarian",
+                                  crf=False)
+    with pytest.raises(ValueError, match="no stored class map fits them"):
+        evaluate_spectral_dataset(segmenter, dataset, match="fixed", crf=False)
 
 
 def test_spectral_dataset_without_pydensecrf_fails_before_any_work(halves, monkeypatch):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from segeig.checkpoint import UNASSIGNED
 from segeig.config import WorkingResolution, to_dict
 from segeig.crf import CRFParams, CRFPool, require_pydensecrf
 from segeig.data import SegDataset
@@ -143,9 +144,24 @@ def stored_mapping(segmenter: Segmenter, method: str, class_names: list[str]
         raise ValueError("--match fixed scores with the checkpoint's stored class map, but "
                          "this checkpoint has none; fit one with `segeig label` first, or "
                          "use --match auto|hungarian|majority")
-    mapping = class_map.mapping_to(method, class_names)
-    return [int(m) for m in mapping], {"names": list(class_map.names),
-                                       "source": dict(class_map.source)}
+    table = class_map.lookup(method)
+    stored = list(class_map.names)
+    if stored == list(class_names):
+        index = list(range(len(stored)))
+    else:
+        # A map named by hand, or fitted with another class set: match classes by name.
+        where = {name: i for i, name in enumerate(class_names)}
+        used = sorted({stored[c] for c in table.tolist() if c != UNASSIGNED})
+        missing = [name for name in used if name not in where]
+        if missing:
+            raise ValueError(f"the stored class map names classes that are not among the "
+                             f"dataset's: {', '.join(map(repr, missing[:10]))}")
+        if len(where) != len(class_names):
+            raise ValueError("the dataset's class names repeat, so a stored map cannot be "
+                             "matched to them by name")
+        index = [where.get(name, -1) for name in stored]
+    mapping = [-1 if c == UNASSIGNED else index[c] for c in table.tolist()]
+    return mapping, {"names": stored, "source": dict(class_map.source)}
 
 
 def evaluate(

@@ -33,10 +33,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["cell_candidates", "interp_matrix", "pixel_argmax", "pixel_probs"]
+__all__ = ["cell_candidates", "interp_matrix", "pixel_argmax", "pixel_labels", "pixel_probs"]
 
 #: Elements (rows·W·S) resampled at once; bounds memory to ~64 MiB of float32.
 BAND_ELEMENTS = 1 << 24
+#: Output pixels :func:`pixel_labels` resolves at once (its int64 temporaries: ~64 MiB).
+BAND_PIXELS = 1 << 22
 
 
 def interp_matrix(n_out: int, n_in: int, ratio: float, device: torch.device | str = "cpu"
@@ -215,6 +217,42 @@ def pixel_argmax(scores: torch.Tensor, patch: int, in_size: tuple[int, int],
     frac_x[cj, ox] = fx
     blocks = _ragged_argmax(torch.stack(quad, -1), groups, frac_y, frac_x)
     return blocks[ci[:, None] * nw + cj[None, :], oy[:, None], ox[None, :]]
+
+
+def pixel_labels(scores: torch.Tensor, patch: int, size: tuple[int, int],
+                 band_pixels: int = BAND_PIXELS) -> np.ndarray:
+    """:func:`pixel_argmax` at the input's own size, in bands of rows, as a compact array.
+
+    For very large images: :func:`pixel_argmax` returns an int64 map and needs
+    about as much again in temporaries (16 bytes per pixel); here the map is
+    resolved in bands of about ``band_pixels`` pixels, each from the grid rows
+    it reads, into an array of 1 or 2 bytes per pixel. The result equals
+    :func:`pixel_argmax` (bands start on patch rows and see one grid row more
+    on each side, so every pixel reads the same grid points).
+
+    Args:
+        scores: ``S×h×w`` float scores of one image on its patch grid.
+        patch: patch size p.
+        size: ``(H, W)`` of the image the grid belongs to (``h = ceil(H/p)``).
+        band_pixels: pixels per band (at least one patch row is taken).
+
+    Returns:
+        ``H×W`` segment ids in ``[0, S)``: uint8 when S ≤ 256, uint16 when
+        S ≤ 65536, else int32.
+    """
+    n_seg, grid_h, _ = scores.shape
+    height, width = size
+    dtype = np.uint8 if n_seg <= 256 else np.uint16 if n_seg <= 65536 else np.int32
+    out = np.empty((height, width), dtype)
+    rows = max(patch, max(1, band_pixels // max(width, 1)) // patch * patch)
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        g0 = max(r0 // patch - 1, 0)
+        g1 = min(-(-r1 // patch) + 1, grid_h)
+        top, bottom = g0 * patch, min(g1 * patch, height)
+        band = pixel_argmax(scores[:, g0:g1], patch, (bottom - top, width))
+        out[r0:r1] = band[r0 - top : r1 - top].cpu().numpy()
+    return out
 
 
 def pixel_probs(scores: torch.Tensor, patch: int, in_size: tuple[int, int],

@@ -16,12 +16,12 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import numpy as np
 
 from segeig.data.files import is_image_file, list_images
-from segeig.imageio import ImageReadError, read_image
+from segeig.data.workers import ordered_map
+from segeig.imageio import DEFAULT_MAX_PIXELS, ImageReadError, image_size, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +207,7 @@ def select_shard(files: Sequence[InputFile], index: int, count: int) -> list[Inp
 
 
 class _Decode:
-    """Map-style dataset: index → ``(index, uint8 H×W×3 tensor | None, failure reason | None)``."""
+    """Picklable decoder: index → ``(index, uint8 H×W×3 array | None, failure reason | None)``."""
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
         self.paths = [os.fspath(p) for p in paths]
@@ -215,48 +215,53 @@ class _Decode:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
-        import torch
-
+    def __call__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
-            # A tensor crosses the worker pipe through shared memory, an array by pickle.
-            image = np.require(read_image(self.paths[index]), requirements=["W"])
-            return index, torch.from_numpy(image), None
+            # A numpy array crosses the worker pipe as a plain pickle, never through
+            # /dev/shm (a torch tensor would, and Docker's 64 MB fills with 2 photos).
+            return index, read_image(self.paths[index]), None
         except ImageReadError as err:
             return index, None, err.reason
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the run
             return index, None, f"{type(err).__name__}: {err}"
 
-
-def _identity(item: Any) -> Any:
-    return item
+    def pixels(self, index: int) -> int:
+        """Pixels the image at ``index`` decodes to (0 when its header is unreadable)."""
+        try:
+            width, height = image_size(self.paths[index])
+        except ImageReadError:
+            return 0  # the worker reports why
+        return width * height
 
 
 def decode_images(
-    paths: Sequence[str | os.PathLike[str]], workers: int = 0,
+    paths: Sequence[str | os.PathLike[str]],
+    workers: int = 0,
+    max_pixels_in_flight: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Read images with :func:`segeig.imageio.read_image`, in worker processes.
 
     Args:
         paths: image files.
-        workers: DataLoader worker processes; 0 reads in this process. At most
+        workers: worker processes; 0 reads in this process. At most
             ``2·workers`` decoded images wait in memory.
+        max_pixels_in_flight: images are handed to workers only while the
+            pixels being decoded, waiting, or held by the caller (the last one
+            yielded) sum to at most this (read from the headers): decoding
+            costs ~7 bytes per pixel, so four workers on four 100 MP images
+            would otherwise need ~3 GB at once. A larger image is decoded alone.
 
     Yields:
         ``(index into paths, H×W×3 uint8 RGB or None, None or why it failed)``,
-        in the order of ``paths``. A failure never stops the iteration.
-    """
-    dataset = _Decode(paths)
-    if workers == 0 or len(paths) <= 1:
-        for i in range(len(dataset)):
-            index, image, reason = dataset[i]
-            yield index, None if image is None else image.numpy(), reason
-        return
-    import torch
+        in the order of ``paths``. A failure to read one file never stops the
+        iteration.
 
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=min(workers, len(paths)),
-        collate_fn=_identity, prefetch_factor=2,
-    )
-    for index, image, reason in loader:
-        yield index, None if image is None else image.numpy(), reason
+    Raises:
+        segeig.data.workers.WorkerError: a worker process died (e.g. killed
+            for memory) or could not return an image; raised at once.
+    """
+    decode = _Decode(paths)
+    if len(paths) <= 1:
+        workers = 0
+    yield from ordered_map(decode, range(len(paths)), workers, cost=decode.pixels,
+                           budget=max_pixels_in_flight, what="decoding worker")

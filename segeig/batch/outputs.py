@@ -38,6 +38,9 @@ __all__ = [
 
 SUBDIRS = {"labels": "labels", "overlay": "overlays", "probs": "probs"}
 
+#: Pixels of an overlay blended at once (bounds its temporaries to ~40 MB).
+_OVERLAY_BAND_PIXELS = 1 << 20
+
 
 class OutputPathError(ValueError):
     """An output path would escape the output directory."""
@@ -120,7 +123,18 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike[
         palette: uint8 ``S×3`` RGB.
         alpha: colour weight in ``[0, 1]``.
     """
-    blended = Image.fromarray(overlay(image, labels, palette, alpha=alpha, ignore_index=None))
+    height = image.shape[0]
+    blended_rows = np.empty_like(image)
+    # In bands of rows (plus one row below, which the boundary test reads):
+    # overlay's float temporaries cost ~40 bytes per pixel of what it is given.
+    step = max(1, _OVERLAY_BAND_PIXELS // max(image.shape[1], 1))
+    for top in range(0, height, step):
+        bottom = min(top + step, height)
+        part = overlay(image[top : bottom + 1], labels[top : bottom + 1], palette, alpha=alpha,
+                       ignore_index=None)
+        blended_rows[top:bottom] = part[: bottom - top]
+    blended = Image.fromarray(blended_rows)
+    del blended_rows
     suffix = Path(path).suffix.lower()
     if suffix in (".jpg", ".jpeg"):
         atomic_write(path, lambda f: blended.save(f, format="JPEG", quality=90))

@@ -39,7 +39,7 @@ from segeig.config import DEFAULT_MAX_SIDE
 from segeig.crf import CRFParams, CRFPool
 from segeig.imageio import MAX_SEGMENTS, save_segments
 from segeig.predictor import Segmenter
-from segeig.resample import pixel_argmax, pixel_probs
+from segeig.resample import pixel_labels, pixel_probs
 from segeig.transforms import to_tensor
 from segeig.viz import make_palette
 
@@ -208,8 +208,8 @@ class _Run:
             if self.opt.save_probs:
                 job.scores = scores.to(torch.float16).cpu().numpy()
             if self.crf_pool is None:
-                labels = pixel_argmax(scores, self.seg.patch_size, size)
-                self.write(job, labels.to(torch.int32).cpu().numpy())
+                # Banded, 1-2 bytes per pixel: a 121 MP image stays within memory.
+                self.write(job, pixel_labels(scores, self.seg.patch_size, size))
                 return
             scale = min(1.0, math.sqrt(self.opt.crf_max_pixels / (size[0] * size[1])))
             crf_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))

@@ -16,13 +16,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from segeig.crf import CRFParams, CRFPool, require_pydensecrf
 from segeig.data import SegDataset
+from segeig.data.workers import ordered_map
 from segeig.evaluation.protocols import Prepared, Protocol, prepare, resolve_protocol
 from segeig.evaluation.scoring import (
     EvaluationResult,
@@ -40,7 +39,7 @@ __all__ = ["MATCHES", "check_crf_available", "check_dataset", "check_segments", 
 MATCHES = ("hungarian", "majority")
 
 
-class _PreparedView(Dataset):
+class _PreparedView:
     # Reads with SegDataset.load (a Sample, whatever transform the dataset
     # carries) and sizes it for the protocol, inside DataLoader workers if any.
     def __init__(self, dataset: SegDataset, protocol: Protocol, n: int) -> None:
@@ -53,18 +52,16 @@ class _PreparedView(Dataset):
         return prepare(self.dataset.load(index), self.protocol)
 
 
-def _identity(item: Any) -> Any:
-    return item
-
-
 def prepared_samples(dataset: SegDataset, protocol: Protocol, n: int, workers: int
                      ) -> Iterable[Prepared]:
-    """The first ``n`` samples sized for ``protocol``, read in ``workers`` processes."""
+    """The first ``n`` samples sized for ``protocol``, read in ``workers`` processes.
+
+    Samples are numpy arrays sent back through a pipe (never ``/dev/shm``); a
+    worker that dies or cannot send its sample raises
+    :class:`segeig.data.workers.WorkerError` at once instead of hanging.
+    """
     view = _PreparedView(dataset, protocol, n)
-    if workers <= 0:
-        return (view[i] for i in range(n))
-    return DataLoader(view, batch_size=None, shuffle=False, num_workers=workers,
-                      collate_fn=_identity, prefetch_factor=2)
+    return ordered_map(view.__getitem__, range(n), max(workers, 0), what="data worker")
 
 
 def _batched(samples: Iterable[Prepared], size: int, single_pass: Callable[[Prepared], bool]

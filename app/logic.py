@@ -18,9 +18,8 @@ import numpy as np
 from PIL import Image
 
 from segeig.cluster import MergeResult, merge_label_map, segment_profiles
-from segeig.imageio import ImageReadError, read_image, save_segments
+from segeig.imageio import ImageReadError, PixelBudget, image_size, read_image, save_segments
 from segeig.predictor import Segmenter
-from segeig.transforms import limit_side
 from segeig.viz import eigenfunction_grid, legend_image, make_palette, overlay
 
 logger = logging.getLogger(__name__)
@@ -65,8 +64,21 @@ def safe_stem(name: str, limit: int = 60) -> str:
 
 
 # -- inputs -------------------------------------------------------------------
-def read_upload(path: str | Path, max_side: int) -> tuple[np.ndarray, str | None]:
+#: Pixels decoded at once by all requests together. Decoding holds ~7 bytes per
+#: pixel until the image is downscaled, so two 67 MP PNG bombs arriving together
+#: take turns instead of needing ~1 GB at once; JPEGs decode at reduced size.
+DECODE_BUDGET = PixelBudget(MAX_PIXELS)
+#: A request waiting longer than this for the decoding budget is turned away.
+DECODE_WAIT_S = 60.0
+
+
+def read_upload(path: str | Path, max_side: int,
+                budget: PixelBudget | None = None) -> tuple[np.ndarray, str | None]:
     """Read an uploaded image, downscaled so its longer side is at most ``max_side``.
+
+    The image is decoded straight to that size where the format allows (JPEG)
+    and otherwise reduced right after decoding, while holding its pixels of
+    ``budget`` (default :data:`DECODE_BUDGET`, shared by all requests).
 
     Returns:
         ``(image H×W×3 uint8, notice)``; ``notice`` says how the image was
@@ -74,22 +86,30 @@ def read_upload(path: str | Path, max_side: int) -> tuple[np.ndarray, str | None
 
     Raises:
         UserError: the file is not a readable image (the message names the
-            upload by its own name only).
+            upload by its own name only), or the server is too busy decoding.
     """
     name = display_name(path)
+    budget = budget or DECODE_BUDGET
     try:
-        image = read_image(path, max_pixels=MAX_PIXELS)
+        width, height = image_size(path)
+        if width * height > MAX_PIXELS:  # refused from the header, before any decoding
+            raise UserError(f"{name}: {width}×{height} pixels is more than this demo reads "
+                            f"({MAX_PIXELS} pixels); downscale it first")
+        with budget.hold(width * height, timeout=DECODE_WAIT_S):
+            image = read_image(path, max_pixels=MAX_PIXELS, max_side=max_side)
     except ImageReadError as err:
         raise UserError(f"{name}: {safe_message(err.reason)}") from err
-    # Decoders may hand out read-only buffers; torch and pydensecrf want writable ones.
-    image = np.require(image, np.uint8, ["C", "W"])
-    height, width = image.shape[:2]
+    except TimeoutError:
+        raise UserError(f"{name}: the server is busy reading other images; try again in a "
+                        "minute.") from None
+    small_h, small_w = image.shape[:2]
+    if (small_w > small_h) != (width > height) and width != height:
+        width, height = height, width  # EXIF orientation turned it
     if max(height, width) <= max_side:
         return image, None
-    small = limit_side(image, max_side)
     notice = (f"{name} was downscaled from {width}×{height} to "
-              f"{small.shape[1]}×{small.shape[0]} (max side {max_side} px)")
-    return small, notice
+              f"{small_w}×{small_h} (max side {max_side} px)")
+    return image, notice
 
 
 def available_methods(seg: Segmenter) -> list[str]:

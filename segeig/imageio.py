@@ -182,9 +182,10 @@ def _open(path: Path, max_pixels: int | None, scale: Callable[[int, int], float]
           ) -> Image.Image:
     """Open and fully decode ``path`` with PIL, mapping every failure to ImageReadError.
 
-    ``scale(width, height)``, when given, is the factor (<= 1) the caller will
-    shrink the image by; JPEGs are then decoded at a reduced size (DCT scaling
-    by 1/2, 1/4 or 1/8) that is still at least the final size.
+    ``scale(width, height)``, when given, is called with the stored size and
+    returns the factor (<= 1) the caller will shrink the image by; JPEGs are
+    then decoded at a reduced size (DCT scaling by 1/2, 1/4 or 1/8) that is
+    still at least the final size.
     """
     im = _open_lazy(path)
     try:
@@ -195,11 +196,10 @@ def _open(path: Path, max_pixels: int | None, scale: Callable[[int, int], float]
                 f"max_pixels={max_pixels} (decompression-bomb guard)",
                 "downscale the image or pass a larger max_pixels",
             )
-        if scale is not None and im.format in ("JPEG", "MPO"):
-            factor = scale(im.width, im.height)
-            if factor < 0.5:
-                im.draft(None, (max(1, math.ceil(im.width * factor)),
-                                max(1, math.ceil(im.height * factor))))
+        factor = 1.0 if scale is None else scale(im.width, im.height)
+        if im.format in ("JPEG", "MPO") and factor < 0.5:
+            im.draft(None, (max(1, math.ceil(im.width * factor)),
+                            max(1, math.ceil(im.height * factor))))
         # Image.open is lazy: without load() a truncated file "opens" fine
         # and only fails (or is silently padded) much later.
         with warnings.catch_warnings():
@@ -404,8 +404,17 @@ def read_image(
         return _target_scale(width, height, max_side, short_side)
 
     im = _open(path, max_pixels, scale if sized else None)
+    target = None  # final size in the stored orientation, (width, height)
+    reduce = 1
+    if full is not None:
+        factor = _target_scale(*full, max_side, short_side)
+        if factor < 1.0:
+            target = (max(1, round(full[0] * factor)), max(1, round(full[1] * factor)))
+            # Box-average by a whole factor while converting, band by band, so the
+            # full-size RGB array never exists; the exact size comes after.
+            reduce = max(1, min(im.width // target[0], im.height // target[1]))
     try:
-        out, turned = _decode_rgb(path, im, apply_exif)
+        out, turned = _decode_rgb(path, im, apply_exif, reduce)
     except (ValueError, OSError) as e:
         if isinstance(e, ImageReadError):
             raise
@@ -413,20 +422,18 @@ def read_image(
                              "convert it to an 8-bit RGB PNG or JPEG") from e
     finally:
         im.close()  # frees the decoder's buffer before the final copies below
-    if sized:
-        width, height = full if full is not None else (out.shape[1], out.shape[0])
-        factor = _target_scale(width, height, max_side, short_side)
-        if factor < 1.0:
-            h, w = (width, height) if turned else (height, width)
-            size = (max(1, round(w * factor)), max(1, round(h * factor)))
-            if (out.shape[1], out.shape[0]) != size:
-                out = cv2.resize(out, size, interpolation=cv2.INTER_AREA)
+    if target is not None:
+        size = target[::-1] if turned else target
+        if (out.shape[1], out.shape[0]) != size:
+            out = cv2.resize(out, size, interpolation=cv2.INTER_AREA)
     return np.require(out, np.uint8, ["C", "W"])
 
 
-def _decode_rgb(path: Path, im: Image.Image, apply_exif: bool) -> tuple[np.ndarray, bool]:
+def _decode_rgb(path: Path, im: Image.Image, apply_exif: bool,
+                reduce: int = 1) -> tuple[np.ndarray, bool]:
     """The loaded ``im`` as an oriented uint8 RGB array (see :func:`read_image`), and
-    whether the orientation swapped its axes."""
+    whether the orientation swapped its axes. ``reduce`` > 1 box-averages by that
+    factor on the way (16-bit colour files excepted: the caller resizes them)."""
     orientation = 1
     if apply_exif:
         try:
@@ -440,40 +447,54 @@ def _decode_rgb(path: Path, im: Image.Image, apply_exif: bool) -> tuple[np.ndarr
     if _is_16bit_colour(path, im):
         out = _read_16bit_colour(path)
     else:
-        out = _pil_to_rgb(path, im)
+        out = _pil_to_rgb(path, im, reduce)
     if orientation != 1:
         out = np.ascontiguousarray(_orient(out, orientation))
     return out, orientation >= 5
 
 
-def _pil_to_rgb(path: Path, im: Image.Image) -> np.ndarray:
-    """Convert a decoded PIL image to uint8 RGB, band by band (no full-size temporaries)."""
+def _pil_to_rgb(path: Path, im: Image.Image, reduce: int = 1) -> np.ndarray:
+    """Convert a decoded PIL image to uint8 RGB, band by band (no full-size temporaries).
+
+    With ``reduce`` > 1 each band is also box-averaged by that factor (PIL's
+    ``reduce``; transparent pixels weighted by their alpha), giving
+    ``ceil(H / reduce) × ceil(W / reduce)``.
+    """
     mode = im.mode
     width, height = im.size
-    out = np.empty((height, width, 3), np.uint8)
+    f = max(1, int(reduce))
+    out = np.empty((-(-height // f), -(-width // f), 3), np.uint8)
+    # Bands of whole reduction blocks, so each output row comes from one band.
+    rows = max(f, _BAND_PIXELS // max(width, 1) // f * f)
+    bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+    def shrink(band: Image.Image) -> np.ndarray:
+        return np.asarray(band.reduce(f) if f > 1 else band)
+
     if mode.startswith("I") or mode == "F":  # I;16, I;16B, I;16S, I, F
         lo, hi = im.getextrema()
         integral = mode != "F" or all(
             np.array_equal(b, np.floor(b))
-            for b in (np.asarray(im.crop((0, t, width, u))) for t, u in _bands(height, width)))
-        for top, bottom in _bands(height, width):
+            for b in (np.asarray(im.crop((0, t, width, u))) for t, u in bands))
+        for top, bottom in bands:
             band = np.asarray(im.crop((0, top, width, bottom)))
             grey = _to_uint8(_int_to_unit(band, float(lo), float(hi), integral))
-            out[top:bottom] = grey[..., None]
+            out[top // f : -(-bottom // f)] = shrink(Image.fromarray(grey, "L"))[..., None]
         return out
     if mode not in ("RGB", "1", "L", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "LA",
                     "PA", "RGBa", "La", "P"):
         raise ImageReadError(path, f"unsupported image mode {mode!r}", "convert it to RGB PNG")
-    for top, bottom in _bands(height, width):
+    for top, bottom in bands:
         band = im.crop((0, top, width, bottom))
+        rows_out = slice(top // f, -(-bottom // f))
         if mode == "RGB":
-            out[top:bottom] = np.asarray(band)
+            out[rows_out] = shrink(band)
         elif mode in ("1", "L", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-            out[top:bottom] = np.asarray(band.convert("RGB"))
+            out[rows_out] = shrink(band.convert("RGB"))
         else:
             # Anything that may carry transparency: RGBA, LA, PA, RGBa, La, P (tRNS).
-            rgba = np.asarray(band.convert("RGBA"))
-            out[top:bottom] = _composite_u8(rgba[..., :3], rgba[..., 3])
+            rgba = shrink(band.convert("RGBA"))
+            out[rows_out] = _composite_u8(rgba[..., :3], rgba[..., 3])
     return out
 
 

@@ -163,8 +163,8 @@ def _open_lazy(path: Path) -> Image.Image:
             "re-download it or convert it to PNG/JPEG",
         ) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        raise ImageReadError(path, f"reading the header failed ({e})",
-                             "re-download or re-export it") from e
+        raise ImageReadError(path, f"decoding failed ({e})", "the file is probably "
+                             "truncated or corrupt; re-download or re-export it") from e
 
 
 def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:

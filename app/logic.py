@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import re
-from contextlib import AbstractContextManager, nullcontext
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from segeig.cluster import MergeResult, merge_label_map, segment_profiles
-from segeig.imageio import ImageReadError, PixelBudget, image_size, read_image, save_segments
+from segeig.imageio import ImageReadError, image_size, read_image, save_segments
 from segeig.predictor import Segmenter
 from segeig.viz import eigenfunction_grid, legend_image, make_palette, overlay
 
@@ -64,6 +66,52 @@ def safe_stem(name: str, limit: int = 60) -> str:
 
 
 # -- inputs -------------------------------------------------------------------
+class PixelBudget:
+    """Bounds the pixels that the demo's request threads decode at once.
+
+    Decoding needs memory in proportion to the pixels decoded (about 7 bytes
+    per pixel at the peak of :func:`segeig.imageio.read_image`), so the server
+    bounds its memory with one budget shared by all requests.
+    A single image larger than the whole budget still gets decoded, alone.
+
+    Args:
+        max_pixels: pixels that may be in decoding at once (>= 1).
+
+    Example::
+
+        budget = PixelBudget(2**27)
+        with budget.hold(width * height, timeout=30):
+            image = read_image(path)
+    """
+
+    def __init__(self, max_pixels: int) -> None:
+        if max_pixels < 1:
+            raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+        self.max_pixels = int(max_pixels)
+        self.in_use = 0
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int, timeout: float | None = None) -> Iterator[None]:
+        """Hold ``pixels`` of the budget for the ``with`` block.
+
+        Raises:
+            TimeoutError: the pixels did not become free within ``timeout`` seconds.
+        """
+        want = min(max(int(pixels), 1), self.max_pixels)
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.in_use + want <= self.max_pixels, timeout):
+                raise TimeoutError(f"{want} pixels of decoding budget not free within "
+                                   f"{timeout} s ({self.in_use} of {self.max_pixels} in use)")
+            self.in_use += want
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.in_use -= want
+                self._cond.notify_all()
+
+
 #: Pixels decoded at once by all requests together. Decoding holds ~7 bytes per
 #: pixel until the image is downscaled, so two 67 MP PNG bombs arriving together
 #: take turns instead of needing ~1 GB at once; JPEGs decode at reduced size.

@@ -15,10 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
-import threading
 import warnings
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -35,7 +33,6 @@ __all__ = [
     "MAX_PALETTE_SEGMENTS",
     "MAX_SEGMENTS",
     "ImageReadError",
-    "PixelBudget",
     "image_size",
     "read_image",
     "read_label",
@@ -84,52 +81,6 @@ class ImageReadError(ValueError):
 
     def __reduce__(self):  # keep the exception picklable across worker processes
         return (type(self), (self.path, self.reason, self.hint))
-
-
-class PixelBudget:
-    """Bounds the pixels that the threads of one process decode at once.
-
-    Decoding needs memory in proportion to the pixels decoded (about 7 bytes
-    per pixel at the peak of :func:`read_image`), so a server decoding several
-    uploads at once bounds its memory with one budget shared by its threads.
-    A single image larger than the whole budget still gets decoded, alone.
-
-    Args:
-        max_pixels: pixels that may be in decoding at once (>= 1).
-
-    Example::
-
-        budget = PixelBudget(2**27)
-        with budget.hold(width * height, timeout=30):
-            image = read_image(path)
-    """
-
-    def __init__(self, max_pixels: int) -> None:
-        if max_pixels < 1:
-            raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
-        self.max_pixels = int(max_pixels)
-        self.in_use = 0
-        self._cond = threading.Condition()
-
-    @contextmanager
-    def hold(self, pixels: int, timeout: float | None = None) -> Iterator[None]:
-        """Hold ``pixels`` of the budget for the ``with`` block.
-
-        Raises:
-            TimeoutError: the pixels did not become free within ``timeout`` seconds.
-        """
-        want = min(max(int(pixels), 1), self.max_pixels)
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.in_use + want <= self.max_pixels, timeout):
-                raise TimeoutError(f"{want} pixels of decoding budget not free within "
-                                   f"{timeout} s ({self.in_use} of {self.max_pixels} in use)")
-            self.in_use += want
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.in_use -= want
-                self._cond.notify_all()
 
 
 def _check_file(path: Path) -> None:

@@ -235,7 +235,7 @@ def test_concurrent_uploads_take_turns_decoding(tmp_path, rng, monkeypatch):
     import threading
     import time
 
-    from segeig.imageio import PixelBudget, read_image
+    from segeig.imageio import read_image
 
     active, peak = [0], [0]
     lock = threading.Lock()
@@ -251,7 +251,7 @@ def test_concurrent_uploads_take_turns_decoding(tmp_path, rng, monkeypatch):
 
     monkeypatch.setattr(logic, "read_image", slow_read)
     paths = [write_image(tmp_path / f"{i}.png", random_image(rng, 100, 120)) for i in range(2)]
-    budget = PixelBudget(100 * 120 * 3 // 2)  # room for one of them at a time
+    budget = logic.PixelBudget(100 * 120 * 3 // 2)  # room for one of them at a time
     threads = [threading.Thread(target=logic.read_upload, args=(p, 64, budget)) for p in paths]
     for thread in threads:
         thread.start()
@@ -276,3 +276,29 @@ def test_read_upload_decodes_jpegs_at_the_display_size(tmp_path, monkeypatch):
     image, notice = logic.read_upload(tmp_path / "photo.jpg", 200)
     assert image.shape == (150, 200, 3) and image.flags.writeable
     assert notice == "photo.jpg was downscaled from 1600×1200 to 200×150 (max side 200 px)"
+
+
+def test_pixel_budget_serialises_large_decodes():
+    import threading
+
+    budget = logic.PixelBudget(10)
+    with budget.hold(6):
+        with pytest.raises(TimeoutError), budget.hold(6, timeout=0.05):
+            pass
+        with budget.hold(4, timeout=0.05):  # fits beside the first
+            assert budget.in_use == 10
+    with budget.hold(25, timeout=0.05):  # larger than the budget: alone
+        assert budget.in_use == 10
+    assert budget.in_use == 0
+    entered = threading.Event()
+
+    def later():
+        with budget.hold(8, timeout=5):
+            entered.set()
+
+    with budget.hold(8):
+        thread = threading.Thread(target=later)
+        thread.start()
+        assert not entered.wait(0.1)  # waits while the first holds its pixels
+    thread.join(5)
+    assert entered.is_set()

@@ -340,31 +340,3 @@ def test_image_size_reads_only_the_header(tmp_path):
     (tmp_path / "b.png").write_bytes(b"nope")
     with pytest.raises(ImageReadError):
         image_size(tmp_path / "b.png")
-
-
-def test_pixel_budget_serialises_large_decodes():
-    import threading
-
-    from segeig.imageio import PixelBudget
-
-    budget = PixelBudget(10)
-    with budget.hold(6):
-        with pytest.raises(TimeoutError), budget.hold(6, timeout=0.05):
-            pass
-        with budget.hold(4, timeout=0.05):  # fits beside the first
-            assert budget.in_use == 10
-    with budget.hold(25, timeout=0.05):  # larger than the budget: alone
-        assert budget.in_use == 10
-    assert budget.in_use == 0
-    entered = threading.Event()
-
-    def later():
-        with budget.hold(8, timeout=5):
-            entered.set()
-
-    with budget.hold(8):
-        thread = threading.Thread(target=later)
-        thread.start()
-        assert not entered.wait(0.1)  # waits while the first holds its pixels
-    thread.join(5)
-    assert entered.is_set()

@@ -325,6 +325,23 @@ def test_cli_exit_status(checkpoint, mixed, tmp_path, capsys):
     assert "0-based" in capsys.readouterr().err
 
 
+def test_out_dot_above_the_inputs_and_long_names(checkpoint, tmp_path, monkeypatch, capsys):
+    """Regressions: ``--out .`` excluded every input; names of >= 238 bytes failed
+    ("File name too long": the temp file added 18 bytes)."""
+    monkeypatch.chdir(tmp_path)
+    long = "x" * 236 + ".jpg"  # label file: 240 bytes, temp file would be 258
+    Image.fromarray(random_image(np.random.default_rng(0), 20, 30)).save(tmp_path / long)
+    Image.fromarray(random_image(np.random.default_rng(1), 20, 30)).save(tmp_path / "b.jpg")
+    args = ["-q", "segment", "--checkpoint", str(checkpoint), "--workers", "0"]
+    assert main([*args, long, "b.jpg", "--out", "."]) == 0
+    assert (tmp_path / "labels" / ("x" * 236 + ".png")).exists()
+    assert (tmp_path / "labels" / "b.png").exists()
+    # The outputs are not taken for inputs on the next run over the folder.
+    assert main([*args, ".", "--out", "."]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["counts"]["total"] == 2
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
 @pytest.fixture
 def fake_fit(monkeypatch):
     """Stand-in for segeig.train.launch.fit_images, which fit_or_reuse_checkpoint calls."""

@@ -128,9 +128,11 @@ def expand_inputs(
 
     Args:
         inputs: files, folders and glob patterns.
-        exclude: folders whose files are never inputs — pass the output
-            directory, so that a run writing into a folder it reads does not
-            segment its own label maps and overlays on the next run.
+        exclude: folders whose files are not inputs when reached through a
+            folder or a glob (a file named explicitly always is) — pass the
+            output folders (``DIR/labels`` ...), so that a run writing into a
+            folder it reads does not segment its own label maps and overlays
+            on the next run. Skipped files are logged with the folder.
 
     Returns:
         ``(files sorted by key, conflicts)``; the order does not depend on the
@@ -144,15 +146,22 @@ def expand_inputs(
         raise ValueError("no inputs given: pass image files, folders or glob patterns")
     seen: set[str] = set()
     excluded = [Path(os.path.realpath(e)) for e in exclude]
+    skipped: dict[Path, int] = {}
     pairs: list[tuple[Path, PurePosixPath]] = []
     for text in inputs:
+        explicit = Path(os.fspath(text)).is_file()
         for path, rel in _expand_one(text):
             real = os.path.realpath(path)
-            if any(Path(real).is_relative_to(e) for e in excluded):
+            inside = next((e for e in excluded if Path(real).is_relative_to(e)), None)
+            if inside is not None and not explicit:  # a file named explicitly is wanted
+                skipped[inside] = skipped.get(inside, 0) + 1
                 continue
             if real not in seen:
                 seen.add(real)
                 pairs.append((path, rel))
+    for folder, count in skipped.items():
+        logger.warning("not segmenting %d image(s) under %s: an output folder of this run "
+                       "(name them explicitly to segment them anyway)", count, folder)
 
     stems: dict[str, int] = {}
     for _, rel in pairs:

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "OutputPathError",
+    "output_folders",
     "output_paths",
     "read_scores",
     "safe_output_path",
@@ -40,6 +41,11 @@ SUBDIRS = {"labels": "labels", "overlay": "overlays", "probs": "probs"}
 
 #: Pixels of an overlay blended at once (bounds its temporaries to ~40 MB).
 _OVERLAY_BAND_PIXELS = 1 << 20
+
+
+def output_folders() -> list[str]:
+    """The subfolders of an output directory that segeig writes images into."""
+    return sorted(set(SUBDIRS.values()))
 
 
 class OutputPathError(ValueError):

@@ -206,8 +206,12 @@ class Trainer:
     def _diverged(self, loss: float, why: str) -> None:
         self.log.write("diverged", step=self.progress.step + 1, loss=loss)
         saved = self.progress.extra.get("step_saved")
-        last = (f"the last good checkpoint is {self.ckpt_path} (step {saved})"
-                if saved else "no checkpoint had been written yet")
+        if saved:
+            last = f"the last good checkpoint is {self.ckpt_path} (step {saved})"
+        elif self.ckpt_path.exists():
+            last = f"{self.ckpt_path}, written before this run, was left untouched"
+        else:
+            last = "no checkpoint had been written yet"
         raise TrainingDivergedError(
             f"training diverged at step {self.progress.step + 1}/{self.total} "
             f"(epoch {self.progress.step // self.spe + 1}): {why}. Nothing after the last "

@@ -66,6 +66,13 @@ def test_error_lines():
         "Permission denied: /srv/out"
     assert error_line(ValueError("two\nlines")) == "two lines"
     assert "a bug in segeig" in error_line(KeyError("backbone"))
+    worker = RuntimeError(
+        "Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+        "call last):\n  File \"collate.py\", line 273\n    storage = ...\nRuntimeError: "
+        "unable to allocate shared memory(shm) for file </torch_1>: No space left on device")
+    line = error_line(worker)
+    assert "File" not in line and line.startswith("Caught RuntimeError in DataLoader worker")
+    assert "No space left on device" in line and "--workers 0" in line
 
 
 def test_unexpected_errors_exit_1_and_verbose_shows_the_traceback(monkeypatch, capsys):

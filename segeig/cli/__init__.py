@@ -73,6 +73,13 @@ def error_line(err: BaseException) -> str:
         text = "out of memory (try fewer --workers, a smaller --batch-size or --max-side)"
     elif isinstance(err, EXPECTED_ERRORS):
         text = str(err) or type(err).__name__
+        if "Original Traceback" in text:  # a DataLoader worker's error: keep its last line
+            head, _, trace = text.partition("Original Traceback")
+            lines = trace.strip().splitlines()
+            text = f"{head.strip()} {lines[-1] if lines else ''}"
+        if "shared memory" in text:
+            text += (" (/dev/shm is too small, e.g. Docker's 64 MB default: rerun with "
+                     "--workers 0, or give the container more with docker run --shm-size 1g)")
     else:
         text = (f"unexpected {type(err).__name__}: {err} (a bug in segeig; rerun with -v for "
                 "the traceback and please report it)")

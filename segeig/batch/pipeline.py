@@ -2,8 +2,10 @@
 
 Stages, overlapped so the device rarely waits:
 
-1. **decode** — :func:`segeig.imageio.read_image` in DataLoader worker
-   processes (``workers``); an unreadable file becomes a failure record.
+1. **decode** — :func:`segeig.imageio.read_image` in worker processes
+   (``workers``; :func:`segeig.batch.inputs.decode_images`: no shared memory,
+   at most 2^27 pixels in flight, a dead worker stops the run with an error);
+   an unreadable file becomes a failure record.
 2. **score** — on the device, in the main process: same-size images are
    stacked into batches of up to ``batch_size``; images with a side above
    ``max_side`` go alone through :meth:`Segmenter.patch_scores` (sliding

@@ -58,7 +58,7 @@ FORMAT = "segeig"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.safetensors"
 #: Suffixes of a local backbone weights file a checkpoint may record.
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 
 class CheckpointError(ValueError):
@@ -221,7 +221,7 @@ _BACKBONE_KEYS: dict[str, Any] = {
     "name": lambda v, w: None if isinstance(v, str) and 0 < len(v) <= 200
     else f"{w} must be a model name",
     "weights": _weights_problem,
-    "weights_origin": lambda v, w: _weights_problem(v, w),
+    "weights_origin": _weights_problem,
     "arch_overrides": lambda v, w: _call_problem(check_arch_overrides, v, w),
     "kernel_features": lambda v, w: None if v in ("final", "keys")
     else f"{w} must be final or keys, got {v!r}",

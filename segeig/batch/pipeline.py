@@ -340,7 +340,10 @@ def segment_files(
             # cancel_futures: on Ctrl-C, queued writes are dropped; running ones finish.
             stack.callback(writer.shutdown, wait=True, cancel_futures=True)
         run = _Run(segmenter, options, emit, crf_pool, writer)
-        for index, image, reason in decode_images([j.item.path for j in jobs], options.workers):
+        # Closed on the way out, also on Ctrl-C: the decoding processes stop then.
+        decoded = stack.enter_context(contextlib.closing(
+            decode_images([j.item.path for j in jobs], options.workers)))
+        for index, image, reason in decoded:
             job = jobs[index]
             if image is None:
                 run.fail(job, reason or "unreadable")

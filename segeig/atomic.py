@@ -17,9 +17,10 @@ from typing import IO, Any
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None]) -> None:
     """Write ``path`` through a temp file in the same directory, then rename.
 
-    The temp file ``.NAME.<random>.tmp`` is created with mode 0o666 minus the
-    umask, like any ordinary file (``mkstemp`` or safetensors' writer would make
-    it 0600, unreadable to collaborators on a shared disk).
+    The temp file ``.NAME.<random>.tmp`` (``.segeig-<random>.tmp`` when NAME
+    is too long for that) is created with mode 0o666 minus the umask, like
+    any ordinary file (``mkstemp`` or safetensors' writer would make it 0600,
+    unreadable to collaborators on a shared disk).
 
     Args:
         path: destination (parent directories are created).
@@ -27,7 +28,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    token = secrets.token_hex(6)
+    tmp = path.with_name(f".{path.name}.{token}.tmp")
+    if len(os.fsencode(tmp.name)) > _name_max(path.parent):
+        # The name itself fits but not with 18 more bytes: a temp name of its own.
+        tmp = path.with_name(f".segeig-{token}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -36,6 +41,14 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _name_max(folder: Path) -> int:
+    """Longest file name (bytes) the file system of ``folder`` allows (255 if unknown)."""
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):
+        return 255
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:

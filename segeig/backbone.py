@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import logging
 import math
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 import torch.nn.functional as F
+from timm.models import get_pretrained_cfg
 from torch import nn
 
 from segeig.config import BackboneConfig
@@ -36,8 +40,94 @@ KNOWN_BACKBONES = (
 )
 
 
+#: Architecture overrides (``BackboneConfig.arch_overrides``) passed on to
+#: ``timm.create_model``, with their types and ranges: enough to build the tiny
+#: ViTs of tests and smoke runs, bounded so a checkpoint cannot ask for a
+#: network of 100000 blocks. Everything else is refused, notably the keywords
+#: that load files or change preprocessing (``checkpoint_path``,
+#: ``pretrained_cfg_overlay``, ``pretrained_cfg``).
+ARCH_OVERRIDES: dict[str, tuple[type, float, float]] = {
+    "depth": (int, 1, 40),
+    "embed_dim": (int, 8, 1536),
+    "num_heads": (int, 1, 32),
+    "img_size": (int, 16, 2048),
+    "patch_size": (int, 2, 32),
+    "mlp_ratio": (float, 0.25, 8.0),
+    "reg_tokens": (int, 0, 16),
+    "qkv_bias": (bool, 0, 1),
+    "class_token": (bool, 0, 1),
+}
+
+#: A timm model name with an optional pretrained tag (``vit_small_patch16_224.dino``).
+_TIMM_NAME = re.compile(r"[A-Za-z0-9_]+(\.[A-Za-z0-9_-]+)?")
+
+
 class BackboneWeightsError(RuntimeError):
     """The backbone's weights could not be obtained (no network, bad file)."""
+
+
+def check_arch_overrides(overrides: Mapping[str, Any]) -> None:
+    """Refuse architecture overrides outside :data:`ARCH_OVERRIDES`.
+
+    Raises:
+        ValueError: an unknown key, a value of the wrong type or out of range,
+            or an ``embed_dim`` that ``num_heads`` does not divide.
+    """
+    if not isinstance(overrides, Mapping):
+        raise ValueError(f"arch_overrides must be an object, got {overrides!r}")
+    for key, value in overrides.items():
+        if key not in ARCH_OVERRIDES:
+            raise ValueError(f"architecture override {key!r} is not allowed; segeig accepts "
+                             f"{', '.join(sorted(ARCH_OVERRIDES))}")
+        kind, low, high = ARCH_OVERRIDES[key]
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"architecture override {key} must be true or false, "
+                                 f"got {value!r}")
+            continue
+        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not numeric or (kind is int and not isinstance(value, int)):
+            raise ValueError(f"architecture override {key} must be a"
+                             f"{'n integer' if kind is int else ' number'}, got {value!r}")
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ValueError(f"architecture override {key}={value} is outside {low:g}..{high:g}")
+    dim, heads = overrides.get("embed_dim"), overrides.get("num_heads")
+    if dim is not None and heads is not None and dim % heads:
+        raise ValueError(f"architecture override embed_dim={dim} is not divisible by "
+                         f"num_heads={heads}")
+
+
+def check_backbone_name(name: Any, allow_hub_repo: bool = False) -> None:
+    """Refuse backbone names that are not plain timm model names.
+
+    A plain name (``arch`` or ``arch.tag``) must be registered in timm, with
+    its tag when one is given: its weights can only come from where timm
+    registers them. Names that point elsewhere (``hf-hub:org/repo`` downloads
+    from any repository, ``local-dir:/path`` reads any folder) are refused,
+    except ``hf-hub:`` when ``allow_hub_repo`` (the user asked for hub
+    weights on the command line).
+
+    Raises:
+        ValueError: what is wrong with the name.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"backbone name must be a non-empty string, got {name!r}")
+    if allow_hub_repo and re.fullmatch(r"hf-hub:[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", name):
+        return
+    if not _TIMM_NAME.fullmatch(name):
+        raise ValueError(
+            f"backbone name {name!r} is not a timm model name (arch or arch.tag); names that "
+            "fetch from a hub repository or read a local folder are not accepted from a "
+            "checkpoint" + ("" if allow_hub_repo else
+                            " (hf-hub: names only with --backbone-weights hub)"))
+    arch, _, tag = name.partition(".")
+    if not timm.is_model(arch):
+        raise ValueError(f"backbone {name!r} is not a model timm knows")
+    if tag:
+        try:
+            get_pretrained_cfg(name, allow_unregistered=False)
+        except RuntimeError as err:
+            raise ValueError(f"backbone {name!r}: {err}") from None
 
 
 @dataclass
@@ -129,6 +219,7 @@ def create_vit(config: BackboneConfig) -> nn.Module:
     ``dynamic_img_size=True`` makes timm interpolate position embeddings for
     any input grid, so images of any size work.
     """
+    check_arch_overrides(config.arch_overrides)
     kwargs = dict(num_classes=0, dynamic_img_size=True, **config.arch_overrides)
     if config.weights == "embedded":
         # The caller loads weights stored in a segeig checkpoint right after.

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -46,8 +47,14 @@ from safetensors import safe_open
 
 from segeig import __version__
 from segeig.atomic import write_safetensors
-from segeig.backbone import Backbone, create_vit
+from segeig.backbone import (
+    Backbone,
+    check_arch_overrides,
+    check_backbone_name,
+    create_vit,
+)
 from segeig.config import (
+    CENTROID_METRICS,
     BackboneConfig,
     HeadConfig,
     KernelConfig,
@@ -58,13 +65,16 @@ from segeig.config import (
     to_dict,
 )
 from segeig.head import EigenHead
-from segeig.model import CENTROID_METHODS, SegEigModel
+from segeig.imageio import MAX_SEGMENTS
+from segeig.model import CENTROID_METHODS, METHODS, SegEigModel
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "segeig"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.safetensors"
+#: Suffixes of a local backbone weights file a checkpoint may record.
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt", ".tar")
 
 
 class CheckpointError(ValueError):
@@ -349,15 +359,24 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is a safetensors file but not a segeig checkpoint (no '{FORMAT}' metadata)"
         )
-    document = json.loads(metadata[FORMAT])
+    try:
+        document = json.loads(metadata[FORMAT])
+    except ValueError as err:
+        raise CheckpointError(f"{path}: its segeig metadata is not valid JSON ({err})") from err
+    if not isinstance(document, dict):
+        raise CheckpointError(f"{path}: malformed segeig metadata (not a JSON object)")
     version = document.get("format_version")
-    if document.get("format") != FORMAT or not isinstance(version, int):
+    if document.get("format") != FORMAT or not isinstance(version, int) or version < 1:
         raise CheckpointError(f"{path}: malformed segeig metadata")
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"{path} has checkpoint format {version}, this segeig ({__version__}) reads up "
             f"to {FORMAT_VERSION}; upgrade segeig"
         )
+    problem = document_problem(document)
+    if problem:
+        raise CheckpointError(f"{path}: {problem}; refusing to load it (a checkpoint's "
+                              "description is checked like any untrusted input)")
     return document
 
 
@@ -386,13 +405,236 @@ def checkpoint_resolution(document: dict[str, Any]) -> WorkingResolution:
     return WorkingResolution(short, default_max_long(short))
 
 
+# -- the schema of the JSON description --------------------------------------------
+# A checkpoint is a file people download from strangers: every value is checked
+# for type and range before it reaches timm or torch, unknown keys are refused,
+# and nothing in it may name a network location or a file to read.
+
+def _finite_numbers(value: Any, where: str, count: int | None = None,
+                    positive: bool = False, limit: int = 1 << 16) -> str | None:
+    if not isinstance(value, list) or (count is not None and len(value) != count) \
+            or len(value) > limit:
+        size = f"{count} " if count is not None else ""
+        return f"{where} must be a list of {size}numbers"
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or (positive and v <= 0):
+            return f"{where} must hold finite{' positive' if positive else ''} numbers, got {v!r}"
+    return None
+
+
+def _int_in(value: Any, where: str, low: int, high: int) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return f"{where} must be an integer in {low}..{high}, got {value!r}"
+    return None
+
+
+def _weights_problem(value: Any, where: str) -> str | None:
+    if value in ("hub", "random", "embedded"):
+        return None
+    if not isinstance(value, str) or "\0" in value or len(value) > 4096:
+        return f"{where} must be hub, random, embedded or a file path, got {value!r}"
+    if Path(value).suffix.lower() not in WEIGHT_SUFFIXES:
+        return (f"{where} names {value!r}, not a weights file "
+                f"({', '.join(WEIGHT_SUFFIXES)})")
+    return None
+
+
+def _check_config(cls: type, value: Any, where: str) -> str | None:
+    try:
+        from_dict(cls, value)
+    except (ValueError, TypeError) as err:
+        return f"{where}: {err}"
+    return None
+
+
+#: Keys of the ``backbone`` section and their checks (the name is checked at load).
+_BACKBONE_KEYS: dict[str, Any] = {
+    "name": lambda v, w: None if isinstance(v, str) and 0 < len(v) <= 200
+    else f"{w} must be a model name",
+    "weights": _weights_problem,
+    "weights_origin": _weights_problem,
+    "arch_overrides": lambda v, w: _call_problem(check_arch_overrides, v, w),
+    "kernel_features": lambda v, w: None if v in ("final", "keys")
+    else f"{w} must be final or keys, got {v!r}",
+    "embed_dim": lambda v, w: _int_in(v, w, 1, 8192),
+    "patch_size": lambda v, w: _int_in(v, w, 1, 256),
+    "layers": lambda v, w: None if isinstance(v, list) and len(v) == 3
+    and all(_int_in(i, w, 0, 1000) is None for i in v) else f"{w} must be 3 block indices",
+    "mean": lambda v, w: _finite_numbers(v, w, 3),
+    "std": lambda v, w: _finite_numbers(v, w, 3, positive=True),
+}
+
+
+def _call_problem(check: Any, value: Any, where: str) -> str | None:
+    try:
+        check(value)
+    except ValueError as err:
+        return f"{where}: {err}"
+    return None
+
+
+def _backbone_problem(value: Any, where: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{where} must be a JSON object"
+    for key in ("name", "weights", "embed_dim"):
+        if key not in value:
+            return f"{where} lacks '{key}'"
+    for key, item in value.items():
+        if key not in _BACKBONE_KEYS:
+            return f"{where} has an unknown key {key!r}"
+        problem = _BACKBONE_KEYS[key](item, f"{where}.{key}")
+        if problem:
+            return problem
+    return None
+
+
+def _head_problem(value: Any, where: str) -> str | None:
+    if value is None:
+        return None
+    problem = _check_config(HeadConfig, value, where)
+    if problem:
+        return problem
+    head = from_dict(HeadConfig, value)
+    for name, low, high in (("k", 1, MAX_SEGMENTS), ("depth", 1, 24), ("num_heads", 1, 64),
+                            ("mlp_hidden", 1, 1 << 16)):
+        problem = _int_in(getattr(head, name), f"{where}.{name}", low, high)
+        if problem:
+            return problem
+    if head.hidden_dim is not None:
+        problem = _int_in(head.hidden_dim, f"{where}.hidden_dim", 1, 1 << 16)
+        if problem:
+            return problem
+    if not 0 < head.tau_min <= head.tau_max:
+        return f"{where}: need 0 < tau_min <= tau_max, got {head.tau_min}, {head.tau_max}"
+    return None
+
+
+def _spectral_problem(value: Any, where: str) -> str | None:
+    if not isinstance(value, dict) or "kernel" not in value:
+        return f"{where} must be a JSON object with a 'kernel'"
+    rest = {k: v for k, v in value.items() if k != "kernel"}
+    return (_check_config(KernelConfig, value["kernel"], f"{where}.kernel")
+            or _check_config(SpectralConfig, rest, where))
+
+
+def _methods_problem(value: Any, where: str) -> str | None:
+    if not isinstance(value, list) or not value or any(m not in METHODS for m in value):
+        return f"{where} must be a non-empty list of {list(METHODS)}, got {value!r}"
+    return None
+
+
+def _object(value: Any, where: str) -> str | None:
+    """Sections segeig records but does not build from: any JSON object."""
+    return None if isinstance(value, dict) else f"{where} must be a JSON object"
+
+
+def _centroid_metrics_problem(value: Any, where: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{where} must be a JSON object"
+    for method, item in value.items():
+        if method not in CENTROID_METHODS or not isinstance(item, dict) \
+                or set(item) != {"metric", "spread"}:
+            return f"{where}.{method}: expected a centroid method with 'metric' and 'spread'"
+        if item["metric"] not in CENTROID_METRICS:
+            return f"{where}.{method}.metric must be one of {CENTROID_METRICS}"
+        problem = _finite_numbers([item["spread"]], f"{where}.{method}.spread", positive=True)
+        if problem:
+            return problem
+    return None
+
+
+def _numbers_object(value: Any, where: str) -> str | None:
+    if not isinstance(value, dict):
+        return f"{where} must be a JSON object"
+    for key, item in value.items():
+        problem = _finite_numbers([item], f"{where}.{key}")
+        if problem:
+            return problem
+    return None
+
+
+#: Top-level sections of a checkpoint's JSON and the check of each; a section
+#: not listed is refused. Adding a section is one line here.
+SECTIONS: dict[str, Any] = {
+    "format": lambda v, w: None,  # checked by read_config before the schema
+    "format_version": lambda v, w: None,
+    "segeig_version": lambda v, w: None if isinstance(v, str) else f"{w} must be a string",
+    "backbone": _backbone_problem,
+    "head": _head_problem,
+    "methods": _methods_problem,
+    "spectral": _spectral_problem,
+    "kernel": lambda v, w: _check_config(KernelConfig, v, w),
+    "objective": _numbers_object,
+    "eigenvalues": lambda v, w: _finite_numbers(v, w),
+    "training": _object,  # the run's settings and counts, for people to read
+    "resolution": lambda v, w: _check_config(WorkingResolution, v, w),
+    "centroid_metrics": _centroid_metrics_problem,
+    "eigenvalues_training": lambda v, w: _finite_numbers(v, w),
+    "classes": _object,  # cluster → class maps, names, palette
+}
+#: Sections every checkpoint has.
+REQUIRED_SECTIONS = ("format", "format_version", "backbone", "methods")
+
+
+def document_problem(document: dict[str, Any]) -> str | None:
+    """What is wrong with a checkpoint's JSON description, or None.
+
+    Checks the types, ranges and allowed keys of every section
+    (:data:`SECTIONS`); the backbone name and what the built model looks like
+    are checked by :func:`load_model`.
+    """
+    for key in REQUIRED_SECTIONS:
+        if key not in document:
+            return f"the description lacks '{key}'"
+    for key, value in document.items():
+        if key not in SECTIONS:
+            written = document.get("segeig_version", "an unknown version")
+            return (f"unknown section {key!r} (written by segeig {written}; this is "
+                    f"{__version__})")
+        problem = SECTIONS[key](value, key)
+        if problem:
+            return problem
+    return None
+
+
+#: Prefixes of the tensors a checkpoint holds.
+TENSOR_PREFIXES = ("head.", "centroids.", "backbone.")
+
+
 def _read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors named ``prefix*`` (prefix removed); refuses non-finite values."""
+    out = {}
     with safe_open(str(path), framework="pt") as handle:
-        return {
-            key[len(prefix):]: handle.get_tensor(key)
-            for key in handle.keys()  # noqa: SIM118 - safe_open is not a mapping
-            if key.startswith(prefix)
-        }
+        for key in handle.keys():  # noqa: SIM118 - safe_open is not a mapping
+            if not key.startswith(TENSOR_PREFIXES):
+                raise CheckpointError(f"{path}: unexpected tensor {key!r} (a segeig checkpoint "
+                                      f"holds only {', '.join(p + '*' for p in TENSOR_PREFIXES)})")
+            if key.startswith(prefix):
+                tensor = handle.get_tensor(key)
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    raise CheckpointError(f"{path}: tensor {key!r} holds NaN or infinite values")
+                out[key[len(prefix):]] = tensor
+    return out
+
+
+def _compare_backbone(path: Path, section: dict[str, Any], backbone: Backbone) -> None:
+    """Refuse a backbone that is not the one the checkpoint describes."""
+    built = {"embed_dim": backbone.embed_dim, "patch_size": backbone.patch_size,
+             "layers": list(backbone.layer_indices), "mean": list(backbone.mean),
+             "std": list(backbone.std)}
+    for key, value in built.items():
+        if key not in section:
+            continue
+        recorded = section[key]
+        same = (all(math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-9)
+                    for a, b in zip(recorded, value, strict=True))
+                if key in ("mean", "std") else recorded == value)
+        if not same:
+            raise CheckpointError(
+                f"{path} describes a backbone with {key} {recorded}, but "
+                f"{section['name']} as built has {value}: the file does not fit its own "
+                "description (edited, or its architecture overrides are wrong)")
 
 
 def load_model(
@@ -401,6 +643,13 @@ def load_model(
     backbone_weights: str | None = None,
 ) -> tuple[SegEigModel, dict[str, Any]]:
     """Rebuild a :class:`SegEigModel` from a checkpoint file alone.
+
+    The file is untrusted input: its description is checked against the
+    schema (:func:`document_problem`), the backbone name must be a plain timm
+    model name (``hf-hub:`` names only when ``backbone_weights="hub"``, i.e.
+    the user asked for hub weights), the built backbone must match the
+    recorded width, patch size, layers and normalisation, embedded weights
+    must fit it exactly, and every tensor must be finite.
 
     Args:
         path: checkpoint file or directory containing ``checkpoint.safetensors``.
@@ -414,35 +663,56 @@ def load_model(
     Raises:
         CheckpointError: malformed file, or tensors that do not fit the
             description or the backbone (K, hidden width, feature dim).
+        segeig.backbone.BackboneWeightsError: the backbone weights could not
+            be obtained.
     """
     path = resolve_checkpoint_path(path)
     document = read_config(path)
-    section = dict(document["backbone"])
+    recorded = document["backbone"]
+    section = dict(recorded)
     expected_dim = section.pop("embed_dim")
     origin = section.pop("weights_origin", section.get("weights"))
     for key in ("patch_size", "layers", "mean", "std"):
         section.pop(key, None)
-    config = from_dict(BackboneConfig, section)
+    try:
+        check_backbone_name(section["name"], allow_hub_repo=backbone_weights == "hub")
+        config = from_dict(BackboneConfig, section)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from err
     if backbone_weights is not None:
         config = replace(config, weights=backbone_weights)
-    if config.weights == "embedded":
-        if origin == "random":
-            logger.warning(
-                "%s was trained on a RANDOMLY INITIALISED backbone (embedded in the file): "
-                "for tests and smoke runs only", path,
-            )
-        vit = create_vit(config)
-        missing = vit.load_state_dict(_read_tensors(path, "backbone."), strict=False)
-        if missing.missing_keys:
-            raise CheckpointError(f"{path}: embedded backbone lacks {missing.missing_keys[:5]}")
-        backbone = Backbone(config, vit=vit)
-    else:
-        backbone = Backbone(config)
+    try:
+        if config.weights == "embedded":
+            if origin == "random":
+                logger.warning(
+                    "%s was trained on a RANDOMLY INITIALISED backbone (embedded in the "
+                    "file): for tests and smoke runs only", path,
+                )
+            vit = create_vit(config)
+            state = _read_tensors(path, "backbone.")
+            try:
+                result = vit.load_state_dict(state, strict=False)
+            except RuntimeError as err:  # shapes that do not fit
+                raise CheckpointError(f"{path}: embedded backbone does not fit {config.name}: "
+                                      f"{err}") from err
+            if result.missing_keys or result.unexpected_keys:
+                raise CheckpointError(
+                    f"{path}: embedded backbone does not fit {config.name} with its "
+                    f"architecture overrides: missing {result.missing_keys[:5]}, "
+                    f"unexpected {result.unexpected_keys[:5]}")
+            backbone = Backbone(config, vit=vit)
+        else:
+            backbone = Backbone(config)
+    except ValueError as err:  # overrides out of range, not a ViT, ...
+        if isinstance(err, CheckpointError):
+            raise
+        raise CheckpointError(f"{path}: {err}") from err
     if backbone.embed_dim != expected_dim:
         raise CheckpointError(
             f"{path} was trained on a backbone of width {expected_dim}, but {config.name} "
             f"with weights {config.weights!r} has width {backbone.embed_dim}"
         )
+    _compare_backbone(path, recorded, backbone)
     head = None
     if document.get("head") is not None:
         head_config = from_dict(HeadConfig, document["head"])
@@ -469,6 +739,9 @@ def load_model(
                                 how.get("spread", 1.0))
         except ValueError as err:
             raise CheckpointError(f"{path}: {err}") from err
+    missing = [m for m in document["methods"] if m not in model.methods]
+    if missing:
+        raise CheckpointError(f"{path} lists methods {missing} but holds no weights for them")
     return model.to(device).eval(), document
 
 

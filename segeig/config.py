@@ -11,6 +11,8 @@ are the reference paper's (Deng & Luo, ICCV 2023) unless a comment says why not.
 from __future__ import annotations
 
 import dataclasses
+import math
+import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -217,7 +219,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
 
     Raises:
         ValueError: unknown keys (named), so a checkpoint written by a newer
-            segeig fails clearly instead of silently dropping settings.
+            segeig fails clearly instead of silently dropping settings; or a
+            value of the wrong type (``"8"`` for an int, ``true`` for a float,
+            NaN, a value outside a ``Literal``), named as ``Class.field``.
     """
     if not isinstance(data, Mapping):
         raise ValueError(f"{cls.__name__} must be a JSON object, got {type(data).__name__}")
@@ -226,8 +230,64 @@ def from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(names)}")
-    kwargs = {name: _from_json(hints[name], value) for name, value in data.items()}
+    kwargs = {}
+    for name, value in data.items():
+        where = f"{cls.__name__}.{name}"
+        problem = _type_problem(hints[name], value, where)
+        if problem:
+            raise ValueError(problem)
+        kwargs[name] = _from_json(hints[name], value)
     return cls(**kwargs)
+
+
+def _type_problem(hint: Any, value: Any, where: str) -> str | None:
+    """Why JSON ``value`` does not fit the field type ``hint``, or None when it does.
+
+    A config may come from an untrusted file (a checkpoint from the internet):
+    a wrong type must fail here, with the field's name, not deep inside torch.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return None
+    if dataclasses.is_dataclass(hint):
+        return None if isinstance(value, Mapping) else f"{where} must be a JSON object"
+    if origin is Literal:
+        return None if value in args else f"{where} must be one of {list(args)}, got {value!r}"
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        problems = [_type_problem(a, value, where) for a in options]
+        return None if any(p is None for p in problems) else problems[0]
+    if hint is bool:
+        return None if isinstance(value, bool) else f"{where} must be true or false, got {value!r}"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"{where} must be an integer, got {value!r}"
+    if hint is float:
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
+              and math.isfinite(value))
+        return None if ok else f"{where} must be a finite number, got {value!r}"
+    if hint is str:
+        return None if isinstance(value, str) else f"{where} must be a string, got {value!r}"
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            return f"{where} must be a list, got {value!r}"
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [(args[0], v) for v in value]
+        elif len(args) == len(value):
+            items = list(zip(args, value, strict=True))
+        else:
+            return f"{where} must be a list of {len(args)} items, got {value!r}"
+        for i, (item_hint, item) in enumerate(items):
+            problem = _type_problem(item_hint, item, f"{where}[{i}]")
+            if problem:
+                return problem
+        return None
+    if origin is dict or hint is dict:
+        ok = isinstance(value, Mapping) and all(isinstance(k, str) for k in value)
+        return None if ok else f"{where} must be a JSON object, got {value!r}"
+    return None
 
 
 def _from_json(hint: Any, value: Any) -> Any:

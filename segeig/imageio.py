@@ -13,23 +13,27 @@ to 256 ids, 16-bit greyscale PNG above, written atomically) and come back with
 from __future__ import annotations
 
 import logging
+import math
 import os
 import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from segeig.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "MAX_PALETTE_SEGMENTS",
     "MAX_SEGMENTS",
     "ImageReadError",
+    "image_size",
     "read_image",
     "read_label",
     "read_segments",
@@ -45,6 +49,16 @@ MAX_SEGMENTS = 65536
 #: any photo a ViT would see, small enough to decode (384 MiB as RGB), and below
 #: PIL's own hard limit so that segeig's check, with its clearer error, fires first.
 DEFAULT_MAX_PIXELS: int = 2**27
+
+#: The formats PIL may open (recognised by content, not by name). PIL knows many
+#: more; some run external programs (EPS calls Ghostscript) or rarely used
+#: decoders, so anything else is refused before its decoder runs. ("JPEG" also
+#: admits the multi-picture JPEGs of phone cameras, which PIL reports as "MPO".)
+ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+
+#: Conversions to RGB run in bands of about this many pixels, bounding their
+#: temporaries (integer compositing: ~10 MB) whatever the image size.
+_BAND_PIXELS = 1 << 18
 
 _EXIF_ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -65,40 +79,29 @@ class ImageReadError(ValueError):
         hint = hint or "check the file (open it in an image viewer) or remove it from the dataset"
         super().__init__(f"cannot read image file '{self.path}': {reason}; {hint}")
 
-    def __reduce__(self):  # keep the exception picklable across DataLoader workers
+    def __reduce__(self):  # keep the exception picklable across worker processes
         return (type(self), (self.path, self.reason, self.hint))
 
 
-def _open(path: Path, max_pixels: int | None) -> Image.Image:
-    """Open and fully decode ``path`` with PIL, mapping every failure to ImageReadError."""
+def _check_file(path: Path) -> None:
     if not path.exists():
         raise ImageReadError(path, "file does not exist", "check the path and the dataset root")
     if not path.is_file():
         raise ImageReadError(path, "not a regular file", "pass an image file, not a directory")
     if path.stat().st_size == 0:
         raise ImageReadError(path, "file is empty (0 bytes)", "re-download or re-export it")
+
+
+def _open_lazy(path: Path) -> Image.Image:
+    """``Image.open`` restricted to :data:`ALLOWED_FORMATS`: reads the header only."""
+    _check_file(path)
     try:
-        # PIL only warns between its soft and hard limits; we enforce our own
-        # limit below from the header size, before any pixel is decoded.
+        # PIL only warns between its soft and hard limits; segeig enforces its
+        # own limit from the header size, before any pixel is decoded.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
-            try:
-                if max_pixels is not None and im.width * im.height > max_pixels:
-                    raise ImageReadError(
-                        path,
-                        f"{im.width}x{im.height} = {im.width * im.height} pixels exceeds "
-                        f"max_pixels={max_pixels} (decompression-bomb guard)",
-                        "downscale the image or pass a larger max_pixels",
-                    )
-                # Image.open is lazy: without load() a truncated file "opens" fine
-                # and only fails (or is silently padded) much later.
-                im.load()
-            except BaseException:
-                im.close()  # don't leak the file handle of a rejected image
-                raise
-    except ImageReadError:
-        raise
+            Image.init()  # registers every plugin, so each allowed name is known (MPO, WEBP)
+            return Image.open(path, formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as e:
         raise ImageReadError(
             path, f"PIL refused it as a decompression bomb ({e})",
@@ -106,32 +109,78 @@ def _open(path: Path, max_pixels: int | None) -> Image.Image:
         ) from e
     except UnidentifiedImageError as e:
         raise ImageReadError(
-            path, "not a recognised image format (corrupt, or not an image)",
+            path, "not a recognised image format (corrupt, not an image, or a format segeig "
+            f"does not open: it reads {', '.join(ALLOWED_FORMATS)})",
             "re-download it or convert it to PNG/JPEG",
         ) from e
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        # OSError covers "image file is truncated" and decoder errors.
-        raise ImageReadError(path, f"decoding failed ({e})", "the file is probably truncated "
-                             "or corrupt; re-download or re-export it") from e
+        raise ImageReadError(path, f"decoding failed ({e})", "the file is probably "
+                             "truncated or corrupt; re-download or re-export it") from e
+
+
+def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
+    """``(width, height)`` as stored in the file's header; no pixel is decoded.
+
+    Raises:
+        ImageReadError: missing, empty or unrecognised file.
+    """
+    path = Path(path)
+    with _open_lazy(path) as im:
+        return im.size
+
+
+def _open(path: Path, max_pixels: int | None, scale: Callable[[int, int], float] | None = None
+          ) -> Image.Image:
+    """Open and fully decode ``path`` with PIL, mapping every failure to ImageReadError.
+
+    ``scale(width, height)``, when given, is called with the stored size and
+    returns the factor (<= 1) the caller will shrink the image by; JPEGs are
+    then decoded at a reduced size (DCT scaling by 1/2, 1/4 or 1/8) that is
+    still at least the final size.
+    """
+    im = _open_lazy(path)
+    try:
+        if max_pixels is not None and im.width * im.height > max_pixels:
+            raise ImageReadError(
+                path,
+                f"{im.width}x{im.height} = {im.width * im.height} pixels exceeds "
+                f"max_pixels={max_pixels} (decompression-bomb guard)",
+                "downscale the image or pass a larger max_pixels",
+            )
+        factor = 1.0 if scale is None else scale(im.width, im.height)
+        if im.format in ("JPEG", "MPO") and factor < 0.5:
+            im.draft(None, (max(1, math.ceil(im.width * factor)),
+                            max(1, math.ceil(im.height * factor))))
+        # Image.open is lazy: without load() a truncated file "opens" fine
+        # and only fails (or is silently padded) much later.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im.load()
+    except ImageReadError:
+        im.close()
+        raise
+    except BaseException as e:
+        im.close()  # don't leak the file handle of a rejected image
+        if isinstance(e, (OSError, SyntaxError, ValueError, EOFError)):
+            # OSError covers "image file is truncated" and decoder errors.
+            raise ImageReadError(path, f"decoding failed ({e})", "the file is probably "
+                                 "truncated or corrupt; re-download or re-export it") from e
+        raise
     return im
 
 
-def _png_is_16bit_colour(path: Path) -> bool:
-    """True for a 16-bit RGB/RGBA PNG, which PIL silently truncates to 8 bit.
-
-    Reads only the IHDR chunk: bytes 24 (bit depth) and 25 (colour type).
-    """
-    with open(path, "rb") as f:
-        head = f.read(26)
-    return (
-        len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR"
-        and head[24] == 16 and head[25] in (2, 6)
-    )
-
-
-def _tiff_is_16bit_colour(im: Image.Image) -> bool:
-    bits = getattr(im, "tag_v2", {}).get(258)  # BitsPerSample, one entry per channel
-    return im.mode in ("RGB", "RGBA") and isinstance(bits, tuple) and max(bits) > 8
+def _is_16bit_colour(path: Path, im: Image.Image) -> bool:
+    """True for a 16-bit RGB/RGBA PNG or TIFF, which PIL silently truncates to 8 bit."""
+    if im.format == "PNG":
+        # IHDR chunk: bytes 24 (bit depth) and 25 (colour type).
+        with open(path, "rb") as f:
+            head = f.read(26)
+        return (len(head) == 26 and head[:8] == _PNG_SIGNATURE and head[12:16] == b"IHDR"
+                and head[24] == 16 and head[25] in (2, 6))
+    if im.format == "TIFF":
+        bits = getattr(im, "tag_v2", {}).get(258)  # BitsPerSample, one entry per channel
+        return im.mode in ("RGB", "RGBA") and isinstance(bits, tuple) and max(bits) > 8
+    return False
 
 
 def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
@@ -153,44 +202,96 @@ def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
     return arr
 
 
-def _on_white(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:
-    """Composite float RGB [...,3] in [0,1] over white with alpha [...] in [0,1] -> same."""
-    a = alpha[..., None]
-    return rgb * a + (1.0 - a)
+def _bands(height: int, width: int) -> Iterator[tuple[int, int]]:
+    """Row ranges of about :data:`_BAND_PIXELS` pixels covering ``height`` rows."""
+    rows = max(1, _BAND_PIXELS // max(width, 1))
+    for top in range(0, height, rows):
+        yield top, min(top + rows, height)
+
+
+def _composite_u8(rgb: np.ndarray, alpha: np.ndarray, scale: int = 255) -> np.ndarray:
+    """Integer RGB [...,3] in [0, scale] over white with alpha [...] in [0, scale] -> uint8.
+
+    ``round((c·a + scale·(scale − a)) / scale)`` rescaled to 0..255, in exact
+    integer arithmetic (the same values as compositing in float, without a
+    float copy of the image).
+    """
+    # int32 holds 255·255·2; 16-bit data needs int64.
+    wide = np.int32 if scale == 255 else np.int64
+    a = alpha.astype(wide)[..., None]
+    n = rgb.astype(wide) * a + scale * (scale - a)
+    if scale == 255:
+        return ((n + 127) // 255).astype(np.uint8)
+    # 16-bit: value / scale in [0, scale], then to 8 bit: x * 255 / scale**2.
+    den = scale * scale
+    return ((n * 255 + den // 2) // den).astype(np.uint8)
 
 
 def _to_uint8(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
 
 
-def _read_16bit_colour(path: Path, orientation: int) -> np.ndarray:
-    """Full-depth read of a 16-bit colour PNG/TIFF through OpenCV, scaled to uint8."""
+def _read_16bit_colour(path: Path) -> np.ndarray:
+    """Full-depth read of a 16-bit colour PNG/TIFF through OpenCV, scaled to uint8 RGB.
+
+    Converted in bands of rows, so the peak is the 16-bit array plus the result.
+    """
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # BGR(A), no EXIF handling
     if arr is None or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ImageReadError(path, "OpenCV could not decode the 16-bit colour image")
-    scale = float(np.iinfo(arr.dtype).max) if arr.dtype.kind in "ui" else 1.0
-    x = arr.astype(np.float32) / scale
-    rgb = x[..., 2::-1]
-    if arr.shape[2] == 4:
-        rgb = _on_white(rgb, x[..., 3])
-    return np.ascontiguousarray(_orient(_to_uint8(rgb), orientation))
+    height, width = arr.shape[:2]
+    out = np.empty((height, width, 3), np.uint8)
+    integer = arr.dtype.kind in "ui"
+    top_value = int(np.iinfo(arr.dtype).max) if integer else 1
+    for top, bottom in _bands(height, width):
+        band = arr[top:bottom]
+        rgb = band[..., 2::-1]
+        if integer:
+            if arr.shape[2] == 4:
+                out[top:bottom] = _composite_u8(rgb, band[..., 3], top_value)
+            else:  # round(v * 255 / max), e.g. v / 257 for 16 bit
+                scaled = (rgb.astype(np.int64) * 255 + top_value // 2) // top_value
+                out[top:bottom] = scaled.astype(np.uint8)
+        else:  # float data in [0, 1]
+            x = rgb.astype(np.float32)
+            if arr.shape[2] == 4:
+                a = band[..., 3:4].astype(np.float32)
+                x = x * a + (1.0 - a)
+            out[top:bottom] = _to_uint8(x)
+    del arr
+    return out
 
 
-def _int_to_unit(a: np.ndarray) -> np.ndarray:
-    """Scale a single-channel int/float array to float [0,1].
+def _int_to_unit(a: np.ndarray, lo: float, hi: float, integral: bool) -> np.ndarray:
+    """Scale a single-channel int/float band to float32 [0,1], given whole-image statistics.
 
     Integer data that fits 16 bit is treated as 16-bit (0..65535 -> 0..1), the
     overwhelmingly common case (16-bit PNG/TIFF); floats already in [0,1] are
     kept; anything else is min-max stretched, since it has no defined range.
+
+    Args:
+        a: the band.
+        lo, hi: minimum and maximum over the whole image.
+        integral: every value of the whole image is a whole number.
     """
     is_float = a.dtype.kind == "f"
     a = a.astype(np.float64)
-    lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
     if is_float and lo >= 0.0 and hi <= 1.0:
         return a
-    if lo >= 0 and hi <= 65535 and (not is_float or np.all(a == np.floor(a))):
+    if lo >= 0 and hi <= 65535 and (not is_float or integral):
         return a / 65535.0
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+
+
+def _target_scale(width: int, height: int, max_side: int | None,
+                  short_side: int | None) -> float:
+    """The factor (<= 1) that brings ``width×height`` within ``max_side`` / ``short_side``."""
+    scale = 1.0
+    if max_side is not None:
+        scale = min(scale, max_side / max(width, height))
+    if short_side is not None:
+        scale = min(scale, short_side / min(width, height))
+    return scale
 
 
 def read_image(
@@ -198,16 +299,26 @@ def read_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     apply_exif: bool = True,
+    max_side: int | None = None,
+    short_side: int | None = None,
 ) -> np.ndarray:
     """Read any common image file as RGB.
 
-    Handles JPEG/PNG/WebP/BMP/TIFF; greyscale ("1", "L", 16/32-bit "I;16"/"I",
-    float "F"), palette ("P", with or without transparency), RGBA/LA/PA, CMYK,
+    Handles JPEG/PNG/WebP/BMP/TIFF/GIF (:data:`ALLOWED_FORMATS`, recognised by
+    content, whatever the file's name; any other format is refused before its
+    decoder runs); greyscale ("1", "L", 16/32-bit "I;16"/"I", float "F"),
+    palette ("P", with or without transparency), RGBA/LA/PA, CMYK,
     YCbCr/LAB/HSV; 16-bit colour PNG/TIFF are read at full depth with OpenCV and
     scaled (``round(v / 257)``, so 65535 -> 255), never clipped or truncated.
     Transparent images are composited **over white**: transparent pixels often
     hold arbitrary colour, and white is what a viewer shows for them. Multi-frame
     files (GIF-like TIFF) yield their first frame.
+
+    Memory: at most about 7 bytes per decoded pixel at the peak (the decoder's
+    buffer plus the result; conversions run in bands of rows, in integers).
+    With ``max_side``/``short_side``, JPEGs are decoded directly at a reduced
+    size (DCT scaling) and other formats are reduced right after decoding, so
+    a caller that works at a smaller size never holds the full-size RGB array.
 
     Args:
         path: image file.
@@ -216,60 +327,126 @@ def read_image(
             own hard limit, ``PIL.Image.MAX_IMAGE_PIXELS * 2``, still applies).
         apply_exif: rotate/flip according to the EXIF orientation tag, as a
             photo viewer would. Set False to get the stored pixel grid.
+        max_side: downscale (area interpolation, never upscale) so that the
+            longer side is at most this many pixels.
+        short_side: downscale (never upscale) so that the shorter side is at
+            most this many pixels. With both, the smaller result wins.
 
     Returns:
         ``np.ndarray`` of shape [H, W, 3], dtype uint8, values 0..255, RGB order,
-        C-contiguous. H, W are after EXIF orientation.
+        C-contiguous and writable. H, W are after EXIF orientation and any
+        downscaling: ``round(H0·s)``, ``round(W0·s)`` for the full size
+        ``H0×W0`` and ``s = min(1, max_side / max(H0, W0), short_side / min(H0, W0))``.
 
     Raises:
-        ImageReadError: missing, empty, unreadable, truncated or too large file.
+        ImageReadError: missing, empty, unreadable, truncated, too large file,
+            or a format outside :data:`ALLOWED_FORMATS`.
     """
     path = Path(path)
-    # Context manager: multi-frame files keep their handle open after load().
-    with _open(path, max_pixels) as im:
-        try:
-            return _to_rgb(path, im, apply_exif)
-        except (ValueError, OSError) as e:
-            if isinstance(e, ImageReadError):
-                raise
-            raise ImageReadError(path, f"conversion to RGB failed ({e})",
-                                 "convert it to an 8-bit RGB PNG or JPEG") from e
+    for name, value in (("max_side", max_side), ("short_side", short_side)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    sized = max_side is not None or short_side is not None
+    full: tuple[int, int] | None = None
+
+    def scale(width: int, height: int) -> float:
+        nonlocal full
+        full = (width, height)
+        return _target_scale(width, height, max_side, short_side)
+
+    im = _open(path, max_pixels, scale if sized else None)
+    target = None  # final size in the stored orientation, (width, height)
+    reduce = 1
+    if full is not None:
+        factor = _target_scale(*full, max_side, short_side)
+        if factor < 1.0:
+            target = (max(1, round(full[0] * factor)), max(1, round(full[1] * factor)))
+            # Box-average by a whole factor while converting, band by band, so the
+            # full-size RGB array never exists; the exact size comes after.
+            reduce = max(1, min(im.width // target[0], im.height // target[1]))
+    try:
+        out, turned = _decode_rgb(path, im, apply_exif, reduce)
+    except (ValueError, OSError) as e:
+        if isinstance(e, ImageReadError):
+            raise
+        raise ImageReadError(path, f"conversion to RGB failed ({e})",
+                             "convert it to an 8-bit RGB PNG or JPEG") from e
+    finally:
+        im.close()  # frees the decoder's buffer before the final copies below
+    if target is not None:
+        size = target[::-1] if turned else target
+        if (out.shape[1], out.shape[0]) != size:
+            out = cv2.resize(out, size, interpolation=cv2.INTER_AREA)
+    return np.require(out, np.uint8, ["C", "W"])
 
 
-def _to_rgb(path: Path, im: Image.Image, apply_exif: bool) -> np.ndarray:
+def _decode_rgb(path: Path, im: Image.Image, apply_exif: bool,
+                reduce: int = 1) -> tuple[np.ndarray, bool]:
+    """The loaded ``im`` as an oriented uint8 RGB array (see :func:`read_image`), and
+    whether the orientation swapped its axes. ``reduce`` > 1 box-averages by that
+    factor on the way (16-bit colour files excepted: the caller resizes them)."""
     orientation = 1
     if apply_exif:
         try:
             orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1) or 1)
         except Exception:  # broken EXIF must not cost the pixels
             logger.warning("ignoring unreadable EXIF data in %s", path)
+        if orientation not in range(1, 9):
+            logger.warning("ignoring EXIF orientation %d of %s", orientation, path)
+            orientation = 1
 
-    suffix = path.suffix.lower()
-    if (suffix == ".png" and _png_is_16bit_colour(path)) or (
-        suffix in (".tif", ".tiff") and _tiff_is_16bit_colour(im)
-    ):
-        return _read_16bit_colour(path, orientation)
-
-    if orientation != 1:
-        try:
-            im = ImageOps.exif_transpose(im)
-        except Exception:
-            logger.warning("could not apply EXIF orientation %d to %s", orientation, path)
-
-    mode = im.mode
-    if mode == "RGB":
-        out = np.asarray(im)
-    elif mode.startswith("I") or mode == "F":  # I;16, I;16B, I;16S, I, ...
-        out = np.repeat(_to_uint8(_int_to_unit(np.asarray(im)))[..., None], 3, axis=2)
-    elif mode in ("1", "L", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
-        out = np.asarray(im.convert("RGB"))
+    if _is_16bit_colour(path, im):
+        out = _read_16bit_colour(path)
     else:
-        # Anything that may carry transparency: RGBA, LA, PA, RGBa, La, P (tRNS).
-        rgba = np.asarray(im.convert("RGBA"), dtype=np.float32) / 255.0
-        out = _to_uint8(_on_white(rgba[..., :3], rgba[..., 3]))
-    if out.ndim != 3 or out.shape[2] != 3 or out.dtype != np.uint8:
+        out = _pil_to_rgb(path, im, reduce)
+    if orientation != 1:
+        out = np.ascontiguousarray(_orient(out, orientation))
+    return out, orientation >= 5
+
+
+def _pil_to_rgb(path: Path, im: Image.Image, reduce: int = 1) -> np.ndarray:
+    """Convert a decoded PIL image to uint8 RGB, band by band (no full-size temporaries).
+
+    With ``reduce`` > 1 each band is also box-averaged by that factor (PIL's
+    ``reduce``; transparent pixels weighted by their alpha), giving
+    ``ceil(H / reduce) × ceil(W / reduce)``.
+    """
+    mode = im.mode
+    width, height = im.size
+    f = max(1, int(reduce))
+    out = np.empty((-(-height // f), -(-width // f), 3), np.uint8)
+    # Bands of whole reduction blocks, so each output row comes from one band.
+    rows = max(f, _BAND_PIXELS // max(width, 1) // f * f)
+    bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
+
+    def shrink(band: Image.Image) -> np.ndarray:
+        return np.asarray(band.reduce(f) if f > 1 else band)
+
+    if mode.startswith("I") or mode == "F":  # I;16, I;16B, I;16S, I, F
+        lo, hi = im.getextrema()
+        integral = mode != "F" or all(
+            np.array_equal(b, np.floor(b))
+            for b in (np.asarray(im.crop((0, t, width, u))) for t, u in bands))
+        for top, bottom in bands:
+            band = np.asarray(im.crop((0, top, width, bottom)))
+            grey = _to_uint8(_int_to_unit(band, float(lo), float(hi), integral))
+            out[top // f : -(-bottom // f)] = shrink(Image.fromarray(grey, "L"))[..., None]
+        return out
+    if mode not in ("RGB", "1", "L", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "LA",
+                    "PA", "RGBa", "La", "P"):
         raise ImageReadError(path, f"unsupported image mode {mode!r}", "convert it to RGB PNG")
-    return np.ascontiguousarray(out)
+    for top, bottom in bands:
+        band = im.crop((0, top, width, bottom))
+        rows_out = slice(top // f, -(-bottom // f))
+        if mode == "RGB":
+            out[rows_out] = shrink(band)
+        elif mode in ("1", "L", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
+            out[rows_out] = shrink(band.convert("RGB"))
+        else:
+            # Anything that may carry transparency: RGBA, LA, PA, RGBa, La, P (tRNS).
+            rgba = shrink(band.convert("RGBA"))
+            out[rows_out] = _composite_u8(rgba[..., :3], rgba[..., 3])
+    return out
 
 
 def read_label(path: str | os.PathLike[str]) -> np.ndarray:

@@ -33,10 +33,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["cell_candidates", "interp_matrix", "pixel_argmax", "pixel_probs"]
+__all__ = ["cell_candidates", "interp_matrix", "pixel_argmax", "pixel_labels", "pixel_probs"]
 
 #: Elements (rows·W·S) resampled at once; bounds memory to ~64 MiB of float32.
 BAND_ELEMENTS = 1 << 24
+#: Output pixels :func:`pixel_labels` resolves at once (its int64 temporaries: ~64 MiB).
+BAND_PIXELS = 1 << 22
 
 
 def interp_matrix(n_out: int, n_in: int, ratio: float, device: torch.device | str = "cpu"
@@ -215,6 +217,75 @@ def pixel_argmax(scores: torch.Tensor, patch: int, in_size: tuple[int, int],
     frac_x[cj, ox] = fx
     blocks = _ragged_argmax(torch.stack(quad, -1), groups, frac_y, frac_x)
     return blocks[ci[:, None] * nw + cj[None, :], oy[:, None], ox[None, :]]
+
+
+def pixel_labels(scores: torch.Tensor, patch: int, size: tuple[int, int],
+                 band_pixels: int = BAND_PIXELS, out_size: tuple[int, int] | None = None
+                 ) -> np.ndarray:
+    """:func:`pixel_argmax` in bands of rows, as a compact array.
+
+    For very large images: :func:`pixel_argmax` returns an int64 map and needs
+    about as much again in temporaries (16 bytes per pixel); here the map is
+    resolved in bands of about ``band_pixels`` pixels into an array of 1 or 2
+    bytes per pixel.
+
+    Args:
+        scores: ``S×h×w`` float scores of one image on its patch grid.
+        patch: patch size p.
+        size: ``(H_in, W_in)`` of the network input the grid belongs to
+            (``h = ceil(H_in/p)``).
+        band_pixels: output pixels per band (at least one patch row is taken).
+        out_size: ``(H, W)`` to label at (default ``size``), e.g. the original
+            photo when the network saw it at a working resolution.
+
+    Returns:
+        ``H×W`` segment ids in ``[0, S)``: uint8 when S ≤ 256, uint16 when
+        S ≤ 65536, else int32. At the input's own size the result equals
+        :func:`pixel_argmax` (bands start on patch rows and see one grid row
+        more on each side, so every pixel reads the same grid points);
+        resampled to another size, it is the argmax of the same bilinear
+        samples, over the segments that can win somewhere.
+    """
+    n_seg, grid_h, _ = scores.shape
+    dtype = np.uint8 if n_seg <= 256 else np.uint16 if n_seg <= 65536 else np.int32
+    if out_size is not None and tuple(out_size) != tuple(size):
+        return _resampled_labels(scores, patch, tuple(size), tuple(out_size), band_pixels,
+                                 dtype)
+    height, width = size
+    out = np.empty((height, width), dtype)
+    rows = max(patch, max(1, band_pixels // max(width, 1)) // patch * patch)
+    for r0 in range(0, height, rows):
+        r1 = min(r0 + rows, height)
+        g0 = max(r0 // patch - 1, 0)
+        g1 = min(-(-r1 // patch) + 1, grid_h)
+        top, bottom = g0 * patch, min(g1 * patch, height)
+        band = pixel_argmax(scores[:, g0:g1], patch, (bottom - top, width))
+        out[r0:r1] = band[r0 - top : r1 - top].cpu().numpy()
+    return out
+
+
+def _resampled_labels(scores: torch.Tensor, patch: int, in_size: tuple[int, int],
+                      out_size: tuple[int, int], band_pixels: int, dtype: type) -> np.ndarray:
+    """Banded argmax of the scores resampled to ``out_size`` (see :func:`pixel_labels`)."""
+    s = scores.float()
+    n_seg, h, w = s.shape
+    # Segments that can win in some cell between grid points (edge cells clamp).
+    padded = torch.nn.functional.pad(s[None], (1, 1, 1, 1), mode="replicate")[0]
+    corners = [padded[:, dy : dy + h + 1, dx : dx + w + 1].permute(1, 2, 0)
+               for dy in (0, 1) for dx in (0, 1)]
+    ids = cell_candidates(*corners).reshape(-1, n_seg).any(0).nonzero().flatten()
+    kept = s[ids].permute(1, 2, 0).reshape(h, -1)  # h×(w·M)
+    ry, rx = _ratios(in_size, out_size, patch)
+    wy = interp_matrix(out_size[0], h, ry, s.device)
+    wx = interp_matrix(out_size[1], w, rx, s.device)
+    out = np.empty(out_size, dtype)
+    m = len(ids)
+    rows = max(1, min(band_pixels, BAND_ELEMENTS // max(1, m)) // max(1, out_size[1]))
+    for r0 in range(0, out_size[0], rows):
+        by_row = (wy[r0 : r0 + rows] @ kept).reshape(-1, w, m)  # rows×w×M
+        best = torch.matmul(wx, by_row).argmax(dim=-1)  # rows×W
+        out[r0 : r0 + rows] = ids[best].cpu().numpy().astype(dtype)
+    return out
 
 
 def pixel_probs(scores: torch.Tensor, patch: int, in_size: tuple[int, int],

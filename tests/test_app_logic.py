@@ -289,3 +289,77 @@ def test_model_runs_under_the_lock_and_crf_outside(seg, rng, monkeypatch):
     logic.eigenfunctions_of(seg, kmeans, lock)
     # (the last "forward" is the one Segmenter.eigenfunctions runs itself)
     assert seen == [("forward", True), ("eigenfunctions", True), ("forward", True)]
+
+
+def test_concurrent_uploads_take_turns_decoding(tmp_path, rng, monkeypatch):
+    """Regression: concurrent uploads decoded at once (two PNG bombs: 8.4 GB)."""
+    import threading
+    import time
+
+    from segeig.imageio import read_image
+
+    active, peak = [0], [0]
+    lock = threading.Lock()
+
+    def slow_read(path, **kwargs):
+        with lock:
+            active[0] += 1
+            peak[0] = max(peak[0], active[0])
+        time.sleep(0.2)
+        with lock:
+            active[0] -= 1
+        return read_image(path, **kwargs)
+
+    monkeypatch.setattr(logic, "read_image", slow_read)
+    paths = [write_image(tmp_path / f"{i}.png", random_image(rng, 100, 120)) for i in range(2)]
+    budget = logic.PixelBudget(100 * 120 * 3 // 2)  # room for one of them at a time
+    threads = [threading.Thread(target=logic.read_upload, args=(p, 64, budget)) for p in paths]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert peak[0] == 1 and budget.in_use == 0
+
+
+def test_read_upload_refuses_too_many_pixels_from_the_header(tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setattr(logic, "MAX_PIXELS", 5000)
+    Image.new("RGBA", (100, 80)).save(tmp_path / "bomb.png")
+    with pytest.raises(logic.UserError, match="bomb.png: 100×80 pixels is more than"):
+        logic.read_upload(tmp_path / "bomb.png", 64)
+
+
+def test_read_upload_decodes_jpegs_at_the_display_size(tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.new("RGB", (1600, 1200), (9, 99, 199)).save(tmp_path / "photo.jpg")
+    image, notice = logic.read_upload(tmp_path / "photo.jpg", 200)
+    assert image.shape == (150, 200, 3) and image.flags.writeable
+    assert notice == "photo.jpg was downscaled from 1600×1200 to 200×150 (max side 200 px)"
+
+
+def test_pixel_budget_serialises_large_decodes():
+    import threading
+
+    budget = logic.PixelBudget(10)
+    with budget.hold(6):
+        with pytest.raises(TimeoutError), budget.hold(6, timeout=0.05):
+            pass
+        with budget.hold(4, timeout=0.05):  # fits beside the first
+            assert budget.in_use == 10
+    with budget.hold(25, timeout=0.05):  # larger than the budget: alone
+        assert budget.in_use == 10
+    assert budget.in_use == 0
+    entered = threading.Event()
+
+    def later():
+        with budget.hold(8, timeout=5):
+            entered.set()
+
+    with budget.hold(8):
+        thread = threading.Thread(target=later)
+        thread.start()
+        assert not entered.wait(0.1)  # waits while the first holds its pixels
+    thread.join(5)
+    assert entered.is_set()

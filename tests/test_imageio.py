@@ -244,3 +244,99 @@ def test_read_segments_refuses_colour_pngs(tmp_path):
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match="mode"):
         read_segments(tmp_path / "rgb.png")
+
+
+# -- hardening (issue 15): formats, memory, decoding at a reduced size ----------------
+def _peak_bytes_per_pixel(path, pixels: int, **kwargs) -> float:
+    """Peak RSS growth of ``read_image(path, **kwargs)`` in a fresh process, per ``pixels``."""
+    import subprocess
+    import sys
+
+    # VmHWM, the peak RSS of this process image (ru_maxrss would start at the
+    # parent's peak: it survives fork and exec).
+    code = (
+        "import re\n"
+        "from segeig.imageio import read_image\n"
+        "def peak():\n"
+        "    status = open('/proc/self/status').read()\n"
+        "    return int(re.search(r'VmHWM:\\s+(\\d+)', status).group(1)) * 1024\n"
+        "before = peak()\n"
+        f"image = read_image({str(path)!r}, **{kwargs!r})\n"
+        "print(image.shape[0], image.shape[1], peak() - before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120).stdout.split()
+    return int(out[2]) / pixels, (int(out[0]), int(out[1]))
+
+
+def test_transparent_png_decodes_in_a_few_bytes_per_pixel(tmp_path):
+    """Regression: an RGBA PNG peaked at ~55 bytes per pixel (float copies)."""
+    path = tmp_path / "bomb.png"
+    Image.new("RGBA", (3000, 3000), (10, 20, 30, 128)).save(path)
+    per_pixel, shape = _peak_bytes_per_pixel(path, 3000 * 3000)
+    assert shape == (3000, 3000)
+    assert per_pixel < 12, f"{per_pixel:.1f} bytes per pixel"
+    # And the same values as compositing in float: round(c·a/255 + 255·(1 − a/255)).
+    small = tmp_path / "small.png"
+    Image.new("RGBA", (3, 2), (10, 20, 30, 128)).save(small)
+    expected = np.rint(np.array([10, 20, 30]) * 128 / 255 + 255 * (1 - 128 / 255))
+    assert (read_image(small) == expected.astype(np.uint8)).all()
+
+
+def test_jpeg_decodes_straight_to_the_requested_size(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (4000, 3000), (200, 100, 50)).save(path, quality=90)
+    per_pixel, shape = _peak_bytes_per_pixel(path, 4000 * 3000, max_side=500)
+    assert shape == (375, 500)
+    # A full decode holds >= 7 bytes per pixel (PIL's buffer + the RGB array);
+    # DCT scaling to 1/4 decodes 1/16 of the pixels.
+    assert per_pixel < 1.5, f"{per_pixel:.2f} bytes per full-size pixel"
+
+
+@pytest.mark.parametrize(("kwargs", "shape"), [
+    ({"max_side": 50}, (25, 50)), ({"short_side": 20}, (20, 40)),
+    ({"max_side": 50, "short_side": 10}, (10, 20)), ({"max_side": 500}, (60, 120)),
+])
+def test_read_image_downscales_to_the_requested_size(tmp_path, kwargs, shape):
+    rng = np.random.default_rng(0)
+    a = np.repeat(np.repeat(rng.integers(0, 256, (6, 12, 3), dtype=np.uint8), 10, 0), 10, 1)
+    for ext in (".png", ".jpg"):
+        Image.fromarray(a).save(tmp_path / f"a{ext}", quality=95)
+        out = read_image(tmp_path / f"a{ext}", **kwargs)
+        _check_rgb(out, shape)
+        assert out.flags.writeable
+        reference = cv2.resize(a, shape[::-1], interpolation=cv2.INTER_AREA)
+        assert np.abs(out.astype(int) - reference).mean() < 12
+
+
+def test_read_image_downscales_after_exif_orientation(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 40 wide x 20 high, shown 20 wide x 40 high
+    Image.new("RGB", (40, 20), (0, 128, 0)).save(tmp_path / "r.jpg", exif=exif)
+    _check_rgb(read_image(tmp_path / "r.jpg", max_side=10), (10, 5))
+
+
+def test_formats_outside_the_allow_list_are_refused_before_decoding(tmp_path, monkeypatch):
+    """Regression: an EPS named .png was opened as EPS (and looked for Ghostscript)."""
+    from PIL import EpsImagePlugin
+
+    loaded = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "load",
+                        lambda self, *a, **k: loaded.append(self) or None)
+    path = tmp_path / "innocent.png"
+    path.write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n"
+                     b"0 0 moveto 10 10 lineto stroke\n%%EOF\n")
+    error = _assert_read_error(path, "not a recognised image format")
+    assert "JPEG" in error.reason and not loaded
+    with pytest.raises(ImageReadError):
+        read_label(path)
+
+
+def test_image_size_reads_only_the_header(tmp_path):
+    from segeig.imageio import image_size
+
+    Image.new("RGB", (70, 30)).save(tmp_path / "a.png")
+    assert image_size(tmp_path / "a.png") == (70, 30)
+    (tmp_path / "b.png").write_bytes(b"nope")
+    with pytest.raises(ImageReadError):
+        image_size(tmp_path / "b.png")

@@ -144,3 +144,14 @@ def test_decode_images_in_order_with_failures(tmp_path, workers):
     assert out[1][1] is None and "not a recognised image" in out[1][2]
     assert out[2][1] is None and "does not exist" in out[2][2]
     assert out[3][1] is not None
+
+
+def test_excluded_folders_never_hide_files_named_explicitly(tree, caplog):
+    """Regression: ``--out .`` above the input excluded even the files named on the line."""
+    named = tree / "b.jpg"
+    files, _ = expand_inputs([named], exclude=[tree])
+    assert keys(files) == ["b"]
+    with caplog.at_level("WARNING", logger="segeig.batch.inputs"):
+        files, _ = expand_inputs([tree], exclude=[tree / "trip"])
+    assert "trip/c" not in keys(files) and "b" in keys(files)
+    assert "not segmenting 2 image(s) under" in caplog.text and "trip" in caplog.text

@@ -107,3 +107,17 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, rng, monkeypatch):
         save_overlay(image, np.ones((8, 8), int), path, make_palette(2))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["o.jpg"]
+
+
+def test_overlay_written_in_bands_equals_the_whole_overlay(tmp_path, rng, monkeypatch):
+    """Bands (for huge images) keep boundaries across band edges."""
+    import segeig.batch.outputs as outputs
+    from segeig.viz import overlay
+
+    image = rng.integers(0, 256, (23, 17, 3), dtype=np.uint8)
+    labels = np.repeat(rng.integers(0, 6, (23, 1)), 17, 1)  # horizontal stripes: row boundaries
+    palette = make_palette(6)
+    monkeypatch.setattr(outputs, "_OVERLAY_BAND_PIXELS", 17 * 4)
+    save_overlay(image, labels, tmp_path / "o.png", palette, 0.4)
+    expected = overlay(image, labels, palette, alpha=0.4, ignore_index=None)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "o.png")), expected)

@@ -100,3 +100,16 @@ def test_pixel_probs():
                                       pixel_argmax(scores, 16, (80, 96)).numpy())
     full = torch.softmax(upsample_scores(scores[None], 16, (80, 96))[0], 0)[torch.from_numpy(ids)]
     np.testing.assert_allclose(probs, (full / full.sum(0)).numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(("size", "patch", "n_seg"), [((100, 37), 16, 5), ((257, 300), 8, 300),
+                                                      ((1000, 20), 14, 12)])
+def test_pixel_labels_in_bands_equal_the_whole_argmax(size, patch, n_seg):
+    """Bands see the grid rows around them, so every pixel gets the same id (compact dtype)."""
+    grid = (-(-size[0] // patch), -(-size[1] // patch))
+    scores = _structured_scores(n_seg, *grid, seed=n_seg)
+    whole = pixel_argmax(scores, patch, size).numpy()
+    for band_pixels in (1, 3 * size[1] * patch, 10**8):
+        labels = resample.pixel_labels(scores, patch, size, band_pixels=band_pixels)
+        assert labels.dtype == (np.uint8 if n_seg <= 256 else np.uint16)
+        np.testing.assert_array_equal(labels, whole)

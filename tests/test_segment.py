@@ -91,7 +91,7 @@ def mixed(tmp_path_factory) -> tuple[Path, dict[str, str]]:
 
 def _files_under(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix != ".json"}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.suffix not in (".json", ".jsonl")}
 
 
 def test_mixed_folder(segmenter, mixed, tmp_path):
@@ -202,6 +202,66 @@ def test_summary_and_settings_guard(segmenter, checkpoint, mixed, tmp_path):
     assert read_segments(tmp_path / "labels" / "a.png").max() < K
 
 
+def test_partial_overwrite_with_another_checkpoint_is_never_mixed_silently(
+        segmenter, checkpoint, mixed, tmp_path):
+    """Regression: A on all, B --overwrite on some, then B on all "skipped" A's outputs."""
+    root, _ = mixed
+    torch.manual_seed(1)
+    other = build_model(Backbone(tiny_backbone_config()), HeadConfig(kind="mlp", k=K))
+    other.set_centroids("eigen+kmeans", torch.randn(CENTROIDS, other.head.hidden_dim))
+    checkpoint_b = save_checkpoint(tmp_path / "b", other)
+    seg_b = segeig.load(checkpoint_b, device="cpu")
+    files, _ = expand_inputs([root / "a.jpg", root / "grey.png", root / "pal.png"])
+    out = tmp_path / "out"
+    segment_inputs(segmenter, files, out, checkpoint=checkpoint)
+    some = [f for f in files if f.key == "a"]
+    partial = segment_inputs(seg_b, some, out, SegmentOptions(overwrite=True),
+                             checkpoint=checkpoint_b)
+    assert partial.segmented == 1
+    # The summary says the folder still holds the first checkpoint's outputs.
+    others = json.loads((out / "summary.json").read_text())["other_checkpoints"]
+    assert [o["inputs"] for o in others] == [2]
+    assert others[0]["checkpoint"]["path"] == str(Path(checkpoint).resolve())
+    with pytest.raises(ValueError) as refused:
+        segment_inputs(seg_b, files, out, checkpoint=checkpoint_b)
+    message = str(refused.value)
+    assert str(Path(checkpoint).resolve()) in message and str(checkpoint_b.resolve()) in message
+    assert "2 input(s)" in message and "--overwrite" in message
+    redone = segment_inputs(seg_b, files, out, SegmentOptions(overwrite=True),
+                            checkpoint=checkpoint_b)
+    assert redone.segmented == 3 and redone.others == []
+    again = segment_inputs(seg_b, files, out, checkpoint=checkpoint_b)
+    assert again.skipped == 3
+    # Other output settings count too: the same checkpoint with CRF would differ.
+    (out / "summary.json").unlink()  # only the manifest is left to tell
+    with pytest.raises(ValueError, match="same checkpoint with other settings.*method"):
+        segment_inputs(seg_b, files, out, SegmentOptions(method="eigen"),
+                       checkpoint=checkpoint_b)
+
+
+def test_failed_final_summary_write_leaves_no_stale_summary(segmenter, checkpoint, mixed,
+                                                            tmp_path, monkeypatch):
+    import segeig.batch.segment as batch_segment
+
+    root, _ = mixed
+    files, _ = expand_inputs([root / "a.jpg"])
+    writes = []
+    real = batch_segment._write_summary
+
+    def fail_second(path, summary):
+        writes.append(summary.complete)
+        if len(writes) == 2:
+            raise OSError(28, "No space left on device")
+        real(path, summary)
+
+    monkeypatch.setattr(batch_segment, "_write_summary", fail_second)
+    with pytest.raises(OSError, match="could not write .*summary.json"):
+        segment_inputs(segmenter, files, tmp_path, checkpoint=checkpoint)
+    # The summary written at the start (complete: false, no counts) is gone.
+    assert not (tmp_path / "summary.json").exists()
+    assert (tmp_path / "labels" / "a.png").exists()
+
+
 def test_unsafe_output_is_a_per_file_failure(segmenter, mixed, tmp_path):
     root, _ = mixed
     outside = tmp_path / "outside"
@@ -263,6 +323,23 @@ def test_cli_exit_status(checkpoint, mixed, tmp_path, capsys):
     assert main([*args, str(tmp_path / "missing"), "--out", str(tmp_path / "o3")]) == 2
     assert main([*args, str(root), "--out", str(tmp_path / "o4"), "--shard", "3/3"]) == 2
     assert "0-based" in capsys.readouterr().err
+
+
+def test_out_dot_above_the_inputs_and_long_names(checkpoint, tmp_path, monkeypatch, capsys):
+    """Regressions: ``--out .`` excluded every input; names of >= 238 bytes failed
+    ("File name too long": the temp file added 18 bytes)."""
+    monkeypatch.chdir(tmp_path)
+    long = "x" * 236 + ".jpg"  # label file: 240 bytes, temp file would be 258
+    Image.fromarray(random_image(np.random.default_rng(0), 20, 30)).save(tmp_path / long)
+    Image.fromarray(random_image(np.random.default_rng(1), 20, 30)).save(tmp_path / "b.jpg")
+    args = ["-q", "segment", "--checkpoint", str(checkpoint), "--workers", "0"]
+    assert main([*args, long, "b.jpg", "--out", "."]) == 0
+    assert (tmp_path / "labels" / ("x" * 236 + ".png")).exists()
+    assert (tmp_path / "labels" / "b.png").exists()
+    # The outputs are not taken for inputs on the next run over the folder.
+    assert main([*args, ".", "--out", "."]) == 0
+    assert json.loads((tmp_path / "summary.json").read_text())["counts"]["total"] == 2
+    assert not list(tmp_path.rglob("*.tmp"))
 
 
 @pytest.fixture

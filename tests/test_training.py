@@ -191,6 +191,18 @@ def test_nan_stops_clearly_and_keeps_last_good_checkpoint(folder, tmp_path, monk
     assert read_config(out)["training"]["steps_done"] == 6
 
 
+def test_a_huge_learning_rate_stops_clearly_and_keeps_the_good_checkpoint(folder, tmp_path):
+    """Regression: ``--lr 1e6`` ended in a cryptic k-means error (its features overflowed)
+    and the refit replaced a good checkpoint by a collapsed one."""
+    out = tmp_path / "run"
+    good = train(tiny_config(folder, steps=2), out)
+    before = good.read_bytes()
+    with pytest.raises(TrainingDivergedError, match="outputs exploded.*left untouched.*--lr"):
+        train(tiny_config(folder, steps=6, lr=1e6), out, overwrite=True)
+    assert good.read_bytes() == before
+    assert read_log(out / "train_log.jsonl")[-1]["event"] == "diverged"
+
+
 def test_kmeans_baseline_checkpoint(folder, tmp_path):
     ckpt = train(tiny_config(folder, method="kmeans", kmeans_k=5), tmp_path / "km")
     config = read_config(ckpt)

@@ -8,7 +8,7 @@ Modules: ``segment`` (:func:`segment_inputs`: a whole run, resumable, with
 """
 
 from segeig.batch.inputs import InputFile, expand_inputs, parse_shard, select_shard
-from segeig.batch.outputs import OutputPathError, read_scores
+from segeig.batch.outputs import OutputPathError, output_folders, read_scores
 from segeig.batch.pipeline import SegmentOptions, segment_files
 from segeig.batch.segment import SegmentSummary, segment_inputs, summary_path
 
@@ -18,6 +18,7 @@ __all__ = [
     "SegmentOptions",
     "SegmentSummary",
     "expand_inputs",
+    "output_folders",
     "parse_shard",
     "read_scores",
     "segment_files",

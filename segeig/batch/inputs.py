@@ -16,12 +16,12 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
 
 import numpy as np
 
 from segeig.data.files import is_image_file, list_images
-from segeig.imageio import ImageReadError, read_image
+from segeig.data.workers import ordered_map
+from segeig.imageio import DEFAULT_MAX_PIXELS, ImageReadError, image_size, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -128,9 +128,11 @@ def expand_inputs(
 
     Args:
         inputs: files, folders and glob patterns.
-        exclude: folders whose files are never inputs — pass the output
-            directory, so that a run writing into a folder it reads does not
-            segment its own label maps and overlays on the next run.
+        exclude: folders whose files are not inputs when reached through a
+            folder or a glob (a file named explicitly always is) — pass the
+            output folders (``DIR/labels`` ...), so that a run writing into a
+            folder it reads does not segment its own label maps and overlays
+            on the next run. Skipped files are logged with the folder.
 
     Returns:
         ``(files sorted by key, conflicts)``; the order does not depend on the
@@ -144,15 +146,22 @@ def expand_inputs(
         raise ValueError("no inputs given: pass image files, folders or glob patterns")
     seen: set[str] = set()
     excluded = [Path(os.path.realpath(e)) for e in exclude]
+    skipped: dict[Path, int] = {}
     pairs: list[tuple[Path, PurePosixPath]] = []
     for text in inputs:
+        explicit = Path(os.fspath(text)).is_file()
         for path, rel in _expand_one(text):
             real = os.path.realpath(path)
-            if any(Path(real).is_relative_to(e) for e in excluded):
+            inside = next((e for e in excluded if Path(real).is_relative_to(e)), None)
+            if inside is not None and not explicit:  # a file named explicitly is wanted
+                skipped[inside] = skipped.get(inside, 0) + 1
                 continue
             if real not in seen:
                 seen.add(real)
                 pairs.append((path, rel))
+    for folder, count in skipped.items():
+        logger.warning("not segmenting %d image(s) under %s: an output folder of this run "
+                       "(name them explicitly to segment them anyway)", count, folder)
 
     stems: dict[str, int] = {}
     for _, rel in pairs:
@@ -207,7 +216,7 @@ def select_shard(files: Sequence[InputFile], index: int, count: int) -> list[Inp
 
 
 class _Decode:
-    """Map-style dataset: index → ``(index, uint8 H×W×3 tensor | None, failure reason | None)``."""
+    """Picklable decoder: index → ``(index, uint8 H×W×3 array | None, failure reason | None)``."""
 
     def __init__(self, paths: Sequence[str | os.PathLike[str]]) -> None:
         self.paths = [os.fspath(p) for p in paths]
@@ -215,48 +224,53 @@ class _Decode:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> tuple[int, Any, str | None]:
-        import torch
-
+    def __call__(self, index: int) -> tuple[int, np.ndarray | None, str | None]:
         try:
-            # A tensor crosses the worker pipe through shared memory, an array by pickle.
-            image = np.require(read_image(self.paths[index]), requirements=["W"])
-            return index, torch.from_numpy(image), None
+            # A numpy array crosses the worker pipe as a plain pickle, never through
+            # /dev/shm (a torch tensor would, and Docker's 64 MB fills with 2 photos).
+            return index, read_image(self.paths[index]), None
         except ImageReadError as err:
             return index, None, err.reason
         except Exception as err:  # noqa: BLE001 - one bad file must not stop the run
             return index, None, f"{type(err).__name__}: {err}"
 
-
-def _identity(item: Any) -> Any:
-    return item
+    def pixels(self, index: int) -> int:
+        """Pixels the image at ``index`` decodes to (0 when its header is unreadable)."""
+        try:
+            width, height = image_size(self.paths[index])
+        except ImageReadError:
+            return 0  # the worker reports why
+        return width * height
 
 
 def decode_images(
-    paths: Sequence[str | os.PathLike[str]], workers: int = 0,
+    paths: Sequence[str | os.PathLike[str]],
+    workers: int = 0,
+    max_pixels_in_flight: int = DEFAULT_MAX_PIXELS,
 ) -> Iterator[tuple[int, np.ndarray | None, str | None]]:
     """Read images with :func:`segeig.imageio.read_image`, in worker processes.
 
     Args:
         paths: image files.
-        workers: DataLoader worker processes; 0 reads in this process. At most
+        workers: worker processes; 0 reads in this process. At most
             ``2·workers`` decoded images wait in memory.
+        max_pixels_in_flight: images are handed to workers only while the
+            pixels being decoded, waiting, or held by the caller (the last one
+            yielded) sum to at most this (read from the headers): decoding
+            costs ~7 bytes per pixel, so four workers on four 100 MP images
+            would otherwise need ~3 GB at once. A larger image is decoded alone.
 
     Yields:
         ``(index into paths, H×W×3 uint8 RGB or None, None or why it failed)``,
-        in the order of ``paths``. A failure never stops the iteration.
-    """
-    dataset = _Decode(paths)
-    if workers == 0 or len(paths) <= 1:
-        for i in range(len(dataset)):
-            index, image, reason = dataset[i]
-            yield index, None if image is None else image.numpy(), reason
-        return
-    import torch
+        in the order of ``paths``. A failure to read one file never stops the
+        iteration.
 
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=min(workers, len(paths)),
-        collate_fn=_identity, prefetch_factor=2,
-    )
-    for index, image, reason in loader:
-        yield index, None if image is None else image.numpy(), reason
+    Raises:
+        segeig.data.workers.WorkerError: a worker process died (e.g. killed
+            for memory) or could not return an image; raised at once.
+    """
+    decode = _Decode(paths)
+    if len(paths) <= 1:
+        workers = 0
+    yield from ordered_map(decode, range(len(paths)), workers, cost=decode.pixels,
+                           budget=max_pixels_in_flight, what="decoding worker")

@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "OutputPathError",
+    "output_folders",
     "output_paths",
     "read_scores",
     "safe_output_path",
@@ -38,6 +39,14 @@ __all__ = [
 ]
 
 SUBDIRS = {"labels": "labels", "overlay": "overlays", "probs": "probs"}
+
+#: Pixels of an overlay blended at once (bounds its temporaries to ~40 MB).
+_OVERLAY_BAND_PIXELS = 1 << 20
+
+
+def output_folders() -> list[str]:
+    """The subfolders of an output directory that segeig writes images into."""
+    return sorted(set(SUBDIRS.values()))
 
 
 class OutputPathError(ValueError):
@@ -126,8 +135,19 @@ def save_overlay(image: np.ndarray, labels: np.ndarray, path: str | os.PathLike[
         legend: uint8 ``h×w×3`` picture drawn below the overlay (the file is
             then taller than the input), or None.
     """
-    painted = overlay(image, labels, palette, alpha=alpha, ignore_index=ignore_index)
-    blended = Image.fromarray(painted if legend is None else with_legend(painted, legend))
+    height = image.shape[0]
+    blended_rows = np.empty_like(image)
+    # In bands of rows (plus one row below, which the boundary test reads):
+    # overlay's float temporaries cost ~40 bytes per pixel of what it is given.
+    step = max(1, _OVERLAY_BAND_PIXELS // max(image.shape[1], 1))
+    for top in range(0, height, step):
+        bottom = min(top + step, height)
+        part = overlay(image[top : bottom + 1], labels[top : bottom + 1], palette, alpha=alpha,
+                       ignore_index=ignore_index)
+        blended_rows[top:bottom] = part[: bottom - top]
+    blended = Image.fromarray(blended_rows if legend is None
+                              else with_legend(blended_rows, legend))
+    del blended_rows
     suffix = Path(path).suffix.lower()
     if suffix in (".jpg", ".jpeg"):
         atomic_write(path, lambda f: blended.save(f, format="JPEG", quality=90))

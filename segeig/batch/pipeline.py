@@ -2,8 +2,10 @@
 
 Stages, overlapped so the device rarely waits:
 
-1. **decode** — :func:`segeig.imageio.read_image` in DataLoader worker
-   processes (``workers``); an unreadable file becomes a failure record.
+1. **decode** — :func:`segeig.imageio.read_image` in worker processes
+   (``workers``; :func:`segeig.batch.inputs.decode_images`: no shared memory,
+   at most 2^27 pixels in flight, a dead worker stops the run with an error);
+   an unreadable file becomes a failure record.
 2. **score** — on the device, in the main process: each image is brought to
    the checkpoint's working resolution (:meth:`Segmenter.working_image`);
    images of the same working size are stacked into batches of up to
@@ -42,7 +44,7 @@ from segeig.config import DEFAULT_MAX_SIDE
 from segeig.crf import CRFParams, CRFPool
 from segeig.imageio import MAX_SEGMENTS, save_segments
 from segeig.predictor import Segmenter
-from segeig.resample import pixel_argmax, pixel_probs
+from segeig.resample import pixel_labels, pixel_probs
 from segeig.transforms import to_tensor
 from segeig.viz import legend_image, make_palette
 
@@ -247,8 +249,9 @@ class _Run:
             if self.opt.save_probs:
                 job.scores = scores.to(torch.float16).cpu().numpy()
             if self.crf_pool is None:
-                labels = pixel_argmax(scores, self.seg.patch_size, in_size, size)
-                self.write(job, labels.to(torch.int32).cpu().numpy())
+                # Banded, 1-2 bytes per pixel: a 121 MP image stays within memory.
+                self.write(job, pixel_labels(scores, self.seg.patch_size, in_size,
+                                             out_size=size))
                 return
             scale = min(1.0, math.sqrt(self.opt.crf_max_pixels / (size[0] * size[1])))
             crf_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
@@ -398,7 +401,10 @@ def segment_files(
             # cancel_futures: on Ctrl-C, queued writes are dropped; running ones finish.
             stack.callback(writer.shutdown, wait=True, cancel_futures=True)
         run = _Run(segmenter, options, emit, crf_pool, writer)
-        for index, image, reason in decode_images([j.item.path for j in jobs], options.workers):
+        # Closed on the way out, also on Ctrl-C: the decoding processes stop then.
+        decoded = stack.enter_context(contextlib.closing(
+            decode_images([j.item.path for j in jobs], options.workers)))
+        for index, image, reason in decoded:
             job = jobs[index]
             if image is None:
                 run.fail(job, reason or "unreadable")

@@ -13,6 +13,7 @@ run that can be interrupted and resumed, and that several processes can share
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +28,15 @@ from typing import Any
 from segeig import __version__
 from segeig.atomic import atomic_write
 from segeig.batch.inputs import Conflict, InputFile
-from segeig.batch.outputs import SUBDIRS
+from segeig.batch.manifest import (
+    Manifest,
+    ManifestWriter,
+    Producer,
+    manifest_path,
+    producer_of,
+    read_manifest,
+)
+from segeig.batch.outputs import SUBDIRS, OutputPathError, output_paths
 from segeig.batch.pipeline import (
     ImageResult,
     SegmentOptions,
@@ -80,6 +89,9 @@ class SegmentSummary:
         seconds: wall time of the segmentation (model loading and fitting excluded).
         settings: the options, the resolved method and the checkpoint hash.
         checkpoint: ``{"path", "sha256", "fitted_here"}``.
+        others: ``[{"checkpoint": {"path", "sha256"}, "inputs": n}]``: other
+            producers of outputs in the folder that this run did not redo
+            (after a partial ``--overwrite``); see :mod:`segeig.batch.manifest`.
         shard: ``(index, count)``, 0-based.
         complete: every input was handled (False when interrupted).
         classes: class names, when the label maps hold class indices (a
@@ -98,6 +110,7 @@ class SegmentSummary:
     complete: bool = False
     started: str = ""
     classes: list[str] | None = None
+    others: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def succeeded(self) -> int:
@@ -119,6 +132,7 @@ class SegmentSummary:
             "failures": self.failures,
             "settings": self.settings,
             "checkpoint": self.checkpoint,
+            "other_checkpoints": self.others,
             "layout": {kind: f"{sub}/KEY" for kind, sub in SUBDIRS.items()},
             # Only for class label maps: an unlabelled run's summary stays as it was.
             **({"classes": self.classes, "unassigned": UNASSIGNED}
@@ -129,6 +143,21 @@ class SegmentSummary:
 def _write_summary(path: Path, summary: SegmentSummary) -> None:
     text = json.dumps(summary.to_dict(), indent=2) + "\n"
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def _write_final_summary(path: Path, summary: SegmentSummary) -> None:
+    """Write the closing summary; if that fails, remove the one written at the start.
+
+    A stale summary would describe a run that is not what happened (its counts,
+    ``complete``); no summary is honest, and the error says why.
+    """
+    try:
+        _write_summary(path, summary)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+        raise OSError(f"could not write {path} ({err}); the outputs written are complete, "
+                      "rerun to write the summary") from err
 
 
 def _check_previous(out_dir: Path, settings: dict[str, Any]) -> None:
@@ -146,6 +175,50 @@ def _check_previous(out_dir: Path, settings: dict[str, Any]) -> None:
             raise ValueError(
                 f"{out_dir} holds outputs made with other settings ({detail}; see {path.name}). "
                 "Pass --overwrite to replace them, or choose another output directory.")
+
+
+def _existing_outputs(out_dir: Path, key: str) -> bool:
+    """Whether any output of ``key`` (labels, either overlay format, scores) exists."""
+    try:
+        paths = output_paths(out_dir, key, "jpg", probs=True)
+        paths["overlay_png"] = output_paths(out_dir, key, "png")["overlay"]
+    except OutputPathError:
+        return False
+    return any(p.exists() for p in paths.values())
+
+
+def _check_owners(out_dir: Path, files: Sequence[InputFile], manifest: Manifest,
+                  producer: Producer) -> None:
+    """Refuse to resume over outputs that another checkpoint or other settings made."""
+    foreign: dict[str, list[str]] = {}
+    for item in files:
+        owner = manifest.owner(item.key)
+        if owner is not None and owner.id != producer.id and _existing_outputs(out_dir, item.key):
+            foreign.setdefault(owner.id, []).append(item.key)
+    if not foreign:
+        return
+    parts = []
+    for owner_id, keys in foreign.items():
+        owner = manifest.producers[owner_id]
+        if owner.checkpoint.get("sha256") != producer.checkpoint.get("sha256"):
+            how = owner.describe()
+        else:
+            how = f"the same checkpoint with other settings ({owner.differences(producer)})"
+        parts.append(f"{len(keys)} input(s), e.g. '{keys[0]}', were segmented with {how}")
+    raise ValueError(
+        f"{out_dir} holds outputs of another run: {'; '.join(parts)}; this run uses "
+        f"{producer.describe()}. Pass --overwrite to redo them with this checkpoint, or "
+        f"choose another output directory (see {manifest_path(out_dir).name}).")
+
+
+def _others(manifest: Manifest, producer: Producer, keys: set[str]) -> list[dict[str, Any]]:
+    """Producers of outputs in the folder that this run neither made nor redid."""
+    counts: dict[str, int] = {}
+    for key, owner in manifest.owners.items():
+        if owner != producer.id and key not in keys:
+            counts[owner] = counts.get(owner, 0) + 1
+    return [{"checkpoint": manifest.producers[o].checkpoint, "inputs": n}
+            for o, n in counts.items() if o in manifest.producers]
 
 
 def segment_inputs(
@@ -195,8 +268,12 @@ def segment_inputs(
                 "method": resolve_method(segmenter, options.method, classes),
                 "working_resolution": to_dict(segmenter.working_resolution(options.resolution)),
                 "checkpoint_sha256": sha, "device": str(segmenter.device)}
+    producer = producer_of(str(checkpoint.resolve()),
+                           {k: settings[k] for k in _OUTPUT_SETTINGS if k in settings})
+    manifest = read_manifest(out)
     if not options.overwrite:
         _check_previous(out, settings)
+        _check_owners(out, files, manifest, producer)
     summary = SegmentSummary(
         total=len(files) + len(conflicts), settings=settings, shard=shard,
         checkpoint={"path": str(checkpoint.resolve()), "sha256": sha,
@@ -209,12 +286,16 @@ def segment_inputs(
         summary.failures.append({"input": str(conflict.path), "reason": conflict.reason})
     target = summary_path(out, shard)
     _write_summary(target, summary)
+    writer = ManifestWriter(manifest_path(out, shard), producer)
 
     def record(result: ImageResult) -> None:
         if result.status == "segmented":
             summary.segmented += 1
+            writer.record(result.key)
         elif result.status == "skipped":
             summary.skipped += 1
+            if manifest.owners.get(result.key) != producer.id:
+                writer.record(result.key)  # checked above: ours, or made before manifests
         else:
             summary.failed += 1
             summary.failures.append({"input": result.path, "reason": result.reason or ""})
@@ -226,7 +307,17 @@ def segment_inputs(
         segment_files(segmenter, files, out, options, progress=record, crf_params=crf_params)
         summary.complete = True
     finally:
+        # A failed summary write must not hide the error that ended the run.
+        fail = contextlib.nullcontext() if summary.complete else contextlib.suppress(OSError)
+        writer.close()
         # Also on Ctrl-C: the summary says how far the run got.
         summary.seconds = time.perf_counter() - started
-        _write_summary(target, summary)
+        summary.others = _others(manifest, producer, {f.key for f in files})
+        for other in summary.others:
+            logger.warning("%s also holds outputs of %d input(s) made with checkpoint %s "
+                           "(sha256 %s), not redone by this run", out, other["inputs"],
+                           other["checkpoint"].get("path"),
+                           str(other["checkpoint"].get("sha256"))[:12])
+        with fail:
+            _write_final_summary(target, summary)
     return summary

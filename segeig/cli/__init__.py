@@ -47,13 +47,43 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, RuntimeError) as err:
-        # Library errors carry actionable messages; a traceback adds nothing
-        # for users (rerun with -v to see it).
+    except Exception as err:  # noqa: BLE001 - every failure ends in one line, not a trace
         if args.verbose:
             raise
-        print(f"segeig {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        print(f"segeig {args.command}: error: {error_line(err)}", file=sys.stderr)
+        return 2 if isinstance(err, EXPECTED_ERRORS) else 1
+
+
+#: Errors whose message is meant for users (bad input, files, devices, weights);
+#: anything else is a bug in segeig, reported as such.
+EXPECTED_ERRORS = (ValueError, OSError, RuntimeError, ImportError, MemoryError)
+
+
+def error_line(err: BaseException) -> str:
+    """One line describing ``err`` for the terminal.
+
+    Library errors carry actionable messages; file-system errors are shown as
+    ``reason: path``; anything unexpected is named as a bug (``-v`` shows the
+    traceback).
+    """
+    if isinstance(err, OSError) and err.strerror:
+        where = f": {err.filename}" if err.filename else ""
+        text = f"{err.strerror}{where}"
+    elif isinstance(err, MemoryError):
+        text = "out of memory (try fewer --workers, a smaller --batch-size or --max-side)"
+    elif isinstance(err, EXPECTED_ERRORS):
+        text = str(err) or type(err).__name__
+        if "Original Traceback" in text:  # a DataLoader worker's error: keep its last line
+            head, _, trace = text.partition("Original Traceback")
+            lines = trace.strip().splitlines()
+            text = f"{head.strip()} {lines[-1] if lines else ''}"
+        if "shared memory" in text:
+            text += (" (/dev/shm is too small, e.g. Docker's 64 MB default: rerun with "
+                     "--workers 0, or give the container more with docker run --shm-size 1g)")
+    else:
+        text = (f"unexpected {type(err).__name__}: {err} (a bug in segeig; rerun with -v for "
+                "the traceback and please report it)")
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -120,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     from segeig.batch import (
         SegmentOptions,
         expand_inputs,
+        output_folders,
         segment_inputs,
         select_shard,
         summary_path,
@@ -130,10 +131,15 @@ def run(args: argparse.Namespace) -> int:
     check_resolution(args.resolution)
     shard = _shard(args)
     device = _device(args)
-    files, conflicts = expand_inputs(args.inputs, exclude=[args.out])
+    # Only the folders segeig writes images to: `--out .` above the inputs must
+    # not hide the inputs themselves.
+    outputs = [os.path.join(args.out, sub) for sub in output_folders()]
+    files, conflicts = expand_inputs(args.inputs, exclude=outputs)
     if not files and not conflicts:
         raise ValueError(f"no image files found in {' '.join(args.inputs)} (looked for "
-                         ".jpg .jpeg .png .webp .bmp .tif .tiff)")
+                         ".jpg .jpeg .png .webp .bmp .tif .tiff; images in the output "
+                         f"folders {', '.join(outputs)} are this command's outputs, not "
+                         "inputs)")
     mine = select_shard(files, *shard)
     # Name conflicts are reported once, by shard 0.
     conflicts = conflicts if shard[0] == 0 else []

@@ -19,12 +19,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from segeig.checkpoint import UNASSIGNED
 from segeig.config import WorkingResolution, to_dict
 from segeig.crf import CRFParams, CRFPool, require_pydensecrf
 from segeig.data import SegDataset
+from segeig.data.workers import ordered_map
 from segeig.evaluation.protocols import Prepared, Protocol, prepare, resolve_protocol
 from segeig.evaluation.scoring import (
     EvaluationResult,
@@ -44,7 +44,7 @@ __all__ = ["MATCHES", "check_crf_available", "check_dataset", "check_segments", 
 MATCHES = ("auto", "hungarian", "majority", "fixed")
 
 
-class _PreparedView(Dataset):
+class _PreparedView:
     # Reads with SegDataset.load (a Sample, whatever transform the dataset
     # carries) and sizes it for the protocol, inside DataLoader workers if any.
     def __init__(self, dataset: SegDataset, protocol: Protocol, n: int,
@@ -59,19 +59,17 @@ class _PreparedView(Dataset):
         return prepare(self.dataset.load(index), self.protocol, self.resolution)
 
 
-def _identity(item: Any) -> Any:
-    return item
-
-
 def prepared_samples(dataset: SegDataset, protocol: Protocol, n: int, workers: int,
                      resolution: WorkingResolution | None = None) -> Iterable[Prepared]:
     """The first ``n`` samples sized for ``protocol`` (and the working
-    ``resolution``), read in ``workers`` processes."""
+    ``resolution``), read in ``workers`` processes.
+
+    Samples are numpy arrays sent back through a pipe (never ``/dev/shm``); a
+    worker that dies or cannot send its sample raises
+    :class:`segeig.data.workers.WorkerError` at once instead of hanging.
+    """
     view = _PreparedView(dataset, protocol, n, resolution)
-    if workers <= 0:
-        return (view[i] for i in range(n))
-    return DataLoader(view, batch_size=None, shuffle=False, num_workers=workers,
-                      collate_fn=_identity, prefetch_factor=2)
+    return ordered_map(view.__getitem__, range(n), max(workers, 0), what="data worker")
 
 
 def _batched(samples: Iterable[Prepared], size: int, single_pass: Callable[[Prepared], bool]

@@ -68,6 +68,12 @@ logger = logging.getLogger(__name__)
 ProgressFn = Callable[[int, int, dict], None]
 
 
+#: Head logits beyond this magnitude mean training diverged: at τ ≥ 0.3 a softmax
+#: is one-hot long before (a gap of 30 already gives e^-100), so no learning
+#: needs them, and the hidden features k-means clusters overflow next.
+MAX_LOGIT = 1e4
+
+
 class TrainingDivergedError(RuntimeError):
     """The loss became NaN/inf; nothing after the last good checkpoint was saved."""
 
@@ -207,8 +213,12 @@ class Trainer:
     def _diverged(self, loss: float, why: str) -> None:
         self.log.write("diverged", step=self.progress.step + 1, loss=loss)
         saved = self.progress.extra.get("step_saved")
-        last = (f"the last good checkpoint is {self.ckpt_path} (step {saved})"
-                if saved else "no checkpoint had been written yet")
+        if saved:
+            last = f"the last good checkpoint is {self.ckpt_path} (step {saved})"
+        elif self.ckpt_path.exists():
+            last = f"{self.ckpt_path}, written before this run, was left untouched"
+        else:
+            last = "no checkpoint had been written yet"
         raise TrainingDivergedError(
             f"training diverged at step {self.progress.step + 1}/{self.total} "
             f"(epoch {self.progress.step // self.spe + 1}): {why}. Nothing after the last "
@@ -218,8 +228,10 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------
     def _step(self, crops: torch.Tensor, valid_px: torch.Tensor, step: int,
-              generator: torch.Generator, head: torch.nn.Module) -> tuple[torch.Tensor, int]:
-        """Loss of one step (before backward) and the number of graph nodes."""
+              generator: torch.Generator, head: torch.nn.Module
+              ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """Loss of one step (before backward), the number of graph nodes, and the
+        largest head logit in magnitude (0-d tensor: the outputs' spread)."""
         c, dist, device = self.config, self.dist, self.device
         crops = crops.to(device, non_blocking=True)
         images = crops.float().div_(255)
@@ -250,7 +262,7 @@ class Trainer:
                 probs = dist.all_gather_grad(probs)
             out = neuralef_loss(probs[kvalid.reshape(-1)], kernel,
                                 c.objective.beta_for(c.head.k), c.objective.t)
-        return out, int(kvalid.sum())
+        return out, int(kvalid.sum()), logits.detach().float().abs().amax()
 
     def _train(self) -> None:
         c, p = self.config, self.progress
@@ -273,13 +285,20 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             generator.manual_seed(noise_seed(c.seed, step))
-            out, tokens = self._step(crops, valid_px, step, generator, head)
+            out, tokens, spread = self._step(crops, valid_px, step, generator, head)
             stats = torch.cat([out.loss.detach()[None], out.trace[None], out.penalty[None],
-                               out.eigenvalues])
+                               spread[None], out.eigenvalues])
             stats = self.dist.all_reduce_mean(stats).cpu().double()
-            loss = float(stats[0])
+            loss, spread = float(stats[0]), float(stats[3])
+            stats = torch.cat([stats[:3], stats[4:]])
             if not math.isfinite(loss):
                 self._diverged(loss, f"the loss became {loss}")
+            # The loss is bounded while the outputs are finite (columns are
+            # normalised), so a too-large learning rate shows in the outputs
+            # first: logits far beyond any softmax temperature's range, then inf.
+            if not spread <= MAX_LOGIT:
+                self._diverged(loss, f"the head's outputs exploded (|logit| up to {spread:.3g}, "
+                               f"limit {MAX_LOGIT:g})")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.loss).backward()
             self.scaler.step(self.optimizer)

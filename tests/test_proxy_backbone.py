@@ -41,7 +41,8 @@ def test_proxy_loads_into_backbone(proxy_file, capsys):
     assert backbone.mean == (0.485, 0.456, 0.406) and backbone.std == (0.229, 0.224, 0.225)
     # Really the trained weights: a fresh random ViT of the same seed differs ...
     torch.manual_seed(0)
-    fresh = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=0)
+    fresh = timm.create_model("deit_tiny_patch16_224", pretrained=False, num_classes=0,
+                              dynamic_img_size=True)
     assert not torch.equal(fresh.state_dict()["blocks.0.attn.qkv.weight"],
                            saved["blocks.0.attn.qkv.weight"])
     # ... and the same weights loaded by hand give the same features.
@@ -60,7 +61,8 @@ def test_proxy_is_deterministic_and_not_rebuilt(proxy_file, tmp_path, capsys):
     again = tmp_path / "again.safetensors"
     assert script.main([*TINY_PROXY, "--out", str(again)]) == 0
     assert "patch accuracy" in capsys.readouterr().out
-    assert again.read_bytes() == proxy_file.read_bytes()
+    first, second = load_file(str(proxy_file)), load_file(str(again))
+    assert all(torch.equal(first[k], second[k]) for k in first)  # the header holds timings
     stamp = again.stat().st_mtime_ns
     assert script.main([*TINY_PROXY, "--out", str(again)]) == 0
     assert "exists" in capsys.readouterr().out and again.stat().st_mtime_ns == stamp

@@ -1,9 +1,13 @@
 """Quality half of ``scripts/benchmark.py``: both heads trained briefly on a synthetic
 custom set, every method scored on its validation split.
 
-A proxy: the synthetic classes are colour/texture families and the backbone is
-a randomly initialised ViT (the only one available offline), so the numbers
-rank the heads and methods on *this* data, not on a real benchmark with DINO.
+A proxy: the synthetic classes are colour/texture families. The backbone is
+the *proxy backbone* when its file exists (a ViT-Tiny/16 pretrained offline on
+other synthetic classes by ``scripts/make_proxy_backbone.py``; the evaluation
+set then defaults to :data:`PROXY_SETTINGS`), else a randomly initialised ViT,
+which cannot rank methods (every method scores within noise of the others).
+Either way the numbers rank heads and methods on *this* data, not on a real
+benchmark with DINO.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from segeig.evaluation import evaluate, load_eval_dataset, resolve_protocol
 from segeig.evaluation.spectral_dataset import evaluate_spectral_dataset, kernel_config_of
 from segeig.predictor import Segmenter, load
 from segeig.spectral import spectral_cluster_set
-from segeig.train import default_config, train
+from segeig.train import TrainConfig, default_config, train
 from segeig.train.centroids import fit_centroids
 from segeig.transforms import to_tensor
 
@@ -47,6 +51,38 @@ class QualitySettings:
     batch: int = 8
     k_feat: int = 32
     seed: int = 0
+    #: Train this many epochs instead of ``steps`` (0: use ``steps``).
+    epochs: int = 0
+    #: Train with ``default_config("custom")`` as it is, except K and the length
+    #: (``batch``, ``k_feat`` and the crop settings are then the preset's).
+    custom_defaults: bool = False
+
+
+#: The evaluation set and training length with the proxy backbone: 8 classes,
+#: 120 train / 40 val images of 224 px, K = 64, 15 epochs (issue 11's reference).
+PROXY_SETTINGS = dict(n_train=120, n_val=40, size=224, classes=8, k=64, epochs=15, batch=8,
+                      k_feat=256)
+
+
+def quality_config(settings: QualitySettings, root: Path, backbone: BackboneConfig, head: str,
+                   first: bool) -> TrainConfig:
+    """The training run of one head (``first``: also fit the head-free baselines).
+
+    With ``custom_defaults`` every setting that changes the computation is the
+    ``custom`` preset's except K, the length and the backbone; otherwise the
+    crops are the images' own size with a mild zoom (1.0–1.5) and ``kmeans_k``
+    is the class count.
+    """
+    s = settings
+    length = dict(epochs=s.epochs) if s.epochs > 0 else dict(steps=s.steps)
+    common = dict(backbone=backbone, head_kind=head, k=s.k, workers=0, checkpoint_every=0,
+                  log_every=50, baseline_centroids=first, spectral_centroids=first,
+                  seed=s.seed, **length)
+    if s.custom_defaults:
+        return default_config("custom", root, **common)
+    return default_config("custom", root, batch_size=s.batch, crop=s.size,
+                          resize_short=s.size, scale=(1.0, 1.5), kmeans_k=s.classes,
+                          kernel=KernelConfig(k_feat=s.k_feat), **common)
 
 
 @dataclass
@@ -77,6 +113,39 @@ def merge(results: list[QualityResult]) -> QualityResult:
                                     for i in range(2))
         out.train_seconds[head] = float(np.mean([r.train_seconds[head] for r in results]))
     return out
+
+
+def kernel_neighbours(s: QualitySettings) -> int:
+    """``k_feat`` of the training kernel (the preset's with ``custom_defaults``)."""
+    return KernelConfig().k_feat if s.custom_defaults else s.k_feat
+
+
+def training_text(s: QualitySettings) -> str:
+    """How the heads were trained, for the table: ``"15 epochs, custom preset"`` etc."""
+    length = f"{s.epochs} epochs" if s.epochs > 0 else f"{s.steps} steps"
+    if s.custom_defaults:
+        return (f"{length}, 'custom' preset unmodified but K={s.k} "
+                f"(k_feat {kernel_neighbours(s)})")
+    return f"{length} × {s.batch} crops of {s.size} px, K={s.k}, k_feat {s.k_feat}"
+
+
+def summary_line(q: QualityResult, s: QualitySettings) -> str:
+    """Every method side by side: majority mIoU at S = K, no CRF (the issue-11 table)."""
+    def value(key: tuple[str, str, str]) -> str:
+        sd = f" ± {q.spread[key]:.1f}" if key in q.spread else ""
+        return f"{q.miou[key]:.1f}{sd}" if key in q.miou else "–"
+
+    parts = []
+    for head in HEADS:
+        if head in q.train_seconds:
+            parts += [f"eigen · {head} {value((head, 'eigen', 'majority'))}",
+                      f"eigen+kmeans · {head} {value((head, 'eigen+kmeans', 'majority'))}"]
+    parts += [f"kmeans {value(('-', 'kmeans', 'majority'))}",
+              f"exact spectral (spectral-dataset, val) "
+              f"{value(('-', 'spectral-dataset', 'majority'))}"]
+    seeds = f", mean ± sd of {q.seeds} seeds" if q.seeds > 1 else ""
+    return (f"Majority mIoU at S = K = {s.k}, no CRF ({s.n_val} val images, {s.classes} "
+            f"classes; {training_text(s)}{seeds}): " + " · ".join(parts))
 
 
 def _patch_labels_eigen(segmenter: Segmenter, images: list[np.ndarray]) -> np.ndarray:
@@ -111,12 +180,7 @@ def run_quality(settings: QualitySettings, backbone: BackboneConfig, workdir: Pa
     out = QualityResult()
     for index, head in enumerate(heads):
         first = index == 0  # the head-free baselines are fitted once, with the first head
-        config = default_config(
-            "custom", root, backbone=backbone, head_kind=head, k=s.k, steps=s.steps,
-            batch_size=s.batch, crop=s.size, resize_short=s.size, scale=(1.0, 1.5),
-            kmeans_k=s.classes, workers=0, checkpoint_every=0, log_every=max(1, s.steps),
-            kernel=KernelConfig(k_feat=s.k_feat), baseline_centroids=first,
-            spectral_centroids=first, seed=s.seed)
+        config = quality_config(s, root, backbone, head, first)
         start = time.perf_counter()
         checkpoint = train(config, workdir / head, device=str(device), overwrite=True)
         out.train_seconds[head] = time.perf_counter() - start
@@ -130,8 +194,9 @@ def run_quality(settings: QualitySettings, backbone: BackboneConfig, workdir: Pa
             out.miou[key, method, "hungarian+crf"] = result.scores_crf.miou
         # Over-clustering: K segments, many-to-one matching.
         methods = ["eigen+kmeans"] + (["kmeans", "spectral"] if first else [])
-        centroids = fit_centroids(segmenter.model, train_set, k=s.k, crop=s.size,
-                                  batch_size=s.batch, max_tokens=1 << 18, iters=30, seed=s.seed,
+        centroids = fit_centroids(segmenter.model, train_set, k=s.k, crop=config.crop,
+                                  batch_size=config.batch_size, max_tokens=config.kmeans_tokens,
+                                  iters=config.kmeans_iters, seed=s.seed,
                                   device=segmenter.device, methods=methods)
         for method, fitted in centroids.items():
             segmenter.model.set_centroids(method, fitted.centroids, fitted.metric, fitted.spread)

@@ -13,7 +13,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import torch  # noqa: E402
-from bench_quality import HEADS, QualityResult, QualitySettings  # noqa: E402
+from bench_quality import (  # noqa: E402
+    HEADS,
+    QualityResult,
+    QualitySettings,
+    kernel_neighbours,
+    training_text,
+)
 
 from segeig.atomic import atomic_write  # noqa: E402
 from segeig.config import BackboneConfig  # noqa: E402
@@ -87,10 +93,11 @@ class Table:
                 note += f"; target < {MLP_TARGET:.0f} %: {verdict}"
             self.add(section, name, ms(after), f"{share:.1f} % of backbone", note)
 
-    def quality(self, q: QualityResult, s: QualitySettings) -> None:
+    def quality(self, q: QualityResult, s: QualitySettings, backbone: str = "random ViT"
+                ) -> None:
         seeds = f", mean ± sd of {q.seeds} seeds" if q.seeds > 1 else ""
         section = (f"quality, synthetic proxy ({s.n_val} val images, {s.classes} classes, "
-                   f"random ViT{seeds})")
+                   f"{backbone}{seeds})")
 
         def value(key: tuple[str, str, str]) -> str | None:
             if key not in q.miou:
@@ -113,14 +120,14 @@ class Table:
                      f"argmax of K={s.k}; vs exact spectral (same kernel, val patches): "
                      f"NMI {nmi:.2f}, ARI {ari:.2f}")
             self.add(section, f"eigen+kmeans · {head}", *cell(head, "eigen+kmeans"),
-                     f"trained {s.steps} steps × {s.batch} crops of {s.size} px in "
-                     f"{q.train_seconds[head]:.0f} s")
+                     f"trained {training_text(s)} in {q.train_seconds[head]:.0f} s")
         if not any(k[0] == "-" for k in q.miou):
             return
         for method, note in (("kmeans", "k-means of raw backbone features"),
                              ("spectral", "exact per-image segments + centroids"),
                              ("spectral-dataset", "exact, one graph over all val patches "
-                                                  f"(k_feat {s.k_feat}); transductive")):
+                                                  f"(k_feat {kernel_neighbours(s)}); "
+                                                  "transductive")):
             self.add(section, method, *cell("-", method), note)
 
     def memory(self, probes: dict[str, list[dict]], k_feat: int, steps: dict[str, dict],

@@ -8,10 +8,12 @@ Sections (all on the same backbone; timing on the same images):
 * the work after the backbone (head or clustering, upsampling, argmax) as a
   percentage of the backbone's time — target for the ``mlp`` head: < 10 %;
 * quality of both heads, trained briefly on a synthetic custom set (a proxy:
-  random ViT weights, synthetic classes): Hungarian mIoU at S = classes and
-  majority mIoU at S = K (over-clustering), plus the baselines and the exact
-  ``spectral-dataset`` clustering, and how well each head's argmax agrees with
-  the exact clustering of the same kernel (NMI/ARI);
+  synthetic classes, and the offline-pretrained proxy backbone of
+  ``scripts/make_proxy_backbone.py`` when its file exists, else random ViT
+  weights): Hungarian mIoU at S = classes and majority mIoU at S = K
+  (over-clustering), plus the baselines and the exact ``spectral-dataset``
+  clustering, and how well each head's argmax agrees with the exact
+  clustering of the same kernel (NMI/ARI);
 * graph-kernel build time and peak memory vs tokens per batch; exact
   dataset-level spectral clustering time and peak memory vs tokens (with the
   dense ``eigh`` matrix size as the naive reference and clearly labelled
@@ -19,11 +21,16 @@ Sections (all on the same backbone; timing on the same images):
 * one training step split into backbone / kernel / head / loss / backward,
   for both heads (constant in the dataset size).
 
-The backbone is ViT-S/16 with random weights (``--backbone-weights random``
-is implied: nothing is downloaded), which costs exactly what DINO costs.
+The timing backbone is ViT-S/16 with random weights (``--backbone-weights
+random`` is implied: nothing is downloaded), which costs exactly what DINO
+costs. The quality rows use the proxy backbone file (``--proxy-backbone``,
+default in the user cache; ``none`` for the random ViT) and then default to its
+evaluation set (:data:`bench_quality.PROXY_SETTINGS`).
 
     PYTHONPATH=. python scripts/benchmark.py                      # CPU, < 10 min
     PYTHONPATH=. python scripts/benchmark.py --device cuda --plots docs/img
+    python scripts/make_proxy_backbone.py && \
+        python scripts/benchmark.py --only quality --quality-heads mlp --quality-defaults
 """
 
 from __future__ import annotations
@@ -45,8 +52,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_parts import inference_times, synthetic_crops, train_step_split  # noqa: E402
 from bench_probe import run_probe  # noqa: E402
-from bench_quality import HEADS, QualitySettings, merge, run_quality  # noqa: E402
+from bench_quality import (  # noqa: E402
+    HEADS,
+    PROXY_SETTINGS,
+    QualitySettings,
+    merge,
+    run_quality,
+    summary_line,
+)
 from bench_report import Table, machine_line, plot_memory, plot_times  # noqa: E402
+from make_proxy_backbone import PROXY_BACKBONE, default_proxy_path  # noqa: E402
 
 from segeig.atomic import atomic_write  # noqa: E402
 from segeig.backbone import Backbone  # noqa: E402
@@ -69,6 +84,29 @@ def _sizes(text: str) -> list[tuple[int, int]]:
     return out
 
 
+QUALITY_FLAGS = ("n_train", "n_val", "size", "classes", "k", "steps", "epochs", "batch",
+                 "k_feat")
+
+
+def quality_backbone(args: argparse.Namespace, timing: BackboneConfig) -> BackboneConfig:
+    """The proxy backbone when ``--proxy-backbone`` names an existing file, else ``timing``."""
+    path = args.proxy_backbone
+    if path and path.lower() != "none" and Path(path).expanduser().is_file():
+        return BackboneConfig(name=PROXY_BACKBONE, weights=str(Path(path).expanduser()))
+    return timing
+
+
+def quality_settings(args: argparse.Namespace, proxy: bool) -> QualitySettings:
+    """Flags given on the command line over the defaults of the backbone in use."""
+    base = QualitySettings(**(PROXY_SETTINGS if proxy else {}),
+                           custom_defaults=args.quality_defaults)
+    given = {name: getattr(args, f"quality_{name}") for name in QUALITY_FLAGS
+             if getattr(args, f"quality_{name}") is not None}
+    if "steps" in given and "epochs" not in given:
+        given["epochs"] = 0  # an explicit step count wins over the default epochs
+    return replace(base, **given)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (default), cuda, auto")
@@ -85,8 +123,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     inf.add_argument("--repeats", type=int, default=3, help="repeats (median reported)")
     inf.add_argument("--k", type=int, default=256, help="eigenfunctions of the timed heads")
     inf.add_argument("--segments", type=int, default=32, help="centroids of the timed methods")
-    qual = parser.add_argument_group("quality (synthetic proxy)")
+    qual = parser.add_argument_group(
+        "quality (synthetic proxy); settings left unset take the proxy backbone's defaults "
+        f"({', '.join(f'{k}={v}' for k, v in PROXY_SETTINGS.items())}) when it is used, "
+        "else the random ViT's")
     qual.add_argument("--no-quality", dest="quality", action="store_false")
+    qual.add_argument("--proxy-backbone", default=str(default_proxy_path()), metavar="PATH",
+                      help=f"{PROXY_BACKBONE} weights from scripts/make_proxy_backbone.py, used "
+                           "for the quality rows when the file exists; 'none': always the "
+                           "random ViT (default %(default)s)")
+    qual.add_argument("--quality-defaults", action="store_true",
+                      help="train with the 'custom' preset as it is (only K and the length "
+                           "set here); --quality-batch/--quality-k-feat are then unused")
     qual.add_argument("--quality-seeds", type=int, default=1,
                       help="repeat with this many seeds (data and training); mean ± sd")
     qual.add_argument("--quality-heads", default=",".join(HEADS),
@@ -95,10 +143,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", choices=("quality",),
                         help="run only this section (supplementary measurements)")
     defaults = QualitySettings()
-    for name in ("n_train", "n_val", "size", "classes", "k", "steps", "batch", "k_feat"):
-        qual.add_argument(f"--quality-{name.replace('_', '-')}", type=int,
-                          default=getattr(defaults, name), dest=f"quality_{name}",
-                          help=f"default {getattr(defaults, name)}")
+    for name in QUALITY_FLAGS:
+        qual.add_argument(f"--quality-{name.replace('_', '-')}", type=int, default=None,
+                          dest=f"quality_{name}",
+                          help=f"random ViT default {getattr(defaults, name)}"
+                               + (f", proxy {PROXY_SETTINGS[name]}" if name in PROXY_SETTINGS
+                                  else ""))
     mem = parser.add_argument_group("kernel and exact spectral clustering (batch x grid side)")
     mem.add_argument("--kernel-sizes", default="4x14,16x14,16x20,16x30",
                      help="batches timed for the kernel build (default up to 16 crops of "
@@ -115,6 +165,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                         "memory_vs_tokens.png here")
     parser.add_argument("--out", metavar="FILE", help="also write the table (Markdown) here")
     return parser.parse_args(argv)
+
+
+def describe_backbone(config: BackboneConfig, proxy: bool) -> str:
+    """One line naming the quality rows' backbone and where its weights come from."""
+    if proxy:
+        return (f"{config.name} pretrained offline by scripts/make_proxy_backbone.py on "
+                f"synthetic classes disjoint from the evaluated ones ({config.weights})")
+    return (f"{config.name} with random weights (no proxy backbone; a random ViT cannot rank "
+            "methods)")
 
 
 def timing_models(backbone: Backbone, k: int, segments: int, device: torch.device
@@ -171,18 +230,25 @@ def main(argv: list[str] | None = None) -> int:
                                             full=size == args.size, device=device)
         table.inference(by_size[args.size], args.size, list(variants))
 
+    quality_text = ""
     if args.quality:
-        settings = QualitySettings(**{name: getattr(args, f"quality_{name}") for name in (
-            "n_train", "n_val", "size", "classes", "k", "steps", "batch", "k_feat")})
+        qbackbone = quality_backbone(args, backbone_config)
+        proxy = qbackbone is not backbone_config
+        settings = quality_settings(args, proxy)
         heads = tuple(h for h in args.quality_heads.split(",") if h)
+        say(f"quality backbone: {describe_backbone(qbackbone, proxy)}")
         results = []
         for seed in range(args.quality_seeds):
-            say(f"quality (seed {seed}): training {', '.join(heads)} for {settings.steps} "
-                "steps each ...")
+            length = (f"{settings.epochs} epochs" if settings.epochs > 0
+                      else f"{settings.steps} steps")
+            say(f"quality (seed {seed}): training {', '.join(heads)} for {length} each ...")
             with tempfile.TemporaryDirectory(prefix="segeig-bench-") as tmp:
-                results.append(run_quality(replace(settings, seed=seed), backbone_config,
+                results.append(run_quality(replace(settings, seed=seed), qbackbone,
                                            Path(tmp), device, heads))
-        table.quality(merge(results), settings)
+        merged = merge(results)
+        table.quality(merged, settings, "proxy ViT-Tiny" if proxy else "random ViT")
+        quality_text = (f"\n\nQuality backbone: {describe_backbone(qbackbone, proxy)}.\n\n"
+                        f"{summary_line(merged, settings)}")
 
     probes: dict[str, list[dict]] = {"kernel": [], "exact": []}
     steps: dict[str, dict[str, float]] = {}
@@ -205,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = time.perf_counter() - started
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)
     header = machine_line(device, threads, backbone_config, load_start, os.getloadavg(), elapsed)
-    text = f"{header}\n\nCommand: `{command.strip()}`\n\n{table.markdown()}"
+    text = f"{header}\n\nCommand: `{command.strip()}`\n\n{table.markdown()}{quality_text}"
     print(text)
     if args.out:
         atomic_write(args.out, lambda f: f.write((text + "\n").encode("utf-8")))

@@ -12,7 +12,7 @@ from tests.conftest import TINY_ARCH
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
-TINY = [*(f"--backbone-arch={k}={v}" for k, v in TINY_ARCH.items()),
+TINY = [*(f"--backbone-arch={k}={v}" for k, v in TINY_ARCH.items()), "--proxy-backbone", "none",
         "--threads", "1", "--size", "64", "--sizes", "48,64", "--images", "1", "--repeats", "1",
         "--k", "12", "--segments", "4", "--quality-n-train", "4", "--quality-n-val", "2",
         "--quality-size", "48", "--quality-classes", "3", "--quality-k", "4",

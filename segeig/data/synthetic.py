@@ -9,6 +9,14 @@ Every image has a two-region background (a "horizon" between two stuff
 classes) and several foreground objects (ellipses, rectangles, triangles) that
 may overlap.
 
+A class's appearance is a function of its *appearance id*; label ``c`` is
+drawn with id ``c + class_offset``. Evaluation sets use offset 0 (ids from 0);
+the benchmark's proxy backbone (``scripts/make_proxy_backbone.py``) is
+pretrained on :data:`PRETRAIN_CLASS_OFFSET` and up, so it never sees an
+evaluation class: every id from 64 differs from each of ids 0..7 in texture
+kind or texture geometry (angle, period), and the nearest hue with the same
+texture kind is 14° away (golden-ratio hue steps).
+
 Layout written (what :class:`segeig.data.CustomDataset` reads)::
 
     ROOT/images/{train,val}/synth_00000.png      RGB
@@ -32,15 +40,20 @@ from segeig.atomic import atomic_write
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["TEXTURES", "class_names", "make_synthetic_dataset", "render_sample"]
+__all__ = ["PRETRAIN_CLASS_OFFSET", "TEXTURES", "class_names", "make_synthetic_dataset",
+           "render_sample"]
 
 TEXTURES = ("flat", "stripes", "checker", "dots", "grain", "gradient")
 _GOLDEN = 0.618033988749895
+#: First appearance id of the classes a proxy backbone is pretrained on
+#: (evaluation sets use ids below it).
+PRETRAIN_CLASS_OFFSET = 64
 
 
-def class_names(n_classes: int) -> list[str]:
-    """Names written to classes.txt: ``"c03-checker"`` etc. (texture of each class)."""
-    return [f"c{c:02d}-{TEXTURES[c % len(TEXTURES)]}" for c in range(n_classes)]
+def class_names(n_classes: int, class_offset: int = 0) -> list[str]:
+    """Names written to classes.txt: ``"c03-checker"`` etc. (appearance id and texture)."""
+    ids = range(class_offset, class_offset + n_classes)
+    return [f"c{c:02d}-{TEXTURES[c % len(TEXTURES)]}" for c in ids]
 
 
 def _class_colour(c: int) -> np.ndarray:
@@ -97,7 +110,8 @@ def _random_shape(mask: np.ndarray, rng: np.random.Generator) -> None:
 
 def render_sample(rng: np.random.Generator, size: tuple[int, int], n_classes: int,
                   n_objects: tuple[int, int] = (2, 5), noise: float = 8.0,
-                  ignore_width: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                  ignore_width: int = 0, class_offset: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Render one image and its label map.
 
     Args:
@@ -108,6 +122,8 @@ def render_sample(rng: np.random.Generator, size: tuple[int, int], n_classes: in
         noise: std of the per-pixel Gaussian noise (0-255 units).
         ignore_width: pixels of 255 (ignore) drawn along class boundaries
             (0 = none), like the VOC annotation style.
+        class_offset: label ``c`` is drawn with the appearance of class id
+            ``c + class_offset`` (labels stay in ``[0, C)``).
 
     Returns:
         ``(image H×W×3 uint8 RGB, label H×W uint8 in [0, C) or 255)``.
@@ -130,8 +146,8 @@ def render_sample(rng: np.random.Generator, size: tuple[int, int], n_classes: in
         region = label == c
         # Per-image jitter of the class colour: the same class must be
         # recognised despite lighting changes.
-        colour = _class_colour(int(c)) * rng.uniform(0.85, 1.15)
-        tex = _texture(int(c), (h, w), rng)[region]
+        colour = _class_colour(int(c) + class_offset) * rng.uniform(0.85, 1.15)
+        tex = _texture(int(c) + class_offset, (h, w), rng)[region]
         image[region] = colour + 40.0 * tex[:, None]
     image += rng.normal(0.0, noise, image.shape)
     image = np.clip(image, 0, 255).astype(np.uint8)
@@ -159,6 +175,7 @@ def make_synthetic_dataset(
     *,
     size_jitter: float = 0.0,
     ignore_width: int = 0,
+    class_offset: int = 0,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> Path:
     """Write a synthetic dataset in the ``custom`` layout (see module docstring).
@@ -172,7 +189,7 @@ def make_synthetic_dataset(
         size_jitter: each side is scaled by a random factor in
             ``[1 − size_jitter, 1 + size_jitter]`` (varied sizes, e.g. for the
             ``native`` protocol).
-        ignore_width: see :func:`render_sample`.
+        ignore_width, class_offset: see :func:`render_sample`.
         progress: optional iterable wrapper (e.g. ``tqdm``) over the images.
 
     Returns:
@@ -185,7 +202,8 @@ def make_synthetic_dataset(
     height, width = (size, size) if isinstance(size, int) else size
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    (root / "classes.txt").write_text("\n".join(class_names(n_classes)) + "\n", encoding="utf-8")
+    names = class_names(n_classes, class_offset)
+    (root / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
     jobs = [("train", i) for i in range(n_train)] + [("val", i) for i in range(n_val)]
     for split in {s for s, _ in jobs}:
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -196,7 +214,8 @@ def make_synthetic_dataset(
         rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
         scale = rng.uniform(1 - size_jitter, 1 + size_jitter, 2) if size_jitter else (1, 1)
         shape = (max(8, round(height * scale[0])), max(8, round(width * scale[1])))
-        image, label = render_sample(rng, shape, n_classes, ignore_width=ignore_width)
+        image, label = render_sample(rng, shape, n_classes, ignore_width=ignore_width,
+                                     class_offset=class_offset)
         name = f"synth_{i:05d}.png"
         _save_png(image, root / "images" / split / name)
         _save_png(label, root / "annotations" / split / name)

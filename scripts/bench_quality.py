@@ -27,6 +27,7 @@ from segeig.data import build_dataset
 from segeig.data.synthetic import make_synthetic_dataset
 from segeig.evaluation import evaluate, load_eval_dataset, resolve_protocol
 from segeig.evaluation.spectral_dataset import evaluate_spectral_dataset, kernel_config_of
+from segeig.kernel import pad_to_grid
 from segeig.predictor import Segmenter, load
 from segeig.spectral import spectral_cluster_set
 from segeig.train import TrainConfig, default_config, train
@@ -149,8 +150,10 @@ def summary_line(q: QualityResult, s: QualitySettings) -> str:
 
 
 def _patch_labels_eigen(segmenter: Segmenter, images: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate([segmenter.forward(to_tensor(im)[None], "eigen").scores.argmax(1)
-                           .flatten().cpu().numpy() for im in images])
+    # At the working resolution, as everything else the checkpoint runs.
+    return np.concatenate([segmenter.forward(to_tensor(segmenter.working_image(im))[None],
+                                             "eigen").scores.argmax(1).flatten().cpu().numpy()
+                           for im in images])
 
 
 def _patch_labels_exact(segmenter: Segmenter, images: list[np.ndarray], n_clusters: int,
@@ -158,10 +161,14 @@ def _patch_labels_exact(segmenter: Segmenter, images: list[np.ndarray], n_cluste
     features, smalls = [], []
     with torch.no_grad():
         for image in images:
-            x = to_tensor(image)[None].to(segmenter.device)
-            f = segmenter.model.backbone(x).kernel.float()[0].cpu()
+            x = to_tensor(segmenter.working_image(image))[None].to(segmenter.device)
+            backbone = segmenter.model.backbone
+            f = backbone(x).kernel.float()[0].cpu()
             features.append(f)
-            smalls.append(F.interpolate(x.float(), size=f.shape[-2:], mode="bilinear",
+            # Colours on the padded patch grid the backbone saw.
+            padded = pad_to_grid(x.float(), f.shape[-2:], backbone.patch_size,
+                                 tuple(backbone.mean))
+            smalls.append(F.interpolate(padded, size=f.shape[-2:], mode="bilinear",
                                         align_corners=False)[0].cpu())
     grids, _ = spectral_cluster_set(features, smalls, kernel, n_clusters)
     return np.concatenate([g.argmax(0).flatten().numpy() for g in grids])
@@ -197,7 +204,9 @@ def run_quality(settings: QualitySettings, backbone: BackboneConfig, workdir: Pa
         centroids = fit_centroids(segmenter.model, train_set, k=s.k, crop=config.crop,
                                   batch_size=config.batch_size, max_tokens=config.kmeans_tokens,
                                   iters=config.kmeans_iters, seed=s.seed,
-                                  device=segmenter.device, methods=methods)
+                                  device=segmenter.device, methods=methods,
+                                  resolution=config.working_resolution,
+                                  metric=config.kmeans_metric)
         for method, fitted in centroids.items():
             segmenter.model.set_centroids(method, fitted.centroids, fitted.metric, fitted.spread)
         for method in ["eigen", *methods]:

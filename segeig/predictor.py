@@ -61,6 +61,10 @@ class Segmenter:
         config: the checkpoint's JSON description.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ...
         amp: run the backbone in bfloat16 autocast on CUDA.
+        crf_backend: dense CRF backend for ``crf=True``: ``auto`` (fastest
+            available for the device), ``torch`` or ``densecrf`` (pydensecrf).
+            Also an attribute, as is ``crf_side`` (the short side the CRF
+            runs at, :data:`segeig.crf.CRF_SIDE`; None: full size).
 
     Typical use::
 
@@ -75,11 +79,17 @@ class Segmenter:
         config: dict[str, Any] | None = None,
         device: str | torch.device = "auto",
         amp: bool = True,
+        crf_backend: str = "auto",
     ) -> None:
+        from segeig.crf import CRF_SIDE, resolve_backend
+
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config = config or {}
         self.amp = amp and self.device.type == "cuda"
+        resolve_backend(crf_backend, self.device)  # refuse a backend that cannot run, now
+        self.crf_backend = crf_backend
+        self.crf_side: int | None = CRF_SIDE
 
     # -- description -----------------------------------------------------
     @property
@@ -231,16 +241,17 @@ class Segmenter:
         Args:
             image: ``H×W×3`` uint8 RGB the scores belong to (the CRF reads its colours).
             scores: ``S×h×w`` float patch scores of that image (:meth:`patch_scores`).
-            crf: refine with a dense CRF over the 32 most relevant segments.
+            crf: refine with a dense CRF over the 32 most relevant segments, run
+                at ``crf_side`` (marginals resampled to the image's size).
 
         Returns:
             ``H×W`` int32 segment ids in ``[0, S)``.
         """
         if crf:
-            from segeig.crf import crf_labels
+            from segeig.crf import crf_from_scores
 
-            probs, ids = pixel_probs(scores, self.patch_size, image.shape[:2])
-            return ids[crf_labels(image, probs, max_labels=None)].astype(np.int32)
+            return crf_from_scores(image, scores, self.patch_size, backend=self.crf_backend,
+                                   device=self.device, side=self.crf_side).astype(np.int32)
         labels = pixel_argmax(scores, self.patch_size, image.shape[:2])
         return labels.to(torch.int32).cpu().numpy()
 
@@ -301,6 +312,7 @@ def load(
     device: str | torch.device = "auto",
     backbone_weights: str | None = None,
     amp: bool = True,
+    crf_backend: str = "auto",
 ) -> Segmenter:
     """Load a segeig checkpoint for inference.
 
@@ -310,9 +322,10 @@ def load(
         backbone_weights: override the backbone weight source recorded in the
             checkpoint (``hub``, a local file path, or ``random``).
         amp: bfloat16 autocast on CUDA.
+        crf_backend: see :class:`Segmenter`.
 
     Returns:
         A ready :class:`Segmenter`.
     """
     model, config = load_model(path, device="cpu", backbone_weights=backbone_weights)
-    return Segmenter(model, config, device=device, amp=amp)
+    return Segmenter(model, config, device=device, amp=amp, crf_backend=crf_backend)

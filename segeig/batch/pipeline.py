@@ -8,7 +8,9 @@ Stages, overlapped so the device rarely waits:
    stacked into batches of up to ``batch_size``; images with a side above
    ``max_side`` go alone through :meth:`Segmenter.patch_scores` (sliding
    windows, bounded memory).
-3. **refine** (``crf``) — :class:`segeig.crf.CRFPool` worker processes.
+3. **refine** (``crf``) — :class:`segeig.crf.CRFPool`: worker processes, or
+   inline for the torch backend on an accelerator; at the working size
+   (``crf_side``), marginals resampled to the image's size.
 4. **write** — label map, overlay and scores in a thread pool, each file
    atomically (see :mod:`segeig.batch.outputs`).
 
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -29,17 +30,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
 from segeig.batch.inputs import InputFile, decode_images
 from segeig.batch.outputs import OutputPathError, output_paths, save_overlay, save_scores
 from segeig.config import DEFAULT_MAX_SIDE
-from segeig.crf import CRFParams, CRFPool
+from segeig.crf import CRF_SIDE, CRFParams, CRFPool, prepare_crf
 from segeig.imageio import MAX_SEGMENTS, save_segments
 from segeig.predictor import Segmenter
-from segeig.resample import pixel_argmax, pixel_probs
+from segeig.resample import pixel_argmax
 from segeig.transforms import to_tensor
 from segeig.viz import make_palette
 
@@ -66,9 +66,11 @@ class SegmentOptions:
         max_side: images with a longer side are scored in sliding windows of
             this size; None never slides.
         crf_max_labels: segments kept per image for the CRF (chosen on the patch grid).
-        crf_max_pixels: larger images get their CRF on a copy downscaled to this
-            many pixels (labels upscaled back, nearest), bounding CRF memory to
-            ``crf_max_labels · crf_max_pixels`` floats.
+        crf_side: the CRF runs on a copy of each image with at most this short
+            side (:func:`segeig.crf.crf_working_size`; marginals resampled
+            bilinearly to the full size), bounding its time and memory; None
+            runs it at full size.
+        crf_backend: ``auto``, ``torch`` or ``densecrf`` (:func:`segeig.crf.resolve_backend`).
     """
 
     method: str | None = None
@@ -82,7 +84,8 @@ class SegmentOptions:
     overwrite: bool = False
     max_side: int | None = DEFAULT_MAX_SIDE
     crf_max_labels: int = 32
-    crf_max_pixels: int = 1 << 22
+    crf_side: int | None = CRF_SIDE
+    crf_backend: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,14 +118,6 @@ def resolve_method(segmenter: Segmenter, method: str | None) -> str:
     if method not in methods:
         raise ValueError(f"method {method!r} is not in this checkpoint; it has {methods}")
     return method
-
-
-def _nearest_resize(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an integer ``h×w`` map to ``size`` (exact ids)."""
-    h, w = labels.shape
-    rows = np.minimum((np.arange(size[0]) + 0.5) * h / size[0], h - 1).astype(np.intp)
-    cols = np.minimum((np.arange(size[1]) + 0.5) * w / size[1], w - 1).astype(np.intp)
-    return labels[rows[:, None], cols[None, :]]
 
 
 @dataclass
@@ -211,15 +206,11 @@ class _Run:
                 labels = pixel_argmax(scores, self.seg.patch_size, size)
                 self.write(job, labels.to(torch.int32).cpu().numpy())
                 return
-            scale = min(1.0, math.sqrt(self.opt.crf_max_pixels / (size[0] * size[1])))
-            crf_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-            probs, ids = pixel_probs(scores, self.seg.patch_size, size, crf_size,
-                                     self.opt.crf_max_labels)
-            image = job.image
-            if probs.shape[1:] != size:  # downscaled CRF for a very large image
-                small_h, small_w = probs.shape[1:]
-                image = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
-            self.crf_jobs.append((job, self.crf_pool.submit(image, probs, ids), size))
+            image, probs, ids = prepare_crf(job.image, scores, self.seg.patch_size,
+                                            side=self.opt.crf_side,
+                                            max_labels=self.opt.crf_max_labels)
+            self.crf_jobs.append((job, self.crf_pool.submit(image, probs, ids, out_size=size),
+                                  size))
         except (RuntimeError, ValueError, MemoryError) as err:
             self.fail(job, f"scoring failed ({err})")
         self.drain_crf()
@@ -234,8 +225,6 @@ class _Run:
             except Exception as err:  # noqa: BLE001 - reported per image
                 self.fail(job, f"CRF failed ({type(err).__name__}: {err})")
                 continue
-            if labels.shape != size:
-                labels = _nearest_resize(labels, size)
             self.write(job, labels.astype(np.int32))
 
     def write(self, job: _Job, labels: np.ndarray) -> None:
@@ -331,7 +320,8 @@ def segment_files(
         crf_pool = None
         if options.crf and jobs:
             crf_pool = stack.enter_context(
-                CRFPool(options.workers, params=crf_params, max_labels=None))
+                CRFPool(options.workers, params=crf_params, max_labels=None,
+                        backend=options.crf_backend, device=segmenter.device))
         writer = None
         if options.workers > 0 and jobs:
             writer = ThreadPoolExecutor(max_workers=min(4, options.workers))

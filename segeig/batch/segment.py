@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 #: Settings that change the outputs; a resumed run must match them.
-_OUTPUT_SETTINGS = ("checkpoint_sha256", "method", "crf", "crf_max_labels", "crf_max_pixels",
+_OUTPUT_SETTINGS = ("checkpoint_sha256", "method", "crf", "crf_max_labels", "crf_side",
                     "max_side", "overlay_alpha")
 
 

@@ -18,14 +18,17 @@ from segeig.crf.params import BACKENDS, REFERENCE_SIDE, CRFParams
 from segeig.crf.pool import CRFPool
 from segeig.crf.refine import (
     CRF_SIDE,
+    crf_from_scores,
     crf_labels,
     crf_marginals,
     crf_working_size,
+    prepare_crf,
     resolve_backend,
     shrink_image,
     topk_probs,
 )
 
-__all__ = ["BACKENDS", "CRFParams", "CRFPool", "CRF_SIDE", "REFERENCE_SIDE", "crf_labels",
-           "crf_marginals", "crf_working_size", "dense_crf", "pydensecrf_available",
-           "require_pydensecrf", "resolve_backend", "shrink_image", "topk_probs"]
+__all__ = ["BACKENDS", "CRFParams", "CRFPool", "CRF_SIDE", "REFERENCE_SIDE", "crf_from_scores",
+           "crf_labels", "crf_marginals", "crf_working_size", "dense_crf", "prepare_crf",
+           "pydensecrf_available", "require_pydensecrf", "resolve_backend", "shrink_image",
+           "topk_probs"]

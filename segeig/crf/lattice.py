@@ -22,6 +22,7 @@ gathers, each linear in the number of points and of channels.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -108,10 +109,14 @@ class PermutohedralLattice:
         weights = bary.reshape(-1)
         crow = torch.zeros(n_vert + 1, dtype=torch.long, device=dev)
         crow[1:] = counts.cumsum(0)
-        self._splat = torch.sparse_csr_tensor(crow, order // d1, weights.index_select(0, order),
-                                              (n_vert, n))
-        self._slice = torch.sparse_csr_tensor(
-            torch.arange(0, n * d1 + 1, d1, device=dev), vertex, weights * alpha, (n, n_vert))
+        with warnings.catch_warnings():  # "CSR support is in beta": it is used as documented
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
+            self._splat = torch.sparse_csr_tensor(
+                crow, order // d1, weights.index_select(0, order), (n_vert, n),
+                check_invariants=False)  # valid by construction; checking costs a pass
+            self._slice = torch.sparse_csr_tensor(
+                torch.arange(0, n * d1 + 1, d1, device=dev), vertex, weights * alpha,
+                (n, n_vert), check_invariants=False)
         # Neighbours along lattice axis a differ by ±(d, -1, ..., -1) (the d
         # comes at position a; none for a = d). Packing is linear and the key
         # range has a margin, so a neighbour's packed key is the vertex's plus

@@ -16,16 +16,20 @@ gains nothing from more pixels than the model resolved. So :func:`crf_labels`
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segeig.crf.densecrf import check_crf_inputs, dense_crf
 from segeig.crf.params import BACKENDS, CRFParams
 
+if TYPE_CHECKING:
+    import torch
+
 logger = logging.getLogger(__name__)
 
-__all__ = ["CRF_SIDE", "crf_labels", "crf_marginals", "crf_working_size", "resolve_backend",
-           "shrink_image", "topk_probs"]
+__all__ = ["CRF_SIDE", "crf_from_scores", "crf_labels", "crf_marginals", "crf_working_size",
+           "prepare_crf", "resolve_backend", "shrink_image", "topk_probs"]
 
 #: Default short side (pixels) the CRF runs at; larger images are shrunk to it.
 CRF_SIDE = 448
@@ -206,3 +210,62 @@ def crf_labels(
         # Patch size 1: the marginals are a "grid" of one-pixel cells.
         labels = pixel_argmax(torch.from_numpy(q), 1, q.shape[1:], tuple(out_size)).numpy()
     return class_ids[labels] if class_ids is not None else labels
+
+
+def prepare_crf(
+    image: np.ndarray,
+    scores: torch.Tensor,
+    patch: int,
+    in_size: tuple[int, int] | None = None,
+    side: int | None = CRF_SIDE,
+    max_labels: int = 32,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CRF inputs at the working size, straight from patch-grid scores.
+
+    The probabilities are sampled at the working size directly
+    (:func:`segeig.resample.pixel_probs`), never at the full size, so a 12 MP
+    photo costs what its working-size copy costs.
+
+    Args:
+        image: uint8 ``H×W×3`` RGB at the size labels are wanted at.
+        scores: ``S×h×w`` float patch scores of that image.
+        patch: patch size of the grid.
+        in_size: ``(H_in, W_in)`` of the network input the grid belongs to;
+            default ``(H, W)``.
+        side: working short side (:func:`crf_working_size`); None: full size.
+        max_labels: most segments kept (:func:`topk_probs` on the grid).
+
+    Returns:
+        ``(small_image, probs, ids)``: uint8 ``h×w×3``, float32 ``M×h×w``
+        summing to 1 over M, int64 ``(M,)`` segment id of each plane.
+    """
+    from segeig.resample import pixel_probs
+
+    size = tuple(image.shape[:2])
+    work = crf_working_size(size, side)
+    probs, ids = pixel_probs(scores, patch, tuple(in_size or size), work, max_labels)
+    return shrink_image(image, work), probs, ids
+
+
+def crf_from_scores(
+    image: np.ndarray,
+    scores: torch.Tensor,
+    patch: int,
+    params: CRFParams | None = None,
+    backend: str = "auto",
+    device: object = None,
+    side: int | None = CRF_SIDE,
+    max_labels: int = 32,
+) -> np.ndarray:
+    """CRF-refined segment ids of ``image`` from its patch scores, via the working size.
+
+    :func:`prepare_crf`, then :func:`crf_labels` with the marginals resampled
+    bilinearly to the image's size.
+
+    Returns:
+        int64 ``H×W`` segment ids in ``[0, S)``.
+    """
+    small, probs, ids = prepare_crf(image, scores, patch, side=side, max_labels=max_labels)
+    labels = crf_labels(small, probs, params, max_labels=None, backend=backend, device=device,
+                        out_size=image.shape[:2])
+    return ids[labels]

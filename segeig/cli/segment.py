@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from segeig.cli.common import add_backbone_arguments, backbone_config
+from segeig.cli.common import add_backbone_arguments, add_crf_backend_argument, backbone_config
 from segeig.cli.progress import ProgressBars
 from segeig.config import DEFAULT_MAX_SIDE
 
@@ -33,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="eigen, eigen+kmeans, kmeans, ... (those the checkpoint has; "
                              "default: eigen+kmeans when present, else the checkpoint's default)")
     parser.add_argument("--crf", action="store_true", help="refine boundaries with a dense CRF")
+    add_crf_backend_argument(parser)
     parser.add_argument("--overlay", action="store_true",
                         help="also write DIR/overlays/<path>.jpg (colours over the photo)")
     parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg")
@@ -132,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         segmenter = segeig.load(checkpoint, device=device,
                                 backbone_weights=args.backbone_weights if args.checkpoint else None)
         options = SegmentOptions(
-            method=args.method, crf=args.crf, overlay=args.overlay,
+            method=args.method, crf=args.crf, crf_backend=args.crf_backend, overlay=args.overlay,
             overlay_format=args.overlay_format, save_probs=args.save_probs,
             batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
             max_side=args.max_side,

@@ -60,6 +60,11 @@ class PermutohedralLattice:
         lift[0] = 1.0
         j = torch.arange(1, d1, device=dev)
         lift[j, j - 1] = -j.float()
+        # float32 keeps ~1/8 lattice unit of precision up to 2^20: beyond that
+        # the rounding below would pick wrong simplices.
+        if float(features.abs().amax()) * float(scale.amax()) * d1 > 2.0**20:
+            raise ValueError("lattice features span too large to index; filter a smaller "
+                             "image or use larger kernel standard deviations")
         elevated = (features.float() * scale) @ lift.T  # N×(d+1)
         # Nearest remainder-0 lattice point (ties round down, as densecrf does).
         rem0 = torch.ceil(elevated / d1 - 0.5) * d1

@@ -48,8 +48,9 @@ def resolve_backend(backend: str = "auto", device: object = None) -> str:
             string, e.g. ``"cuda:0"``); None means CPU.
 
     Raises:
-        ValueError: unknown backend, or ``densecrf`` for a non-CPU device.
-        ImportError: ``densecrf`` asked for but pydensecrf is not installed.
+        ValueError: unknown backend.
+        ImportError: ``densecrf`` asked for but pydensecrf is not installed
+            (pydensecrf runs on the CPU whatever ``device`` says).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown CRF backend {backend!r}; choose from {', '.join(BACKENDS)}")

@@ -370,8 +370,8 @@ def test_crf_downscaled_for_large_images(segmenter, mixed, tmp_path):
     root, _ = mixed
     files, _ = expand_inputs([root / "sub" / "big.jpg"])  # 90×150
     full, small = tmp_path / "full", tmp_path / "small"
-    segment_files(segmenter, files, full, SegmentOptions(crf=True))
-    segment_files(segmenter, files, small, SegmentOptions(crf=True, crf_max_pixels=90 * 150 // 4))
+    segment_files(segmenter, files, full, SegmentOptions(crf=True, crf_side=None))
+    segment_files(segmenter, files, small, SegmentOptions(crf=True, crf_side=45))
     a = read_segments(full / "labels" / "big.png")
     b = read_segments(small / "labels" / "big.png")
     assert a.shape == b.shape == (90, 150)

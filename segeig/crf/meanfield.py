@@ -83,10 +83,11 @@ def torch_marginals(
         return np.ones_like(probs, dtype=np.float32)
     dev = torch.device(device)
     n = height * width
-    p = torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32)).to(dev)
+    p = np.ascontiguousarray(probs, dtype=np.float32)
+    p = torch.from_numpy(p if p.flags.writeable else p.copy()).to(dev)  # torch wants writable
     log_p = p.reshape(n_labels, n).T.clamp(_PROB_EPS, 1.0).log().contiguous()  # N×M
     sxy = params.bilateral_sxy if bilateral_sxy is None else bilateral_sxy
-    rgb = torch.from_numpy(np.ascontiguousarray(image)).to(dev).reshape(n, 3).float()
+    rgb = torch.from_numpy(image.reshape(n, 3).astype(np.float32)).to(dev)
     rows, cols = torch.meshgrid(torch.arange(height, device=dev, dtype=torch.float32),
                                 torch.arange(width, device=dev, dtype=torch.float32),
                                 indexing="ij")

@@ -167,7 +167,8 @@ class PermutohedralLattice:
         for below, above in self._neighbours:  # row n_vert stays 0: "no neighbour"
             torch.index_select(grid, 0, below, out=spare[:n_vert])
             torch.index_select(grid, 0, above, out=other[:n_vert])
-            spare[:n_vert].add_(other[:n_vert]).mul_(0.5).add_(grid[:n_vert])
+            spare[:n_vert].add_(other[:n_vert])
+            torch.add(grid[:n_vert], spare[:n_vert], alpha=0.5, out=spare[:n_vert])
             grid, spare = spare, grid
         self._buffers = [grid, spare, other]
         if out is None:

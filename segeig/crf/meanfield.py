@@ -27,7 +27,7 @@ import torch
 from segeig.crf.lattice import PermutohedralLattice
 from segeig.crf.params import CRFParams
 
-__all__ = ["torch_marginals"]
+__all__ = ["mean_field", "torch_marginals"]
 
 _PROB_EPS = 1e-5  # as the pydensecrf path: floor before -log(p)
 _NORM_EPS = 1e-20  # densecrf's guard in 1/sqrt(D)
@@ -78,10 +78,26 @@ def torch_marginals(
     Returns:
         float32 ``M×H×W`` marginals in ``[0, 1]`` summing to 1 over M.
     """
+    q = mean_field(image, probs, params, device, bilateral_sxy)
+    return np.ascontiguousarray(q.cpu().numpy().transpose(2, 0, 1))
+
+
+def mean_field(
+    image: np.ndarray,
+    probs: np.ndarray,
+    params: CRFParams,
+    device: torch.device | str = "cpu",
+    bilateral_sxy: float | None = None,
+) -> torch.Tensor:
+    """:func:`torch_marginals`, pixel-major and left on the device.
+
+    Returns:
+        float32 ``H×W×M`` marginals on ``device`` (labels last, contiguous).
+    """
     n_labels, height, width = probs.shape
-    if n_labels == 1:
-        return np.ones_like(probs, dtype=np.float32)
     dev = torch.device(device)
+    if n_labels == 1:
+        return torch.ones(height, width, 1, device=dev)
     n = height * width
     p = np.ascontiguousarray(probs, dtype=np.float32)
     p = torch.from_numpy(p if p.flags.writeable else p.copy()).to(dev)  # torch wants writable
@@ -98,7 +114,7 @@ def torch_marginals(
     taps = _gaussian_taps(params.gaussian_sxy)
     # Buffers reused by every iteration: fresh multi-megabyte tensors cost
     # page faults that took longer than the arithmetic (measured on CPU).
-    q, work, msg, logits, mid = (torch.empty(n, n_labels, device=dev) for _ in range(5))
+    work, msg, logits, mid = (torch.empty(n, n_labels, device=dev) for _ in range(4))
     ones = torch.ones(n, 1, device=dev)
     norm_b = lattice.filter(ones).add_(_NORM_EPS).rsqrt_()
     grid = (height, width, 1)
@@ -107,17 +123,11 @@ def torch_marginals(
     # Compatibility weights folded into the normalisers: w·D^-½ K D^-½ Q.
     out_b, out_g = norm_b * params.bilateral_compat, norm_g * params.gaussian_compat
     grid = (height, width, n_labels)
-    _softmax(logits.copy_(log_p), out=q)
+    q = torch.softmax(log_p, dim=1)
     for _ in range(params.iterations):
         lattice.filter(torch.mul(q, norm_b, out=work), out=msg)
         torch.addcmul(log_p, msg, out_b, out=logits)
         _stencil(torch.mul(q, norm_g, out=work).view(grid), taps, mid.view(grid),
                  msg.view(grid))
-        _softmax(logits.addcmul_(msg, out_g), out=q)
-    return q.T.reshape(n_labels, height, width).cpu().numpy()
-
-
-def _softmax(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-    """Softmax over dim 1 into ``out``; overwrites ``x`` (no ``N×M`` temporaries)."""
-    x.sub_(x.amax(1, keepdim=True)).exp_()
-    return torch.div(x, x.sum(1, keepdim=True), out=out)
+        q = torch.softmax(logits.addcmul_(msg, out_g), dim=1)
+    return q.view(grid)

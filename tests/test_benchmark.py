@@ -115,3 +115,26 @@ def test_only_crf(capsys, one_torch_thread):
     mious = {r[1]: float(r[2]) for r in by_section["CRF mIoU"]}
     assert {"torch · eigen", "densecrf · eigen", "before · eigen", "no CRF · eigen"} <= set(mious)
     assert all(0 <= v <= 100 for v in mious.values())
+
+
+def test_gpu_crf_bench_refuses_without_cuda(capsys, tmp_path, one_torch_thread):
+    import torch
+
+    if torch.cuda.is_available():
+        return  # it would measure; that is for the device machine (see the script)
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        spec = importlib.util.spec_from_file_location("gpu_crf_bench",
+                                                      SCRIPTS / "gpu_crf_bench.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    assert module.main([]) == 2
+    assert "no CUDA" in capsys.readouterr().err
+    # The same steps on the CPU (what the device machine will run, minus CUDA).
+    out = tmp_path / "gpu.md"
+    assert module.main(["--device", "cpu", "--sides", "40", "--labels", "4", "--images", "1",
+                        "--repeats", "1", "--out", str(out)]) == 0
+    table = out.read_text()
+    assert "| 40 px, working size | torch, cpu |" in table and "predict() on cpu" in table

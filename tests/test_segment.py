@@ -343,7 +343,8 @@ def test_real_ctrl_c_then_resume(checkpoint, tmp_path):
     for i in range(24):
         Image.fromarray(random_image(rng, 256, 256)).save(tmp_path / "in" / f"{i:02d}.jpg")
     cmd = [sys.executable, "-m", "segeig", "-q", "segment", str(tmp_path / "in"),
-           "--checkpoint", str(checkpoint), "--crf", "--overlay", "--workers", "2",
+           "--checkpoint", str(checkpoint), "--crf", "--crf-backend", "torch", "--overlay",
+           "--workers", "2",
            "--batch-size", "1"]
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(

@@ -74,7 +74,9 @@ class Table:
                      "predict(): forward, scores, full-size argmax")
         for name in names:
             self.add(section, f"{name} + CRF", ms(times[f"{name}+crf"]),
-                     f"{times[f'{name}+crf'] / base:.2f}×", "dense CRF inline, 10 iterations")
+                     f"{times[f'{name}+crf'] / base:.2f}×",
+                     f"dense CRF inline (default backend), {CRFParams().iterations} iterations "
+                     f"at ≤ {CRF_SIDE} px")
         section = f"after the backbone, {size}×{size} px"
         for head in HEADS:
             if f"head:{head}" in times:

@@ -70,12 +70,11 @@ class PermutohedralLattice:
         rem0 = torch.ceil(elevated / d1 - 0.5) * d1
         excess = torch.round(rem0.sum(1) / d1).long()
         # rank[i]: position of coordinate i when the residuals are sorted in
-        # decreasing order, ties broken by index (densecrf's pairwise loop).
-        res = elevated - rem0
-        before = torch.tril(torch.ones(d1, d1, dtype=torch.bool, device=dev), -1)
-        bigger = torch.where(before, res[:, None, :] >= res[:, :, None],
-                             res[:, None, :] > res[:, :, None])
-        rank = bigger.sum(2) + excess[:, None]
+        # decreasing order, ties broken by index — what densecrf's pairwise
+        # loop counts, and what a stable descending sort gives.
+        order = torch.sort(elevated - rem0, dim=1, descending=True, stable=True).indices
+        positions = torch.arange(d1, device=dev).expand(n, d1)
+        rank = torch.empty_like(order).scatter_(1, order, positions) + excess[:, None]
         wrap = (rank < 0).long() - (rank > d).long()  # back onto the plane
         rank += wrap * d1
         rem0 += wrap.float() * d1

@@ -12,7 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_crf import CRFBench, CRFSettings  # noqa: E402
 from bench_quality import (  # noqa: E402
     HEADS,
     QualityResult,
@@ -23,6 +25,7 @@ from bench_quality import (  # noqa: E402
 
 from segeig.atomic import atomic_write  # noqa: E402
 from segeig.config import BackboneConfig  # noqa: E402
+from segeig.crf import CRF_SIDE, CRFParams  # noqa: E402
 from segeig.spectral import exact_spectral_bytes  # noqa: E402
 
 #: Full training sets for the clearly labelled extrapolations: (name, images, tokens/image).
@@ -77,7 +80,9 @@ class Table:
                      "predict(): forward, scores, full-size argmax")
         for name in names:
             self.add(section, f"{name} + CRF", ms(times[f"{name}+crf"]),
-                     f"{times[f'{name}+crf'] / base:.2f}×", "dense CRF inline, 10 iterations")
+                     f"{times[f'{name}+crf'] / base:.2f}×",
+                     f"dense CRF inline (default backend), {CRFParams().iterations} iterations "
+                     f"at ≤ {CRF_SIDE} px")
         section = f"after the backbone, {size}×{size} px"
         for head in HEADS:
             if f"head:{head}" in times:
@@ -129,6 +134,42 @@ class Table:
                                                   f"(k_feat {kernel_neighbours(s)}); "
                                                   "transductive")):
             self.add(section, method, *cell("-", method), note)
+
+    def crf(self, c: CRFBench, s: CRFSettings) -> None:
+        """Dense CRF rows: time per backend and size, predict ratio, iterations, agreement."""
+        default = f"at ≤ {CRF_SIDE} px short side, {CRFParams().iterations} iterations"
+        for side in s.sides:
+            section = f"dense CRF per image, photos {side} px short side, M={c.labels}"
+            base = c.times.get((side, "densecrf, cpu"))
+            for (size, name), seconds in c.times.items():
+                if size != side:
+                    continue
+                rel = f"{seconds / base:.2f}× densecrf" if base else "–"
+                note = ("as before this change" if "before" in name else
+                        f"{default}; inputs, mean field, labels at full size")
+                self.add(section, name, ms(seconds), rel, note)
+        if c.predict:
+            section = (f"predict() per image, photos {c.predict_side} px, backbone + mlp head "
+                       f"K={s.head_k}")
+            base = c.predict["no CRF"]
+            for name, seconds in c.predict.items():
+                note = "forward, scores, argmax" if name == "no CRF" else f"CRF {default}"
+                self.add(section, name, ms(seconds), f"{seconds / base:.2f}×", note)
+        section = f"CRF iterations, photos {c.predict_side} px (torch)"
+        for steps, (agree, seconds) in c.sweep.items():
+            self.add(section, f"{steps} iterations", ms(seconds), f"{100 * agree:.2f} %",
+                     "pixel agreement with 10 iterations")
+        section = f"CRF agreement, bundled photos {c.predict_side} px"
+        for name, values in c.agreement.items():
+            self.add(section, name, f"{100 * np.mean(values):.2f} %",
+                     f"min {100 * min(values):.2f} %", f"pixel agreement, {len(values)} photos")
+        section = "CRF mIoU, labelled set"
+        for (method, name), miou in c.miou.items():
+            note = ("pydensecrf at full size, 10 iterations (before)" if name == "before"
+                    else c.miou_note)
+            base = c.miou.get((method, "densecrf"))
+            rel = f"{miou - base:+.2f} vs densecrf" if base is not None else "–"
+            self.add(section, f"{name} · {method}", f"{miou:.2f}", rel, note)
 
     def memory(self, probes: dict[str, list[dict]], k_feat: int, steps: dict[str, dict],
                tokens_per_step: int) -> None:

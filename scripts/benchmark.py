@@ -19,7 +19,10 @@ Sections (all on the same backbone; timing on the same images):
   dense ``eigh`` matrix size as the naive reference and clearly labelled
   extrapolations to full training sets);
 * one training step split into backbone / kernel / head / loss / backward,
-  for both heads (constant in the dataset size).
+  for both heads (constant in the dataset size);
+* the dense CRF (``bench_crf.py``): time per image per backend at 320/448/1024
+  px, ``predict`` with/without CRF, iterations vs agreement, agreement with
+  pydensecrf on the bundled photos, mIoU with CRF per backend on a labelled set.
 
 The timing backbone is ViT-S/16 with random weights (``--backbone-weights
 random`` is implied: nothing is downloaded), which costs exactly what DINO
@@ -50,6 +53,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_crf import CRFSettings, run_crf  # noqa: E402
 from bench_parts import inference_times, synthetic_crops, train_step_split  # noqa: E402
 from bench_probe import run_probe  # noqa: E402
 from bench_quality import (  # noqa: E402
@@ -140,7 +144,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     qual.add_argument("--quality-heads", default=",".join(HEADS),
                       help="heads to train (default mlp,transformer; the baselines are "
                            "fitted with the first)")
-    parser.add_argument("--only", choices=("quality",),
+    parser.add_argument("--only", choices=("quality", "crf"),
                         help="run only this section (supplementary measurements)")
     defaults = QualitySettings()
     for name in QUALITY_FLAGS:
@@ -157,6 +161,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      help="sets decomposed exactly")
     mem.add_argument("--k-feat", type=int, default=256, help="feature neighbours (paper: 256)")
     mem.add_argument("--exact-clusters", type=int, default=32)
+    crf = parser.add_argument_group("dense CRF")
+    crf.add_argument("--no-crf", dest="crf", action="store_false")
+    crf_defaults = CRFSettings()
+    crf.add_argument("--crf-sides", default=",".join(map(str, crf_defaults.sides)),
+                     help="photo short sides timed (comma-separated)")
+    for name in ("labels", "predict_side", "train_size", "val_side", "n_train", "n_val",
+                 "classes", "k", "steps", "batch", "k_feat", "head_k"):
+        crf.add_argument(f"--crf-{name.replace('_', '-')}", type=int,
+                         default=getattr(crf_defaults, name), dest=f"crf_{name}",
+                         help=f"default {getattr(crf_defaults, name)}")
     step = parser.add_argument_group("training step")
     step.add_argument("--train-batch", type=int, default=8)
     step.add_argument("--train-crop", type=int, default=224)
@@ -231,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         table.inference(by_size[args.size], args.size, list(variants))
 
     quality_text = ""
-    if args.quality:
+    if args.quality and args.only in (None, "quality"):
         qbackbone = quality_backbone(args, backbone_config)
         proxy = qbackbone is not backbone_config
         settings = quality_settings(args, proxy)
@@ -249,6 +263,16 @@ def main(argv: list[str] | None = None) -> int:
         table.quality(merged, settings, "proxy ViT-Tiny" if proxy else "random ViT")
         quality_text = (f"\n\nQuality backbone: {describe_backbone(qbackbone, proxy)}.\n\n"
                         f"{summary_line(merged, settings)}")
+
+    if args.crf and args.only in (None, "crf"):
+        settings = CRFSettings(
+            sides=tuple(int(x) for x in args.crf_sides.split(",") if x), repeats=args.repeats,
+            images=args.images, **{name: getattr(args, f"crf_{name}") for name in (
+                "labels", "predict_side", "train_size", "val_side", "n_train", "n_val",
+                "classes", "k", "steps", "batch", "k_feat", "head_k")})
+        with tempfile.TemporaryDirectory(prefix="segeig-bench-crf-") as tmp:
+            table.crf(run_crf(settings, backbone, backbone_config, Path(tmp), device, say),
+                      settings)
 
     probes: dict[str, list[dict]] = {"kernel": [], "exact": []}
     steps: dict[str, dict[str, float]] = {}

@@ -65,6 +65,11 @@ class Segmenter:
         amp: run the backbone in bfloat16 autocast on CUDA.
         resolution: the working resolution; default: the checkpoint's
             (:func:`segeig.checkpoint.checkpoint_resolution`).
+        crf_backend: dense CRF backend for ``crf=True``: ``auto`` (fastest
+            available for the device), ``torch`` or ``densecrf`` (pydensecrf).
+            Also an attribute, as is ``crf_side``: the short side the CRF
+            runs at — the working resolution's, else
+            :data:`segeig.crf.CRF_SIDE` (None: full size).
 
     Typical use::
 
@@ -85,12 +90,20 @@ class Segmenter:
         device: str | torch.device = "auto",
         amp: bool = True,
         resolution: WorkingResolution | None = None,
+        crf_backend: str = "auto",
     ) -> None:
+        from segeig.crf import CRF_SIDE, resolve_backend
+
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config = config or {}
         self.amp = amp and self.device.type == "cuda"
+        resolve_backend(crf_backend, self.device)  # refuse a backend that cannot run, now
+        self.crf_backend = crf_backend
         self.resolution = resolution or checkpoint_resolution(self.config)
+        # The CRF runs at the working resolution too (its kernels are scaled
+        # to the size they run at); without one, at its reference size.
+        self.crf_side: int | None = self.resolution.short or CRF_SIDE
         self.class_map: ClassMap | None = class_map_of(
             self.config, {m: model.num_segments(m) for m in model.methods})
 
@@ -310,7 +323,8 @@ class Segmenter:
             image: ``H×W×3`` uint8 RGB to label (the CRF reads its colours).
             scores: ``S×h×w`` float patch scores (:meth:`patch_scores`) of
                 ``image`` resized to ``in_size``.
-            crf: refine with a dense CRF over the 32 most relevant segments.
+            crf: refine with a dense CRF over the 32 most relevant segments, run
+                at ``crf_side`` (marginals resampled to the image's size).
             in_size: ``(H', W')`` of the network input the scores came from
                 (default: the image's own size).
 
@@ -319,10 +333,11 @@ class Segmenter:
         """
         in_size = tuple(in_size or image.shape[:2])
         if crf:
-            from segeig.crf import crf_labels
+            from segeig.crf import crf_from_scores
 
-            probs, ids = pixel_probs(scores, self.patch_size, in_size, image.shape[:2])
-            return ids[crf_labels(image, probs, max_labels=None)].astype(np.int32)
+            return crf_from_scores(image, scores, self.patch_size, backend=self.crf_backend,
+                                   device=self.device, side=self.crf_side,
+                                   in_size=in_size).astype(np.int32)
         labels = pixel_argmax(scores, self.patch_size, in_size, image.shape[:2])
         return labels.to(torch.int32).cpu().numpy()
 
@@ -401,6 +416,7 @@ def load(
     device: str | torch.device = "auto",
     backbone_weights: str | None = None,
     amp: bool = True,
+    crf_backend: str = "auto",
 ) -> Segmenter:
     """Load a segeig checkpoint for inference.
 
@@ -410,9 +426,10 @@ def load(
         backbone_weights: override the backbone weight source recorded in the
             checkpoint (``hub``, a local file path, or ``random``).
         amp: bfloat16 autocast on CUDA.
+        crf_backend: see :class:`Segmenter`.
 
     Returns:
         A ready :class:`Segmenter`.
     """
     model, config = load_model(path, device="cpu", backbone_weights=backbone_weights)
-    return Segmenter(model, config, device=device, amp=amp)
+    return Segmenter(model, config, device=device, amp=amp, crf_backend=crf_backend)

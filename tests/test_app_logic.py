@@ -267,13 +267,13 @@ def test_model_runs_under_the_lock_and_crf_outside(seg, rng, monkeypatch):
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(seg, name, spy)
-    crf_labels = segeig.crf.crf_labels
+    crf_from_scores = segeig.crf.crf_from_scores
 
     def crf_spy(*args, **kwargs):
         seen.append(("crf", lock.locked()))
-        return crf_labels(*args, **kwargs)
+        return crf_from_scores(*args, **kwargs)
 
-    monkeypatch.setattr(segeig.crf, "crf_labels", crf_spy)
+    monkeypatch.setattr(segeig.crf, "crf_from_scores", crf_spy)
     result = logic.segment_image(seg, random_image(rng, 32, 32), "a.png", "eigen", True,
                                  lock=lock)
     logic.eigenfunctions_of(seg, result, lock)

@@ -18,7 +18,11 @@ TINY = [*(f"--backbone-arch={k}={v}" for k, v in TINY_ARCH.items()), "--proxy-ba
         "--quality-size", "48", "--quality-classes", "3", "--quality-k", "4",
         "--quality-steps", "2", "--quality-batch", "2", "--quality-k-feat", "6",
         "--kernel-sizes", "2x3", "--exact-sizes", "3x3", "--k-feat", "6",
-        "--exact-clusters", "3", "--train-batch", "2", "--train-crop", "32", "--train-k", "6"]
+        "--exact-clusters", "3", "--train-batch", "2", "--train-crop", "32", "--train-k", "6",
+        "--crf-sides", "48", "--crf-labels", "4", "--crf-predict-side", "48",
+        "--crf-train-size", "32", "--crf-val-side", "40", "--crf-n-train", "4", "--crf-n-val", "2",
+        "--crf-classes", "3", "--crf-k", "4", "--crf-steps", "2", "--crf-batch", "2",
+        "--crf-k-feat", "6", "--crf-head-k", "12"]
 
 
 def load_benchmark():
@@ -87,3 +91,50 @@ def test_only_quality_with_seeds(capsys, one_torch_thread):
     assert [r[1] for r in rows] == ["eigen · mlp", "eigen+kmeans · mlp", "kmeans", "spectral",
                                     "spectral-dataset"]
     assert " ± " in rows[1][2]
+
+
+def test_only_crf(capsys, one_torch_thread):
+    benchmark = load_benchmark()
+    assert benchmark.main([*TINY, "--only", "crf"]) == 0
+    rows = table_rows(capsys.readouterr().out)
+    sections: list[str] = []
+    for row in rows:
+        sections.append(row[0] or sections[-1])
+    by_section: dict[str, list[list[str]]] = {}
+    for section, row in zip(sections, rows, strict=True):
+        by_section.setdefault(section.split(",")[0], []).append(row)
+    timed = [r[1] for r in by_section["dense CRF per image"]]
+    assert "torch, cpu" in timed and "densecrf, cpu" in timed
+    predict = by_section["predict() per image"]
+    assert [r[1] for r in predict][:3] == ["no CRF", "CRF, auto", "CRF, torch"]
+    assert all(r[3].endswith("×") for r in predict)
+    sweep = by_section["CRF iterations"]
+    assert [r[1] for r in sweep][-1] == "10 iterations" and sweep[-1][3] == "100.00 %"
+    agreement = [r[1] for r in by_section["CRF agreement"]]
+    assert agreement[0] == "torch vs densecrf, same settings"
+    mious = {r[1]: float(r[2]) for r in by_section["CRF mIoU"]}
+    assert {"torch · eigen", "densecrf · eigen", "before · eigen", "no CRF · eigen"} <= set(mious)
+    assert all(0 <= v <= 100 for v in mious.values())
+
+
+def test_gpu_crf_bench_refuses_without_cuda(capsys, tmp_path, one_torch_thread):
+    import torch
+
+    if torch.cuda.is_available():
+        return  # it would measure; that is for the device machine (see the script)
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        spec = importlib.util.spec_from_file_location("gpu_crf_bench",
+                                                      SCRIPTS / "gpu_crf_bench.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    assert module.main([]) == 2
+    assert "no CUDA" in capsys.readouterr().err
+    # The same steps on the CPU (what the device machine will run, minus CUDA).
+    out = tmp_path / "gpu.md"
+    assert module.main(["--device", "cpu", "--sides", "40", "--labels", "4", "--images", "1",
+                        "--repeats", "1", "--out", str(out)]) == 0
+    table = out.read_text()
+    assert "| 40 px, working size | torch, cpu |" in table and "predict() on cpu" in table

@@ -284,7 +284,7 @@ def test_cli_end_to_end(synth_root, tiny_checkpoint, tmp_path, capsys):
     code = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "custom",
                  "--root", str(synth_root), "--method", "eigen+kmeans", "--crf-workers", "0",
                  "--json", str(out_json), "--report-dir", str(tmp_path / "rep"),
-                 "--device", "cpu"])
+                 "--device", "cpu", "--crf-backend", "torch"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "mIoU" in printed and "time split" in printed
@@ -293,6 +293,7 @@ def test_cli_end_to_end(synth_root, tiny_checkpoint, tmp_path, capsys):
     assert (data["method"], data["protocol"], data["match"], data["match_used"]) == (
         "eigen+kmeans", "native", "auto", "majority")
     assert data["n_images"] == 3 and data["miou_crf"] is not None
+    assert data["crf_backend"] == "torch"
     assert (tmp_path / "rep" / "report.md").is_file()
 
 

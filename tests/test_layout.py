@@ -161,5 +161,6 @@ def test_app_script_runs_segeig_demo(argv):
                          capture_output=True, text=True, cwd=ROOT, timeout=60)
     if argv == ["--help"]:
         assert out.returncode == 0 and "usage: segeig demo" in out.stdout
+        assert "--crf-backend {auto,torch,densecrf}" in out.stdout
     else:  # refused before anything heavy is loaded, with the demo's own message
         assert out.returncode == 2 and "--port must be in 1..65535" in out.stderr

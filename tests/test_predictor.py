@@ -118,3 +118,23 @@ def test_crf_prediction(segmenter, rng):
     refined = segmenter.predict(image, crf=True)
     assert refined.shape == plain.shape and refined.dtype == np.int32
     assert set(np.unique(refined)) <= set(ids.tolist()) | set(np.unique(plain).tolist())
+
+
+def test_crf_backends_and_working_size(segmenter, rng):
+    from segeig.crf import pydensecrf_available
+
+    image = random_image(rng, 50, 70)
+    assert segmenter.crf_backend == "auto"
+    segmenter.crf_backend = "torch"
+    torch_labels = segmenter.predict(image, crf=True)
+    if pydensecrf_available():
+        segmenter.crf_backend = "densecrf"
+        assert np.mean(segmenter.predict(image, crf=True) == torch_labels) > 0.97
+    # Below the working size the CRF runs at full size; a smaller working size
+    # gives labels of the full size with the same segments.
+    segmenter.crf_backend, segmenter.crf_side = "torch", 25
+    small = segmenter.predict(image, crf=True)
+    assert small.shape == (50, 70) and small.dtype == np.int32
+    assert np.mean(small == torch_labels) > 0.7
+    with pytest.raises(ValueError, match="unknown CRF backend"):
+        Segmenter(segmenter.model, device="cpu", crf_backend="fastest")

@@ -420,7 +420,8 @@ def test_real_ctrl_c_then_resume(checkpoint, tmp_path):
     for i in range(24):
         Image.fromarray(random_image(rng, 256, 256)).save(tmp_path / "in" / f"{i:02d}.jpg")
     cmd = [sys.executable, "-m", "segeig", "-q", "segment", str(tmp_path / "in"),
-           "--checkpoint", str(checkpoint), "--crf", "--overlay", "--workers", "2",
+           "--checkpoint", str(checkpoint), "--crf", "--crf-backend", "torch", "--overlay",
+           "--workers", "2",
            "--batch-size", "1"]
     repo = Path(__file__).resolve().parents[1]
     proc = subprocess.Popen(
@@ -447,8 +448,8 @@ def test_crf_downscaled_for_large_images(segmenter, mixed, tmp_path):
     root, _ = mixed
     files, _ = expand_inputs([root / "sub" / "big.jpg"])  # 90×150
     full, small = tmp_path / "full", tmp_path / "small"
-    segment_files(segmenter, files, full, SegmentOptions(crf=True))
-    segment_files(segmenter, files, small, SegmentOptions(crf=True, crf_max_pixels=90 * 150 // 4))
+    segment_files(segmenter, files, full, SegmentOptions(crf=True, crf_side=None))
+    segment_files(segmenter, files, small, SegmentOptions(crf=True, crf_side=45))
     a = read_segments(full / "labels" / "big.png")
     b = read_segments(small / "labels" / "big.png")
     assert a.shape == b.shape == (90, 150)

@@ -263,7 +263,8 @@ def test_spectral_dataset_recovers_known_classes(halves):
         evaluate_spectral_dataset(segmenter, dataset, match="fixed", crf=False)
 
 
-def test_spectral_dataset_without_pydensecrf_fails_before_any_work(halves, monkeypatch):
+def test_spectral_dataset_densecrf_without_pydensecrf_fails_before_any_work(halves,
+                                                                            monkeypatch):
     _, dataset = halves
     backbone = ColourBackbone()
     calls = []
@@ -272,7 +273,7 @@ def test_spectral_dataset_without_pydensecrf_fails_before_any_work(halves, monke
         monkeypatch.setitem(sys.modules, name, None)
     segmenter = Segmenter(SegEigModel(backbone), device="cpu")
     with pytest.raises(RuntimeError, match="pip install pydensecrf2"):
-        evaluate_spectral_dataset(segmenter, dataset, crf=True)
+        evaluate_spectral_dataset(segmenter, dataset, crf=True, crf_backend="densecrf")
     assert calls == []  # refused before the first forward pass
 
 

@@ -12,7 +12,9 @@ Stages, overlapped so the device rarely waits:
    ``batch_size``; those with a side still above ``max_side`` go alone through
    :meth:`Segmenter.patch_scores` (sliding windows, bounded memory). Labels
    come back at each image's original size.
-3. **refine** (``crf``) — :class:`segeig.crf.CRFPool` worker processes.
+3. **refine** (``crf``) — :class:`segeig.crf.CRFPool`: worker processes, or
+   inline for the torch backend on an accelerator; at the working size
+   (``crf_side``), marginals resampled to the image's size.
 4. **write** — label map, overlay and scores in a thread pool, each file
    atomically (see :mod:`segeig.batch.outputs`).
 
@@ -24,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -33,7 +34,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 
@@ -41,10 +41,10 @@ from segeig.batch.inputs import InputFile, decode_images
 from segeig.batch.outputs import OutputPathError, output_paths, save_overlay, save_scores
 from segeig.checkpoint import UNASSIGNED
 from segeig.config import DEFAULT_MAX_SIDE
-from segeig.crf import CRFParams, CRFPool
+from segeig.crf import CRFParams, CRFPool, prepare_crf
 from segeig.imageio import MAX_SEGMENTS, save_segments
 from segeig.predictor import Segmenter
-from segeig.resample import pixel_labels, pixel_probs
+from segeig.resample import pixel_labels
 from segeig.transforms import to_tensor
 from segeig.viz import legend_image, make_palette
 
@@ -77,9 +77,11 @@ class SegmentOptions:
         resolution: override the checkpoint's working resolution (``None``:
             the checkpoint's; ``0``: each image at its own size).
         crf_max_labels: segments kept per image for the CRF (chosen on the patch grid).
-        crf_max_pixels: larger images get their CRF on a copy downscaled to this
-            many pixels (labels upscaled back, nearest), bounding CRF memory to
-            ``crf_max_labels · crf_max_pixels`` floats.
+        crf_side: the CRF runs on a copy of each image with at most this short
+            side (:func:`segeig.crf.crf_working_size`; marginals resampled
+            bilinearly to the full size), bounding its time and memory; None:
+            the segmenter's ``crf_side`` (its working resolution).
+        crf_backend: ``auto``, ``torch`` or ``densecrf`` (:func:`segeig.crf.resolve_backend`).
     """
 
     method: str | None = None
@@ -94,8 +96,9 @@ class SegmentOptions:
     overwrite: bool = False
     max_side: int | None = DEFAULT_MAX_SIDE
     crf_max_labels: int = 32
-    crf_max_pixels: int = 1 << 22
     resolution: int | None = None
+    crf_side: int | None = None
+    crf_backend: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -145,14 +148,6 @@ def resolve_method(segmenter: Segmenter, method: str | None, classes: bool = Fal
     if method is None:
         return "eigen+kmeans" if "eigen+kmeans" in methods else segmenter.model.default_method
     return method
-
-
-def _nearest_resize(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an integer ``h×w`` map to ``size`` (exact ids)."""
-    h, w = labels.shape
-    rows = np.minimum((np.arange(size[0]) + 0.5) * h / size[0], h - 1).astype(np.intp)
-    cols = np.minimum((np.arange(size[1]) + 0.5) * w / size[1], w - 1).astype(np.intp)
-    return labels[rows[:, None], cols[None, :]]
 
 
 @dataclass
@@ -253,15 +248,12 @@ class _Run:
                 self.write(job, pixel_labels(scores, self.seg.patch_size, in_size,
                                              out_size=size))
                 return
-            scale = min(1.0, math.sqrt(self.opt.crf_max_pixels / (size[0] * size[1])))
-            crf_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-            probs, ids = pixel_probs(scores, self.seg.patch_size, in_size, crf_size,
-                                     self.opt.crf_max_labels)
-            image = job.image
-            if probs.shape[1:] != size:  # downscaled CRF for a very large image
-                small_h, small_w = probs.shape[1:]
-                image = cv2.resize(image, (small_w, small_h), interpolation=cv2.INTER_AREA)
-            self.crf_jobs.append((job, self.crf_pool.submit(image, probs, ids), size))
+            side = self.opt.crf_side or self.seg.crf_side
+            image, probs, ids = prepare_crf(job.image, scores, self.seg.patch_size,
+                                            in_size=in_size, side=side,
+                                            max_labels=self.opt.crf_max_labels)
+            self.crf_jobs.append((job, self.crf_pool.submit(image, probs, ids, out_size=size),
+                                  size))
         except (RuntimeError, ValueError, MemoryError) as err:
             self.fail(job, f"scoring failed ({err})")
         self.drain_crf()
@@ -276,8 +268,6 @@ class _Run:
             except Exception as err:  # noqa: BLE001 - reported per image
                 self.fail(job, f"CRF failed ({type(err).__name__}: {err})")
                 continue
-            if labels.shape != size:
-                labels = _nearest_resize(labels, size)
             self.write(job, labels.astype(np.int32))
 
     def legend(self, classes: np.ndarray) -> np.ndarray:
@@ -394,7 +384,8 @@ def segment_files(
         crf_pool = None
         if options.crf and jobs:
             crf_pool = stack.enter_context(
-                CRFPool(options.workers, params=crf_params, max_labels=None))
+                CRFPool(options.workers, params=crf_params, max_labels=None,
+                        backend=options.crf_backend, device=segmenter.device))
         writer = None
         if options.workers > 0 and jobs:
             writer = ThreadPoolExecutor(max_workers=min(4, options.workers))

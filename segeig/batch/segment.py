@@ -59,7 +59,7 @@ __all__ = [
 
 #: Settings that change the outputs; a resumed run must match them.
 _OUTPUT_SETTINGS = ("checkpoint_sha256", "method", "clusters", "crf", "crf_max_labels",
-                    "crf_max_pixels", "max_side", "overlay_alpha")
+                    "crf_side", "max_side", "overlay_alpha", "working_resolution")
 
 
 def summary_path(out_dir: str | os.PathLike[str], shard: tuple[int, int] = (0, 1)) -> Path:

@@ -27,6 +27,19 @@ def parse_arch(values: list[str] | None) -> dict | None:
     return out
 
 
+#: ``--crf-backend`` choices, spelled out here because ``--help`` must not
+#: import segeig.crf (numpy, torch); tests check they equal segeig.crf.BACKENDS.
+CRF_BACKENDS = ("auto", "torch", "densecrf")
+
+
+def add_crf_backend_argument(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--crf-backend auto|torch|densecrf`` for ``segment``, ``evaluate`` and ``demo``."""
+    parser.add_argument("--crf-backend", choices=CRF_BACKENDS, default="auto",
+                        help="dense CRF implementation: torch (CPU or GPU), densecrf "
+                             "(pydensecrf, CPU only) or auto (default: the fastest one "
+                             "available for the device)")
+
+
 def add_backbone_arguments(parser: argparse.ArgumentParser, title: str = "backbone",
                            weights_help: str | None = None) -> None:
     """Backbone flags shared by ``train``, ``fit``, ``segment`` and ``demo``."""

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from segeig.cli.common import add_backbone_arguments, backbone_config
+from segeig.cli.common import add_backbone_arguments, add_crf_backend_argument, backbone_config
 from segeig.cli.progress import ProgressBars
 
 logger = logging.getLogger(__name__)
@@ -31,6 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      "local file; default: as recorded in the checkpoint, 'hub' for the "
                      "start-up fit")
     parser.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda...")
+    add_crf_backend_argument(parser)
     parser.add_argument("--max-side", type=int, default=768,
                         help="larger uploads are downscaled to this longer side (default 768)")
     parser.add_argument("--max-upload-mb", type=float, default=20,
@@ -84,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
                 args.checkpoint, args.weights_dir, backbone, examples_dir, device=args.device,
                 progress=bars)
         logger.info("serving %s (%s)", path, source)
-        seg = load(path, device=args.device, backbone_weights=args.backbone_weights)
+        seg = load(path, device=args.device, backbone_weights=args.backbone_weights,
+                   crf_backend=args.crf_backend)
         demo = build_demo(seg, examples=example_images(examples_dir), max_side=args.max_side,
                           max_images=args.max_images, how=how[source])
     except Exception as err:

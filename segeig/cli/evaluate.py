@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 
-from segeig.cli.common import add_resolution_argument, check_resolution
+from segeig.cli.common import (
+    add_crf_backend_argument,
+    add_resolution_argument,
+    check_resolution,
+)
 from segeig.cli.progress import ProgressBars
 
 
@@ -44,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "fixed: the map stored by `segeig label` instead of a refit")
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
                         help="also score CRF-refined predictions (default: on)")
+    add_crf_backend_argument(parser)
     parser.add_argument("--max-images", type=int, default=None, metavar="N",
                         help="evaluate only the first N images")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -80,6 +85,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from segeig.crf import resolve_backend
     from segeig.evaluation import (
         evaluate,
         format_table,
@@ -123,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
     check_resolution(args.resolution)
     common = dict(match=args.match, crf=args.crf, max_images=args.max_images,
                   progress=progress, crf_workers=crf_workers, loader_workers=workers,
-                  n_examples=args.examples, crf_max_labels=args.crf_max_labels)
+                  n_examples=args.examples, crf_max_labels=args.crf_max_labels,
+                  crf_backend=args.crf_backend)
     if args.method == "spectral-dataset":
         from segeig.evaluation.spectral_dataset import (
             DEFAULT_MAX_TOKENS,
@@ -143,7 +150,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     meta = {"checkpoint": str(args.checkpoint), "root": str(args.root),
             "device": str(segmenter.device), "torch_threads": torch.get_num_threads(),
-            "crf_workers": crf_workers if args.crf else None}
+            "crf_workers": crf_workers if args.crf else None,
+            "crf_backend": resolve_backend(args.crf_backend, segmenter.device) if args.crf
+            else None}
     if args.json:
         path = write_json(args.json, {**meta, **result.to_dict()})
         print(f"JSON: {path}")

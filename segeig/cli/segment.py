@@ -9,6 +9,7 @@ import sys
 
 from segeig.cli.common import (
     add_backbone_arguments,
+    add_crf_backend_argument,
     add_resolution_argument,
     backbone_config,
     check_resolution,
@@ -42,6 +43,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="with a labelled checkpoint (segeig label): write raw cluster ids "
                              "instead of class label maps")
     parser.add_argument("--crf", action="store_true", help="refine boundaries with a dense CRF")
+    add_crf_backend_argument(parser)
     parser.add_argument("--overlay", action="store_true",
                         help="also write DIR/overlays/<path>.jpg (colours over the photo)")
     parser.add_argument("--overlay-format", choices=("jpg", "png"), default="jpg")
@@ -149,7 +151,8 @@ def run(args: argparse.Namespace) -> int:
         segmenter = segeig.load(checkpoint, device=device,
                                 backbone_weights=args.backbone_weights if args.checkpoint else None)
         options = SegmentOptions(
-            method=args.method, clusters=args.clusters, crf=args.crf, overlay=args.overlay,
+            method=args.method, clusters=args.clusters, crf=args.crf,
+            crf_backend=args.crf_backend, overlay=args.overlay,
             overlay_format=args.overlay_format, save_probs=args.save_probs,
             batch_size=args.batch_size, workers=args.workers, overwrite=args.overwrite,
             max_side=args.max_side, resolution=args.resolution,

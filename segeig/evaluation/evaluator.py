@@ -3,8 +3,9 @@
 One pass over the images fills two cluster×class confusion matrices (raw
 argmax predictions and CRF-refined ones); each gets its own cluster→class
 mapping (:mod:`segeig.evaluation.metrics`), fitted on its own predictions, so a single run
-reports both rows. The CRF runs in worker processes (:class:`segeig.crf.CRFPool`)
-while the model moves on to the next images.
+reports both rows. The CRF runs at its working size (``crf_side``) in worker
+processes (:class:`segeig.crf.CRFPool`) while the model moves on to the next
+images, or inline for the torch backend on an accelerator.
 
 Time is booked per stage (``data``, ``forward``, ``upsample``, ``metrics``,
 ``crf_inputs``, ``crf``) so a run shows where it went; ``crf`` is the time the
@@ -22,7 +23,7 @@ import torch
 
 from segeig.checkpoint import UNASSIGNED
 from segeig.config import WorkingResolution, to_dict
-from segeig.crf import CRFParams, CRFPool, require_pydensecrf
+from segeig.crf import CRFParams, CRFPool, resolve_backend
 from segeig.data import SegDataset
 from segeig.data.workers import ordered_map
 from segeig.evaluation.protocols import Prepared, Protocol, prepare, resolve_protocol
@@ -106,14 +107,13 @@ def check_dataset(dataset: SegDataset, protocol: Protocol, match: str) -> int:
     return n_classes
 
 
-def check_crf_available(crf: bool) -> None:
-    """Fail before any work when CRF scores are asked for but pydensecrf is missing."""
+def check_crf_available(crf: bool, backend: str = "auto", device: object = None) -> None:
+    """Fail before any work when CRF scores are asked for but the backend cannot run."""
     if crf:
         try:
-            require_pydensecrf()
+            resolve_backend(backend, device)
         except ImportError as err:
-            raise RuntimeError("CRF scores need pydensecrf (`pip install pydensecrf2`); "
-                               "install it or evaluate without CRF (--no-crf)") from err
+            raise RuntimeError(f"{err}; or evaluate without CRF (--no-crf)") from err
 
 
 def check_segments(method: str, n_segments: int, n_classes: int, match: str) -> None:
@@ -179,6 +179,8 @@ def evaluate(
     crf_params: CRFParams | None = None,
     crf_max_labels: int = 32,
     resolution: int | None = None,
+    crf_backend: str = "auto",
+    crf_side: int | None = None,
 ) -> EvaluationResult:
     """Score a segmenter on a labelled dataset.
 
@@ -195,7 +197,7 @@ def evaluate(
             ``hungarian`` (one-to-one), ``majority`` (many-to-one), or
             ``fixed``: the checkpoint's stored class map (:func:`stored_mapping`)
             instead of one fitted on these predictions.
-        crf: also score CRF-refined predictions (needs pydensecrf).
+        crf: also score CRF-refined predictions.
         max_images: evaluate only the first N images.
         progress: optional wrapper ``progress(iterable, total=N)`` (e.g. tqdm)
             over the images, in model order.
@@ -209,6 +211,9 @@ def evaluate(
             the patch grid).
         resolution: override the checkpoint's working resolution (``native``
             and ``full`` use it; see :meth:`Segmenter.working_resolution`).
+        crf_backend: ``auto``, ``torch`` or ``densecrf`` (:func:`segeig.crf.resolve_backend`).
+        crf_side: short side the CRF runs at (marginals resampled to the label
+            resolution); None: the segmenter's (its working resolution).
 
     Returns:
         :class:`EvaluationResult`.
@@ -217,7 +222,7 @@ def evaluate(
         ValueError: unknown method/match, dataset without labels or with the
             wrong class count, too few segments for hungarian matching, no images,
             ``fixed`` without a stored map for the method.
-        RuntimeError: CRF requested but pydensecrf is not installed.
+        RuntimeError: CRF requested but its backend cannot run (pydensecrf missing).
     """
     start = time.perf_counter()
     if not isinstance(protocol, Protocol):
@@ -236,7 +241,8 @@ def evaluate(
     if n <= 0:
         raise ValueError(f"nothing to evaluate: {dataset!r} has {len(dataset)} images "
                          f"(max_images={max_images})")
-    check_crf_available(crf)
+    check_crf_available(crf, crf_backend, segmenter.device)
+    crf_side = crf_side or segmenter.crf_side
     working = segmenter.working_resolution(resolution)
     logger.info("evaluating %d images: %s (working resolution: %s); method %s, %s matching, "
                 "%d segments%s", n, protocol.describe(), working.describe(), method, match,
@@ -254,9 +260,10 @@ def evaluate(
                                                    working)
     if progress is not None:
         samples = progress(samples, total=n)
-    with CRFPool(crf_workers if crf else 0, crf_params, max_labels=None) as pool:
+    with CRFPool(crf_workers if crf else 0, crf_params, max_labels=None, backend=crf_backend,
+                 device=segmenter.device) as pool:
         scorer = GridScorer(n_segments, n_classes, patch, timer, pool if crf else None,
-                            crf_workers, crf_max_labels, n_examples)
+                            crf_workers, crf_max_labels, n_examples, crf_side)
         for batch in _batched(timer.timed(samples, "data"), batch_size, single_pass):
             with timer("forward"):
                 if len(batch) == 1:

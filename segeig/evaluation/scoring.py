@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segeig.crf import CRFPool
+from segeig.crf import CRF_SIDE, CRFPool, prepare_crf
 from segeig.data import SegDataset
 from segeig.evaluation.metrics import (
     FITTED_MATCHES,
@@ -31,7 +31,7 @@ from segeig.evaluation.metrics import (
     scores,
 )
 from segeig.evaluation.protocols import Prepared, Protocol
-from segeig.resample import pixel_argmax, pixel_probs
+from segeig.resample import pixel_argmax
 from segeig.viz import make_palette
 
 #: Stages of the main loop whose seconds are recorded (plus ``other`` and ``total``).
@@ -250,16 +250,18 @@ class GridScorer:
         crf_workers: the pool's size (bounds the queue).
         crf_max_labels: segments per image passed to the CRF.
         n_examples: keep the first N samples (with predictions) for pictures.
+        crf_side: the CRF's working short side (None: the label resolution).
     """
 
     def __init__(self, n_segments: int, n_classes: int, patch: int, timer: StageTimer,
                  pool: CRFPool | None, crf_workers: int, crf_max_labels: int,
-                 n_examples: int) -> None:
+                 n_examples: int, crf_side: int | None = CRF_SIDE) -> None:
         self.acc = ConfusionAccumulator(n_segments, n_classes)
         self.acc_crf = ConfusionAccumulator(n_segments, n_classes) if pool else None
         self.patch, self.timer, self.pool = patch, timer, pool
         self.queue_limit = 2 * max(crf_workers, 1)
         self.crf_max_labels, self.n_examples = crf_max_labels, n_examples
+        self.crf_side = crf_side
         self.examples: list[Example] = []
         self.pending: deque = deque()
 
@@ -276,10 +278,11 @@ class GridScorer:
             self.examples.append(example)
         if self.pool is not None:
             with timer("crf_inputs"):
-                probs, ids = pixel_probs(grid, self.patch, sample.in_size, sample.out_size,
-                                         self.crf_max_labels)
+                image, probs, ids = prepare_crf(sample.eval_image, grid, self.patch,
+                                                sample.in_size, self.crf_side,
+                                                self.crf_max_labels)
             with timer("crf"):
-                future = self.pool.submit(sample.eval_image, probs, ids)
+                future = self.pool.submit(image, probs, ids, out_size=sample.out_size)
             self.pending.append((future, sample.label, example, probs.nbytes))
             self.drain(self.queue_limit)
 

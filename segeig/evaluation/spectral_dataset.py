@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from segeig.config import KernelConfig, from_dict, to_dict
-from segeig.crf import CRFParams, CRFPool
+from segeig.crf import CRF_SIDE, CRFParams, CRFPool
 from segeig.data import SegDataset
 from segeig.evaluation.evaluator import (
     check_crf_available,
@@ -91,6 +91,8 @@ def evaluate_spectral_dataset(
     n_examples: int = 8,
     crf_params: CRFParams | None = None,
     crf_max_labels: int = 32,
+    crf_backend: str = "auto",
+    crf_side: int | None = CRF_SIDE,
     seed: int = 0,
 ) -> EvaluationResult:
     """Score exact spectral clustering of the whole evaluated set.
@@ -98,7 +100,8 @@ def evaluate_spectral_dataset(
     Args:
         segmenter: gives the backbone (any checkpoint; its head is unused).
         dataset, protocol, match, crf, max_images, crf_workers,
-            loader_workers, n_examples, crf_params, crf_max_labels: as in
+            loader_workers, n_examples, crf_params, crf_max_labels, crf_backend,
+            crf_side: as in
             :func:`segeig.evaluation.evaluator.evaluate`.
         progress: wrapper ``progress(iterable, total=N)`` over the images;
             called twice (features, then scoring).
@@ -115,7 +118,7 @@ def evaluate_spectral_dataset(
 
     Raises:
         SpectralSetTooLargeError: more than ``max_tokens`` patches.
-        RuntimeError: CRF requested but pydensecrf is not installed.
+        RuntimeError: CRF requested but its backend cannot run (pydensecrf missing).
         ValueError: bad match, unlabelled dataset, wrong class count, too few
             clusters for hungarian matching, no images.
     """
@@ -128,7 +131,7 @@ def evaluate_spectral_dataset(
                          "no stored class map fits them; use --match auto|hungarian|majority")
     n_clusters = n_clusters or n_classes
     check_segments(METHOD, n_clusters, n_classes, match)
-    check_crf_available(crf)
+    check_crf_available(crf, crf_backend, segmenter.device)
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
     if n <= 0:
         raise ValueError(f"nothing to evaluate: {dataset!r} has {len(dataset)} images")
@@ -176,9 +179,10 @@ def evaluate_spectral_dataset(
     del features, smalls
 
     # Pass 2: score like any method (centroid-style temperature for the CRF unary).
-    with CRFPool(crf_workers if crf else 0, crf_params, max_labels=None) as pool:
+    with CRFPool(crf_workers if crf else 0, crf_params, max_labels=None, backend=crf_backend,
+                 device=device) as pool:
         scorer = GridScorer(n_clusters, n_classes, patch, timer, pool if crf else None,
-                            crf_workers, crf_max_labels, n_examples)
+                            crf_workers, crf_max_labels, n_examples, crf_side)
         for s, grid in zip(images(), grids, strict=True):
             scorer.add(s, grid / CENTROID_TEMPERATURE)
         scorer.drain(0)

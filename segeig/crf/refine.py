@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from segeig.crf.densecrf import check_crf_inputs, dense_crf
+from segeig.crf.densecrf import check_crf_inputs, dense_crf, require_pydensecrf
 from segeig.crf.params import BACKENDS, CRFParams
 
 if TYPE_CHECKING:
@@ -41,9 +41,10 @@ CRF_SIDE = 320
 def resolve_backend(backend: str = "auto", device: object = None) -> str:
     """The backend that will run: ``"torch"`` or ``"densecrf"``.
 
-    ``auto`` picks the fastest one available for the device: ``torch`` on an
-    accelerator (pydensecrf cannot use it), and on CPU ``torch`` as well
-    (measured faster there too, see docs/benchmarks.md).
+    ``auto`` picks ``torch``: on an accelerator it is the only one that runs
+    there, and on CPU it runs as fast as pydensecrf per core (measured,
+    docs/benchmarks.md), is always installed, and gives the same labels as on
+    the accelerator.
 
     Args:
         backend: one of :data:`segeig.crf.BACKENDS`.
@@ -58,8 +59,6 @@ def resolve_backend(backend: str = "auto", device: object = None) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown CRF backend {backend!r}; choose from {', '.join(BACKENDS)}")
     if backend == "densecrf":
-        from segeig.crf.densecrf import require_pydensecrf
-
         require_pydensecrf()
     return "torch" if backend == "auto" else backend
 

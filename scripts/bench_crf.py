@@ -242,7 +242,7 @@ def trained_segmenter(s: CRFSettings, backbone: BackboneConfig, workdir: Path,
     val = make_synthetic_dataset(workdir / "val", 0, s.n_val, s.val_side, s.classes, seed=1)
     config = default_config(
         "custom", root, backbone=backbone, head_kind="mlp", k=s.k, steps=s.steps,
-        batch_size=s.batch, crop=s.train_size, resize_short=s.train_size, scale=(1.0, 1.5),
+        batch_size=s.batch, crop=s.train_size, resolution=s.train_size, scale=(1.0, 1.5),
         kmeans_k=s.classes, workers=0, checkpoint_every=0, log_every=max(1, s.steps),
         kernel=KernelConfig(k_feat=s.k_feat), seed=0)
     checkpoint = train(config, workdir / "head", device=str(device), overwrite=True)

@@ -82,7 +82,7 @@ def quality_config(settings: QualitySettings, root: Path, backbone: BackboneConf
     if s.custom_defaults:
         return default_config("custom", root, **common)
     return default_config("custom", root, batch_size=s.batch, crop=s.size,
-                          resize_short=s.size, scale=(1.0, 1.5), kmeans_k=s.classes,
+                          resolution=s.size, scale=(1.0, 1.5), kmeans_k=s.classes,
                           kernel=KernelConfig(k_feat=s.k_feat), **common)
 
 

@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
                               arch_overrides=dict(TINY_ARCH) if args.tiny else {})
     config = default_config(
         "folder", data, backbone=backbone, head=HeadConfig(kind=args.head, k=args.k),
-        steps=args.steps, batch_size=args.batch_size, crop=args.crop, resize_short=0,
+        steps=args.steps, batch_size=args.batch_size, crop=args.crop, resolution=0,
         scale=(0.5, 2.0), amp=args.amp, workers=args.workers, log_every=10,
         checkpoint_every=0, kmeans_k=min(args.k, 64), global_graph=args.global_graph)
     stamps: dict[int, float] = {}

@@ -112,8 +112,9 @@ def test_custom_defaults_change_only_k_and_length(tmp_path):
     settings = bench_quality.QualitySettings(k=64, epochs=15, custom_defaults=True)
     config = bench_quality.quality_config(settings, tmp_path, backbone, "mlp", first=True)
     preset = default_config("custom", tmp_path, backbone=backbone, k=64, epochs=15)
-    for name in ("crop", "batch_size", "scale", "resize_short", "kmeans_k", "lr", "steps",
-                 "kernel", "objective", "head", "photometric", "hflip", "seed"):
+    for name in ("crop", "batch_size", "scale", "resolution", "max_long", "kmeans_k",
+                 "kmeans_metric", "lr", "steps", "kernel", "objective", "head", "photometric",
+                 "hflip", "seed"):
         assert getattr(config, name) == getattr(preset, name), name
     assert config.baseline_centroids and config.spectral_centroids
     tuned = bench_quality.quality_config(bench_quality.QualitySettings(), tmp_path, backbone,

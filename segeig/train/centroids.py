@@ -161,8 +161,8 @@ def fit_centroids(
                             pin_memory=device.type == "cuda")
         total = len(loader)
     else:
-        loader = center_windows(cache, list(mine), crop, resolution, batch_size)
-        total = -(-len(mine) // batch_size)
+        batches = center_windows(cache, list(mine), crop, resolution, batch_size)
+        loader, total = (load() for load in batches), len(batches)
     dims = {"eigen+kmeans": model.head.hidden_dim if model.head is not None else 0,
             "kmeans": model.backbone.embed_dim, "spectral": model.backbone.embed_dim}
     capacity = max(1, max_tokens // dist.world_size)

@@ -19,10 +19,11 @@ computed from the view's pixels.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -144,28 +145,37 @@ class CachedCrops(Dataset):
 
 def center_windows(cache: FeatureCache, indices: list[int], crop: int,
                    resolution: WorkingResolution | None, batch_size: int
-                   ) -> Iterator[torch.Tensor]:
-    """Batches ``B×C×s×s`` (float16) of the centroid pass's centre views, from the cache.
+                   ) -> list[Callable[[], torch.Tensor]]:
+    """The centroid pass's batches of centre views, from the cache.
 
     The cached counterpart of :class:`segeig.train.loader.CenterViews`: the
     centred square window of ``ceil(min(crop, short side) / p)`` patches of
     each image's scale-1 view (smaller when the view is: the long-side cap
     shrank it); consecutive windows of one size share a batch.
+
+    Returns:
+        One loader per batch (so the number of batches is known up front);
+        each returns ``B×C×s×s`` float16.
     """
     side = min(crop, resolution.short) if resolution and resolution.short else crop
     want = crop_grid(side, cache.patch)
-    batch: list[torch.Tensor] = []
+    groups: list[tuple[int, list[int]]] = []
     for index in indices:
         h, w = cache.grid(index, 0)
         s = min(want, h, w)
-        tokens, _ = cache.window(index, 0, (h - s) // 2, (w - s) // 2, (s, s))
-        window = torch.from_numpy(tokens).permute(2, 0, 1)
-        if batch and (len(batch) >= batch_size or batch[0].shape != window.shape):
-            yield torch.stack(batch)
-            batch = []
-        batch.append(window)
-    if batch:
-        yield torch.stack(batch)
+        if not groups or groups[-1][0] != s or len(groups[-1][1]) >= batch_size:
+            groups.append((s, []))
+        groups[-1][1].append(index)
+
+    def load(s: int, members: list[int]) -> torch.Tensor:
+        windows = []
+        for index in members:
+            h, w = cache.grid(index, 0)
+            tokens, _ = cache.window(index, 0, (h - s) // 2, (w - s) // 2, (s, s))
+            windows.append(torch.from_numpy(tokens).permute(2, 0, 1))
+        return torch.stack(windows)
+
+    return [functools.partial(load, s, members) for s, members in groups]
 
 
 def describe(cache: FeatureCache, out_dir: Path) -> str:

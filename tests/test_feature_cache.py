@@ -299,3 +299,29 @@ def test_fit_runs_remove_their_default_cache(folder, tmp_path):
           tmp_path / "fit2")
     assert list(kept.rglob("part-0-of-1.bin"))
     assert json.loads(next(kept.rglob("key.json")).read_text())["views"]
+
+
+def test_spectral_dataset_reuses_its_feature_cache(tmp_path, backbone, monkeypatch):
+    from segeig.evaluation.protocols import resolve_protocol
+    from segeig.evaluation.spectral_dataset import (
+        SpectralSetTooLargeError,
+        evaluate_spectral_dataset,
+    )
+    from segeig.model import SegEigModel
+    from segeig.predictor import Segmenter
+    from tests.test_spectral import load_eval_dataset, write_halves
+
+    root = write_halves(tmp_path / "halves", 6, seed=3)
+    dataset = load_eval_dataset(resolve_protocol(None, "custom"), root, "val")
+    segmenter = Segmenter(SegEigModel(backbone), device="cpu")
+    cache = tmp_path / "cache"
+    with pytest.raises(SpectralSetTooLargeError):
+        evaluate_spectral_dataset(segmenter, dataset, crf=False, max_tokens=20,
+                                  feature_cache=cache)
+    assert not cache.exists()  # refused before computing or writing anything
+    first = evaluate_spectral_dataset(segmenter, dataset, crf=False, feature_cache=cache)
+    assert list(cache.rglob("part-0-of-1.bin"))
+    monkeypatch.setattr(backbone, "forward", lambda images: pytest.fail("backbone re-run"))
+    again = evaluate_spectral_dataset(segmenter, dataset, crf=False, feature_cache=cache)
+    assert again.scores.miou == first.scores.miou
+    assert np.array_equal(again.scores.confusion, first.scores.confusion)

@@ -325,3 +325,15 @@ def test_spectral_dataset_reuses_its_feature_cache(tmp_path, backbone, monkeypat
     again = evaluate_spectral_dataset(segmenter, dataset, crf=False, feature_cache=cache)
     assert again.scores.miou == first.scores.miou
     assert np.array_equal(again.scores.confusion, first.scores.confusion)
+
+
+def test_filling_with_workers_and_batches_gives_the_same_cache(tmp_path, backbone):
+    # Two images of one size, so their views share forward passes.
+    rng = np.random.default_rng(1)
+    same = Images([random_image(rng, 48, 64) for _ in range(2)] + [random_image(rng, 40, 40)])
+    plain = prepare(tmp_path / "a", backbone, same)
+    batched = prepare(tmp_path / "b", backbone, same, workers=2, batch_size=3)
+    assert plain.entries.keys() == batched.entries.keys()
+    for key in plain.entries:
+        np.testing.assert_allclose(np.array(batched.tokens(*key), np.float32),
+                                   np.array(plain.tokens(*key), np.float32), atol=1e-2)

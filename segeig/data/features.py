@@ -52,6 +52,7 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
 
 from segeig.atomic import atomic_write, write_text
 from segeig.backbone import Backbone
@@ -343,57 +344,100 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
+class _Rendered(Dataset):
+    """``[i] → (image index, [view pixels H×W×3 uint8, ...])`` (decoded in DataLoader workers)."""
+
+    def __init__(self, source: ImageSource, views: Sequence[View], indices: list[int]) -> None:
+        self.source, self.views, self.indices = source, views, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int) -> tuple[int, list[np.ndarray]]:
+        index = self.indices[position]
+        base = self.source.image(index)
+        return index, [v.render(base) for v in self.views]
+
+
+def _unbatched(item: Any) -> Any:
+    return item
+
+
+def _encode(backbone: Backbone, pixels: list[np.ndarray], device: torch.device,
+            autocast_dtype: torch.dtype | None, with_kernel: bool) -> np.ndarray:
+    """Cached channels of same-size views: ``B×h×w×C`` float16."""
+    images = torch.stack([to_tensor(p) for p in pixels]).to(device)
+    if autocast_dtype is not None:
+        with torch.autocast(device.type, dtype=autocast_dtype):
+            features = backbone(images)
+    else:
+        features = backbone(images)
+    grid = features.kernel.shape[-2:]
+    colours = F.interpolate(pad_to_grid(images, grid, backbone.patch_size, tuple(backbone.mean)),
+                            size=grid, mode="bilinear", align_corners=False)
+    parts = [*features.layers, *([features.kernel] if with_kernel else [])]
+    stacked = torch.cat([t.float() for t in parts] + [colours], dim=1)
+    return stacked.permute(0, 2, 3, 1).to("cpu", torch.float16).numpy()
+
+
 @torch.no_grad()
 def _fill_part(directory: Path, rank: int, world: int, key: str, backbone: Backbone,
                source: ImageSource, views: Sequence[View], identities: list[str],
                device: torch.device, autocast_dtype: torch.dtype | None, channels: int,
-               progress: Callable[[int, int], None] | None) -> None:
-    """Compute and write part ``rank`` of ``world`` (data first, then its index)."""
+               progress: Callable[[int, int], None] | None, workers: int = 0,
+               batch_size: int = 1) -> None:
+    """Compute and write part ``rank`` of ``world`` (data first, then its index).
+
+    Images are decoded and rendered in ``workers`` DataLoader processes; the
+    views of up to ``batch_size`` images are grouped by size and each group
+    runs as one batch (on CPU batching barely matters; on a GPU it does).
+    Entries are written image after image, view after view.
+    """
     name = _part_name(rank, world)
     (directory / f"{name}.json").unlink(missing_ok=True)  # never pair a new .bin with an old index
     mine = [i for i in range(len(source)) if i % world == rank]
     entries: list[list[int]] = []
     offset = 0
-    patch, mean = backbone.patch_size, tuple(backbone.mean)
+    with_kernel = channels - 3 > backbone.feature_dim
+    loader = DataLoader(_Rendered(source, views, mine), batch_size=None, num_workers=workers,
+                        collate_fn=_unbatched)
 
-    def write(handle) -> None:
+    def flush(handle, pending: list[tuple[int, list[np.ndarray]]]) -> None:
         nonlocal offset
-        for done, i in enumerate(mine):
-            base = source.image(i)
-            rendered = [v.render(base) for v in views]
-            # Views of one size run as one batch (on CPU batching barely matters;
-            # on a GPU it does, and a flip has the size of its unflipped view).
-            groups: dict[tuple[int, int], list[int]] = {}
-            for v, img in enumerate(rendered):
-                groups.setdefault(img.shape[:2], []).append(v)
-            out: dict[int, np.ndarray] = {}
-            for members in groups.values():
-                images = torch.stack([to_tensor(rendered[v]) for v in members]).to(device)
-                if autocast_dtype is not None:
-                    with torch.autocast(device.type, dtype=autocast_dtype):
-                        features = backbone(images)
-                else:
-                    features = backbone(images)
-                grid = features.kernel.shape[-2:]
-                colours = F.interpolate(pad_to_grid(images, grid, patch, mean), size=grid,
-                                        mode="bilinear", align_corners=False)
-                parts = [*features.layers]
-                if channels - 3 > backbone.feature_dim:
-                    parts.append(features.kernel)
-                stacked = torch.cat([t.float() for t in parts] + [colours], dim=1)
-                array = stacked.permute(0, 2, 3, 1).to("cpu", torch.float16).numpy()
-                for j, v in enumerate(members):
-                    out[v] = np.ascontiguousarray(array[j])
+        groups: dict[tuple[int, int], list[tuple[int, int]]] = {}
+        for slot, (_, rendered) in enumerate(pending):
+            for v, pixels in enumerate(rendered):
+                groups.setdefault(pixels.shape[:2], []).append((slot, v))
+        out: dict[tuple[int, int], np.ndarray] = {}
+        for members in groups.values():
+            array = _encode(backbone, [pending[slot][1][v] for slot, v in members], device,
+                            autocast_dtype, with_kernel)
+            for j, member in enumerate(members):
+                out[member] = array[j]
+        for slot, (index, rendered) in enumerate(pending):
             for v in range(len(views)):
-                tokens = out[v]
+                tokens = np.ascontiguousarray(out[(slot, v)])
                 data = tokens.tobytes()
                 handle.write(data)
                 h, w = rendered[v].shape[:2]
-                entries.append([i, v, offset, tokens.shape[0], tokens.shape[1], h, w,
+                entries.append([index, v, offset, tokens.shape[0], tokens.shape[1], h, w,
                                 zlib.crc32(data)])
                 offset += tokens.shape[0] * tokens.shape[1]
+
+    def write(handle) -> None:
+        pending: list[tuple[int, list[np.ndarray]]] = []
+        done = 0
+        for item in loader:
+            pending.append(item)
+            if len(pending) >= batch_size:
+                flush(handle, pending)
+                done, pending = done + len(pending), []
+                if progress is not None:
+                    progress(done, len(mine))
+        if pending:
+            flush(handle, pending)
             if progress is not None:
-                progress(done + 1, len(mine))
+                progress(len(mine), len(mine))
 
     path = directory / f"{name}.bin"
     try:
@@ -428,6 +472,8 @@ def prepare_feature_cache(
     extra: dict[str, Any] | None = None,
     fill: bool = True,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 0,
+    batch_size: int = 1,
 ) -> FeatureCache | None:
     """Open the cache of ``source``'s ``views`` under ``root``, filling what is missing.
 
@@ -447,6 +493,8 @@ def prepare_feature_cache(
         extra: more JSON settings the images depend on (part of the key).
         fill: ``False``: return an existing complete cache or ``None``, never compute.
         progress: ``progress(images done, images of this rank)`` while filling.
+        workers: DataLoader processes decoding the images while filling.
+        batch_size: images whose views are grouped into forward passes.
 
     Returns:
         The :class:`FeatureCache` (``None`` only with ``fill=False``).
@@ -517,7 +565,7 @@ def prepare_feature_cache(
         write_text(directory / "key.json", json.dumps(description, indent=1))
         t0 = time.perf_counter()
         _fill_part(directory, rank, world_size, key, backbone, source, views, identities,
-                   device, autocast_dtype, channels, progress)
+                   device, autocast_dtype, channels, progress, workers, batch_size)
         logger.info("feature cache: filled part %d of %d in %.1f s", rank, world_size,
                     time.perf_counter() - t0)
     barrier()

@@ -110,7 +110,8 @@ def open_training_cache(config: TrainConfig, model: SegEigModel, dataset: SegDat
         DatasetImages(dataset, config.working_resolution), training_views(config),
         config.working_resolution, device=device, autocast_dtype=autocast_dtype, rank=rank,
         world_size=world_size, barrier=barrier,
-        max_bytes=int(config.feature_cache_gb * 2**30), fill=fill, progress=progress)
+        max_bytes=int(config.feature_cache_gb * 2**30), fill=fill, progress=progress,
+        workers=config.workers, batch_size=config.batch_size)
 
 
 def crop_grid(crop: int, patch: int) -> int:

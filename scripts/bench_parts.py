@@ -19,12 +19,14 @@ import torch
 
 from segeig.backbone import Backbone
 from segeig.config import HeadConfig, KernelConfig, ObjectiveConfig, WorkingResolution
+from segeig.data.features import View, prepare_feature_cache
 from segeig.data.synthetic import render_sample
 from segeig.head import EigenHead, gumbel_probs, tau_at
 from segeig.kernel import build_kernel
 from segeig.model import CENTROID_METHODS, SegEigModel
 from segeig.objective import neuralef_loss
 from segeig.predictor import Segmenter
+from segeig.train.features import CachedCrops
 from segeig.transforms import to_tensor
 
 
@@ -177,3 +179,85 @@ def train_step_split(backbone: Backbone, kind: str, k: int, crops: torch.Tensor,
             for name, a, b in zip(phases, times[:-1], times[1:], strict=True):
                 phases[name].append(b - a)
     return {name: statistics.median(values) for name, values in phases.items()}
+
+
+class _Crops:
+    """Synthetic images as an :class:`segeig.data.features.ImageSource`."""
+
+    def __init__(self, crops: torch.Tensor) -> None:
+        self.images = [(c.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+                       for c in crops]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+    def size(self, index: int) -> tuple[int, int]:
+        return self.images[index].shape[:2]
+
+    def identity(self, index: int) -> str:
+        return str(index)
+
+
+def cached_step_split(backbone: Backbone, kinds: Sequence[str], k: int, crops: torch.Tensor,
+                      kernel_config: KernelConfig, repeats: int, device: torch.device,
+                      cache_dir: str, views: Sequence[View]) -> dict[str, object]:
+    """The training step from a feature cache, and what the cache costs.
+
+    The cache holds ``views`` of each crop (as a working-resolution image of
+    the crop's size); a step reads ``len(crops)`` windows of the crop size at
+    seeded random patch offsets (:class:`segeig.train.features.CachedCrops`).
+
+    Returns:
+        ``{"steps": {kind: {phase: median seconds}}, "fill_s": seconds per image,
+        "bytes": bytes per image, "views": len(views)}``; phases: read, kernel,
+        head, loss, backward (+ Adam).
+    """
+    sync = synchronizer(device)
+    source = _Crops(crops)
+    sync()
+    start = time.perf_counter()
+    cache = prepare_feature_cache(cache_dir, backbone, source, views, None, device=device)
+    sync()
+    fill = (time.perf_counter() - start) / len(source)
+    windows = CachedCrops(cache, crops.shape[-1], 0.5)
+    objective = ObjectiveConfig()
+    out: dict[str, dict[str, float]] = {}
+    for kind in kinds:
+        head = EigenHead(backbone.feature_dim, HeadConfig(kind=kind, k=k),
+                         embed_dim=backbone.embed_dim).to(device).train()
+        optimizer = torch.optim.Adam(head.parameters(), lr=1e-3)
+        phases: dict[str, list[float]] = {p: [] for p in ("read", "kernel", "head", "loss",
+                                                          "backward")}
+        for step in range(repeats + 1):  # step 0 is the warm-up
+            times = [time.perf_counter()]
+            batch = [windows[(i, 1000 * step + i)] for i in range(len(source))]
+            tokens = torch.stack([t for t, _ in batch]).to(device).float()
+            valid = torch.stack([v for _, v in batch]).to(device)
+            stacked, kfeat, colours = cache.split(tokens)
+            sync()
+            times.append(time.perf_counter())
+            kernel = build_kernel(kfeat, colours, kernel_config, valid=valid)
+            sync()
+            times.append(time.perf_counter())
+            logits, _ = head(stacked)
+            sync()
+            times.append(time.perf_counter())
+            flat = logits.float().flatten(2).transpose(1, 2).reshape(-1, k)
+            loss = neuralef_loss(gumbel_probs(flat, tau_at(step, repeats + 1))[valid.reshape(-1)],
+                                 kernel, objective.beta_for(k), objective.t)
+            sync()
+            times.append(time.perf_counter())
+            optimizer.zero_grad(set_to_none=True)
+            loss.loss.backward()
+            optimizer.step()
+            sync()
+            times.append(time.perf_counter())
+            if step:
+                for name, a, b in zip(phases, times[:-1], times[1:], strict=True):
+                    phases[name].append(b - a)
+        out[kind] = {name: statistics.median(values) for name, values in phases.items()}
+    return {"steps": out, "fill_s": fill, "bytes": cache.nbytes / len(source),
+            "views": len(views)}

@@ -214,6 +214,24 @@ class Table:
             self.add(section, f"{head} head", ms(total), split, detail)
 
 
+    def feature_cache(self, uncached: dict[str, dict], cached: dict, batch: int, crop: int,
+                      k: int) -> None:
+        views = cached["views"]
+        section = f"feature cache, {batch} crops of {crop} px, K={k}, {views} views per image"
+        for head, phases in cached["steps"].items():
+            before, after = sum(uncached[head].values()), sum(phases.values())
+            split = " · ".join(f"{name} {100 * v / after:.0f} %" for name, v in phases.items())
+            self.add(section, f"{head} head · step without cache", ms(before),
+                     f"{1 / before:.2f} steps/s", "backbone on every crop")
+            self.add(section, f"{head} head · step from the cache", ms(after),
+                     f"{1 / after:.2f} steps/s ({before / after:.1f}×)", split)
+        self.add(section, "fill, per image", ms(cached["fill_s"]),
+                 f"{cached['fill_s'] / sum(uncached[next(iter(uncached))].values()) * batch:.1f}"
+                 " crops' steps", f"backbone over {views} views, written float16")
+        self.add(section, "size on disk, per image", size_text(cached["bytes"]), "",
+                 "3 token maps + grid colours per patch, float16")
+
+
 def machine_line(device: torch.device, threads: int, backbone: BackboneConfig,
                  load_start: tuple, load_end: tuple, elapsed: float) -> str:
     cpu = platform.processor() or platform.machine()

@@ -23,6 +23,9 @@ Sections (all on the same backbone; timing on the same images):
 * the dense CRF (``bench_crf.py``): time per image per backend at 320/448/1024
   px, ``predict`` with/without CRF, iterations vs agreement, agreement with
   pydensecrf on the bundled photos, mIoU with CRF per backend on a labelled set.
+* the same step from the feature cache (read / kernel / head / loss /
+  backward, steps/s with and without), the time to fill the cache and its
+  size per image.
 
 The timing backbone is ViT-S/16 with random weights (``--backbone-weights
 random`` is implied: nothing is downloaded), which costs exactly what DINO
@@ -54,7 +57,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_crf import CRFSettings, run_crf  # noqa: E402
-from bench_parts import inference_times, synthetic_crops, train_step_split  # noqa: E402
+from bench_parts import (  # noqa: E402
+    cached_step_split,
+    inference_times,
+    synthetic_crops,
+    train_step_split,
+)
 from bench_probe import run_probe  # noqa: E402
 from bench_quality import (  # noqa: E402
     HEADS,
@@ -71,6 +79,7 @@ from segeig.atomic import atomic_write  # noqa: E402
 from segeig.backbone import Backbone  # noqa: E402
 from segeig.cli.common import parse_arch  # noqa: E402
 from segeig.config import DEFAULT_BACKBONE, BackboneConfig, HeadConfig, KernelConfig  # noqa: E402
+from segeig.data.features import View  # noqa: E402
 from segeig.data.synthetic import render_sample  # noqa: E402
 from segeig.model import (
     build_model,  # noqa: E402
@@ -175,6 +184,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     step.add_argument("--train-batch", type=int, default=8)
     step.add_argument("--train-crop", type=int, default=224)
     step.add_argument("--train-k", type=int, default=256)
+    step.add_argument("--cache-scales", default="1,0.75,1.5",
+                      help="views cached per image for the feature-cache rows (scales; the "
+                           "default is what training caches for the paper's 0.5-2.0 range)")
     parser.add_argument("--plots", metavar="DIR", help="write time_vs_size.png and "
                                                         "memory_vs_tokens.png here")
     parser.add_argument("--out", metavar="FILE", help="also write the table (Markdown) here")
@@ -291,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
                  for kind in HEADS}
         table.memory(probes, args.k_feat, steps, tokens_per_step)
         table.training(steps, args.train_batch, args.train_crop, args.train_k)
+        say("training step from the feature cache ...")
+        views = [View(float(v)) for v in args.cache_scales.split(",") if v]
+        with tempfile.TemporaryDirectory(prefix="segeig-cache-") as tmp:
+            cached = cached_step_split(backbone, HEADS, args.train_k, crops,
+                                       KernelConfig(k_feat=args.k_feat), args.repeats, device,
+                                       tmp, views)
+        table.feature_cache(steps, cached, args.train_batch, args.train_crop, args.train_k)
 
     elapsed = time.perf_counter() - started
     command = "python scripts/benchmark.py " + " ".join(sys.argv[1:] if argv is None else argv)

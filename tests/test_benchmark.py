@@ -71,6 +71,10 @@ def test_tiny_benchmark_has_every_row(tmp_path, capsys, one_torch_thread):
                      "vs one training step of the transformer head"]
     assert len(by_section["EXTRAPOLATED"]) == 2
     assert by_section["training step"] == ["mlp head", "transformer head"]
+    assert by_section["feature cache"] == [
+        "mlp head · step without cache", "mlp head · step from the cache",
+        "transformer head · step without cache", "transformer head · step from the cache",
+        "fill, per image", "size on disk, per image"]
     # Every measured cell holds a number.
     for section, (_, config, measured, _, _) in zip(sections, rows, strict=True):
         if config.startswith(("eigen", "kmeans", "spectral")) and "quality" not in section:

@@ -73,3 +73,23 @@ def test_cli_errors_are_actionable(images, tmp_path, capsys):
     assert main(["train", "--dataset", "ade20k", "--root", str(tmp_path),
                  "--out", str(tmp_path / "w"), "--backbone-weights", "random", *ARCH]) == 2
     assert "Expected layout" in capsys.readouterr().err
+
+
+def test_feature_cache_flags(images, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    out = tmp_path / "cached"
+    assert main(tiny_args(images, out, "--epochs", "1", "--feature-cache", str(cache),
+                          "--cache-scales", "0.5", "--cache-flips")) == 0
+    training = read_config(out)["training"]
+    assert training["feature_cache"] and training["feature_cache_dir"] == str(cache)
+    assert training["cache_scales"] == [0.5] and training["cache_flips"]
+    assert list(cache.rglob("part-0-of-1.bin")) and not (out / "feature_cache").exists()
+    # --no-feature-cache: the backbone on every crop, nothing cached.
+    plain = tmp_path / "plain"
+    assert main(tiny_args(images, plain, "--epochs", "1", "--no-feature-cache")) == 0
+    assert read_config(plain)["training"]["feature_cache"] is False
+    assert not (plain / "feature_cache").exists()
+    assert "cache" not in [r["event"] for r in read_log(plain / "train_log.jsonl")]
+    # A resume may move the cache but not switch it off.
+    assert main(["train", "--out", str(out), "--resume", "--no-feature-cache"]) == 2
+    assert "feature_cache: True → False" in capsys.readouterr().err

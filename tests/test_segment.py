@@ -348,8 +348,9 @@ def fake_fit(monkeypatch):
     calls = []
 
     def fit_images(images, out_dir, *, backbone=None, k=None, steps=None, device="auto",
-                   seed=0, progress=None):
-        calls.append({"images": list(images), "backbone": backbone, "k": k, "steps": steps})
+                   seed=0, progress=None, feature_cache=None, feature_cache_dir=None):
+        calls.append({"images": list(images), "backbone": backbone, "k": k, "steps": steps,
+                      "cache": (feature_cache, feature_cache_dir)})
         for step in (1, 2):
             if progress is not None:
                 progress(step, 2, {"loss": -0.1 * step})
@@ -382,6 +383,10 @@ def test_without_checkpoint_fits_on_inputs_then_reuses(fake_fit, mixed, tmp_path
 
     assert main([*args, "--overwrite"]) == 0
     assert len(fake_fit) == 2
+    assert fake_fit[0]["cache"] == (None, None)  # fit's defaults: cached, removed after
+    assert main([*args, "--overwrite", "--no-feature-cache"]) == 0
+    assert main([*args, "--overwrite", "--feature-cache", str(tmp_path / "c")]) == 0
+    assert [c["cache"] for c in fake_fit[2:]] == [(False, None), (None, str(tmp_path / "c"))]
 
 
 def test_other_shards_wait_for_the_fit(fake_fit, tmp_path):

@@ -49,3 +49,12 @@ def test_plot_spectrum(tmp_path, capsys):
     assert plot.main([str(tmp_path / "km"), "--out", str(tmp_path / "x.png")]) == 2
     assert "no epoch records with eigenvalues" in capsys.readouterr().err
     assert plot.main([str(tmp_path / "nowhere")]) == 2
+
+
+def test_gpu_feature_cache_script_runs_tiny_on_cpu(tmp_path, capsys):
+    script = load_script("gpu_feature_cache")
+    assert script.main(["--tiny", "--device", "cpu", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "cache.json").read_text())
+    assert report["uncached"]["fill_s"] == 0 and report["cached"]["fill_s"] > 0
+    assert report["cached"]["cache_gb"] > 0 and report["speedup_steps"] > 0
+    assert "speed-up" in capsys.readouterr().out

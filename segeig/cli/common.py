@@ -86,3 +86,15 @@ def check_resolution(value: int | None) -> None:
     """Reject a negative ``--resolution`` before any work."""
     if value is not None and not 0 <= value <= 16384:
         raise ValueError(f"--resolution must be between 0 and 16384 pixels, got {value}")
+
+
+def add_cache_arguments(parser: argparse._ActionsContainer) -> None:
+    """``--no-feature-cache`` and ``--feature-cache DIR`` (TrainConfig's
+    ``feature_cache`` and ``feature_cache_dir``; ``None`` when not given)."""
+    parser.add_argument("--no-feature-cache", dest="feature_cache", action="store_const",
+                        const=False,
+                        help="run the backbone on every training crop instead of caching its "
+                             "features once per image and view")
+    parser.add_argument("--feature-cache", dest="feature_cache_dir", metavar="DIR",
+                        help="where to keep the feature cache (default: inside the output "
+                             "directory)")

@@ -76,6 +76,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     spectral.add_argument("--max-tokens", type=int, default=None, metavar="N",
                           help="refuse sets with more patches than this (default 200000, "
                                "~10 GiB)")
+    spectral.add_argument("--feature-cache", dest="feature_cache_dir", metavar="DIR",
+                          help="keep the backbone features in a cache under DIR and reuse "
+                               "them when the same images are evaluated again (default: none)")
     add_resolution_argument(parser)
     parser.add_argument("--crf-max-labels", type=int, default=32,
                         help="segments per image given to the CRF (default 32)")
@@ -140,11 +143,12 @@ def run(args: argparse.Namespace) -> int:
         result = evaluate_spectral_dataset(segmenter, dataset, protocol,
                                            n_clusters=args.clusters,
                                            max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
-                                           **common)
+                                           feature_cache=args.feature_cache_dir, **common)
     else:
-        if args.clusters is not None or args.max_tokens is not None:
-            raise ValueError("--clusters and --max-tokens apply to --method spectral-dataset "
-                             "only")
+        if (args.clusters is not None or args.max_tokens is not None
+                or args.feature_cache_dir is not None):
+            raise ValueError("--clusters, --max-tokens and --feature-cache apply to --method "
+                             "spectral-dataset only")
         result = evaluate(segmenter, dataset, protocol, method=args.method,
                           batch_size=batch_size, resolution=args.resolution, **common)
     print(format_table(result))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segeig.cli.common import add_backbone_arguments, backbone_config
+from segeig.cli.common import add_backbone_arguments, add_cache_arguments, backbone_config
 from segeig.cli.progress import ProgressBars
 
 
@@ -33,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, help="crops per step (default 4)")
     parser.add_argument("--kmeans-k", type=int, help="eigen+kmeans centroids (default K)")
     parser.add_argument("--seed", type=int, default=0)
+    add_cache_arguments(parser)
     parser.set_defaults(func=run)
 
 
@@ -46,7 +47,9 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = fit_images(images, args.out, backbone=backbone_config(args), k=args.k,
                                 steps=args.steps, device=args.device, seed=args.seed,
                                 progress=bars, overwrite=args.overwrite, crop=args.crop,
-                                batch_size=args.batch_size, kmeans_k=args.kmeans_k)
+                                batch_size=args.batch_size, kmeans_k=args.kmeans_k,
+                                feature_cache=args.feature_cache,
+                                feature_cache_dir=args.feature_cache_dir)
     finally:
         bars.close()
     print(f"checkpoint: {checkpoint}")

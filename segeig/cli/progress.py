@@ -24,7 +24,8 @@ T = TypeVar("T")
 #: What each training-phase number is called beside the bar, and its format.
 _TRAIN_FIELDS = (("loss", "loss", ".5f"), ("trace", "trace", ".5f"), ("penalty", "pen", ".2e"),
                  ("tau", "tau", ".2f"), ("lr", "lr", ".1e"))
-_PHASES = {"train": ("train", "step"), "kmeans": ("k-means pass", "batch")}
+_PHASES = {"train": ("train", "step"), "kmeans": ("k-means pass", "batch"),
+           "cache": ("feature cache", "img")}
 
 
 class ProgressBars:

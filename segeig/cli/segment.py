@@ -9,6 +9,7 @@ import sys
 
 from segeig.cli.common import (
     add_backbone_arguments,
+    add_cache_arguments,
     add_crf_backend_argument,
     add_resolution_argument,
     backbone_config,
@@ -77,6 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     fit.add_argument("--fit-steps", type=int, metavar="N",
                      help="training steps (default: fit's default)")
     fit.add_argument("--seed", type=int, default=0, metavar="S", help="fit seed (default 0)")
+    add_cache_arguments(fit)
     parser.set_defaults(func=run)
 
 
@@ -109,7 +111,8 @@ def _checkpoint(args: argparse.Namespace, files: list, shard: tuple[int, int], d
     path, fitted = fit_or_reuse_checkpoint(
         args.out, [f.path for f in files], overwrite=args.overwrite, wait=shard[0] != 0,
         backbone=backbone_config(args), k=args.k, steps=args.fit_steps, device=device,
-        seed=args.seed, progress=bars,
+        seed=args.seed, progress=bars, feature_cache=args.feature_cache,
+        feature_cache_dir=args.feature_cache_dir,
     )
     bars.close()
     if fitted:

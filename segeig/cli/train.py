@@ -21,7 +21,7 @@ import logging
 import os
 from pathlib import Path
 
-from segeig.cli.common import add_backbone_arguments, backbone_overrides
+from segeig.cli.common import add_backbone_arguments, add_cache_arguments, backbone_overrides
 from segeig.cli.progress import ProgressBars
 from segeig.config import DATASET_NAMES
 
@@ -77,6 +77,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                      help="fraction of real (non-padding) pixels a patch needs to join the graph")
     opt.add_argument("--global-graph", action="store_const", const=True,
                      help="multi-process: build the kernel over all processes' batches")
+    cache = parser.add_argument_group("feature cache (docs/training.md)")
+    add_cache_arguments(cache)
+    cache.add_argument("--cache-scales", type=float, nargs="+", metavar="S",
+                       help="rescale factors cached besides 1 (default: the midpoints of "
+                            "--scale below and above 1)")
+    cache.add_argument("--cache-flips", action="store_const", const=True,
+                       help="also cache every view flipped (twice the fill)")
     io = parser.add_argument_group("logging and checkpoints")
     io.add_argument("--log-every", type=int, help="steps between JSONL step records")
     io.add_argument("--save-every", type=int, help="also save the resume state every N steps")
@@ -111,7 +118,8 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
              "min_valid", "global_graph", "log_every", "save_every", "checkpoint_every",
              "kmeans_k", "kmeans_tokens", "kmeans_iters", "kmeans_images",
              "baseline_centroids", "spectral_centroids", "spectral_segments",
-             "spectral_eigenvectors")
+             "spectral_eigenvectors", "feature_cache", "feature_cache_dir", "cache_scales",
+             "cache_flips")
     overrides = {name: getattr(args, name) for name in names}
     overrides["head_kind"] = args.head
     overrides.update(backbone_overrides(args))

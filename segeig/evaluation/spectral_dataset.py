@@ -19,16 +19,22 @@ its protocol size (no sliding window), whatever the protocol says.
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import asdict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segeig.config import KernelConfig, from_dict, to_dict
+from segeig.config import KernelConfig, WorkingResolution, from_dict, to_dict
 from segeig.crf import CRF_SIDE, CRFParams, CRFPool
 from segeig.data import SegDataset
+from segeig.data.features import View, prepare_feature_cache
 from segeig.evaluation.evaluator import (
+    _PreparedView,
     check_crf_available,
     check_dataset,
     check_segments,
@@ -94,6 +100,7 @@ def evaluate_spectral_dataset(
     crf_backend: str = "auto",
     crf_side: int | None = CRF_SIDE,
     seed: int = 0,
+    feature_cache: str | os.PathLike | None = None,
 ) -> EvaluationResult:
     """Score exact spectral clustering of the whole evaluated set.
 
@@ -110,6 +117,11 @@ def evaluate_spectral_dataset(
         kernel_config: graph settings (default: the checkpoint's training kernel).
         max_tokens: refuse sets with more patches than this.
         seed: Lanczos start vector and k-means seed.
+        feature_cache: keep the first pass's backbone features in a feature
+            cache under this folder (:mod:`segeig.data.features`; keyed by the
+            backbone, the protocol and the working resolution) and reuse them
+            when the same images are evaluated again (other ``n_clusters``,
+            matching or CRF settings). ``None``: no cache.
 
     Returns:
         :class:`~segeig.evaluation.EvaluationResult` with method
@@ -151,7 +163,12 @@ def evaluate_spectral_dataset(
     features: list[torch.Tensor] = []
     smalls: list[torch.Tensor] = []
     tokens = 0
-    for i, s in enumerate(images()):
+    if feature_cache is not None:
+        with timer("forward"):
+            features, smalls = _cached_pass(segmenter, dataset, protocol, n, working,
+                                            feature_cache, max_tokens, kernel_config.k_feat)
+        tokens = sum(f.shape[-2] * f.shape[-1] for f in features)
+    for i, s in enumerate(images() if feature_cache is None else ()):
         with timer("forward"), torch.no_grad():
             image = to_tensor(s.image)[None].to(device)
             kernel = backbone(image).kernel.float()[0]
@@ -189,3 +206,54 @@ def evaluate_spectral_dataset(
     result = scorer.result(dataset, protocol, METHOD, match, n, start)
     result.resolution = to_dict(working) if protocol.working_resolution else None
     return result
+
+
+class _PreparedImages:
+    """The evaluated images as the protocol sizes them (an :class:`ImageSource`)."""
+
+    def __init__(self, dataset: SegDataset, protocol: Protocol, n: int,
+                 working: WorkingResolution | None) -> None:
+        self.view = _PreparedView(dataset, protocol, n, working)
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.view[index].image
+
+    def size(self, index: int) -> tuple[int, int]:
+        return self.image(index).shape[:2]  # evaluated sets are small: decode
+
+    def identity(self, index: int) -> str:
+        item = self.dataset.items[index]
+        try:
+            stat = os.stat(item.image)
+            return f"{item.name}|{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError:
+            return item.name
+
+
+def _cached_pass(segmenter: Segmenter, dataset: SegDataset, protocol: Protocol, n: int,
+                 working: WorkingResolution | None, root: str | os.PathLike, max_tokens: int,
+                 k_feat: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Pass 1 through a feature cache: ``(kernel features Dk×h×w, grid colours 3×h×w)``
+    float32 CPU per image, filled on first use."""
+    source = _PreparedImages(dataset, protocol, n, working)
+    patch = segmenter.patch_size
+    sizes = [source.size(i) for i in range(n)]
+    grids = [math.ceil(h / patch) * math.ceil(w / patch) for h, w in sizes]
+    if sum(grids) > max_tokens:  # refused before anything is computed or written
+        raise SpectralSetTooLargeError(_too_large(n, sum(grids), n, max_tokens, k_feat))
+    cache = prepare_feature_cache(
+        root, segmenter.model.backbone, source, (View(),), working,
+        device=segmenter.device,
+        extra={"purpose": METHOD, "protocol": asdict(protocol), "dataset": dataset.name,
+               "split": dataset.split})
+    features, smalls = [], []
+    for i in range(n):
+        tokens = torch.from_numpy(np.array(cache.tokens(i, 0))).permute(2, 0, 1)[None]
+        _, kernel, colours = cache.split(tokens.float())
+        features.append(kernel[0].contiguous())
+        smalls.append(colours[0].contiguous())
+    return features, smalls

@@ -35,11 +35,18 @@ from segeig.backbone import BackboneFeatures
 from segeig.cluster import TokenReservoir, fit_kmeans, mean_squared_distance
 from segeig.config import KernelConfig, WorkingResolution
 from segeig.data import SegDataset
+from segeig.data.features import FeatureCache
 from segeig.kernel import build_kernel, pad_to_grid
 from segeig.model import SegEigModel
 from segeig.spectral import segment_features
+from segeig.train.features import center_windows
 from segeig.train.loader import CenterViews
 from segeig.train.runtime import DistContext, autocast
+
+#: ``on_batch(features, images, logits, on_grid)``: ``images`` are ``B×3×H×W``
+#: pixels in [0, 1], or with ``on_grid`` the colours on the padded patch grid
+#: (``B×3×h×w``, from a feature cache).
+BatchHook = Callable[[BackboneFeatures, torch.Tensor, "torch.Tensor | None", bool], None]
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +118,8 @@ def fit_centroids(
     progress: Callable[[int, int, dict], None] | None = None,
     resolution: WorkingResolution | None = None,
     metric: str = "euclidean",
-    on_batch: Callable[[BackboneFeatures, torch.Tensor, torch.Tensor | None], None] | None = None,
+    on_batch: BatchHook | None = None,
+    cache: FeatureCache | None = None,
 ) -> dict[str, FittedCentroids]:
     """Fit ``k`` centroids per method on the training images.
 
@@ -131,9 +139,12 @@ def fit_centroids(
             short side → ``crop``).
         metric: k-means distance of ``eigen+kmeans`` and ``kmeans``; the
             ``spectral`` baseline's segment means are always clustered by cosine.
-        on_batch: called with ``(features, images B×3×S×S in [0, 1], head
-            logits or None)`` for every batch of views (to measure more in the
-            same backbone pass, e.g. :class:`EigenvalueMeter`).
+        on_batch: called with ``(features, images, head logits or None,
+            on_grid)`` for every batch of views (see :data:`BatchHook`; to
+            measure more in the same pass, e.g. :class:`EigenvalueMeter`).
+        cache: read the views' features from this feature cache (its scale-1
+            view, centre window; :func:`segeig.train.features.center_windows`)
+            instead of running the backbone.
 
     Returns:
         ``{method: FittedCentroids}`` on rank 0; ``{}`` on other ranks.
@@ -143,9 +154,15 @@ def fit_centroids(
     """
     dist = dist or DistContext()
     n = len(dataset) if max_images is None else min(len(dataset), max_images)
-    views = Subset(CenterViews(dataset, crop, resolution), range(dist.rank, n, dist.world_size))
-    loader = DataLoader(views, batch_size=batch_size, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+    mine = range(dist.rank, n, dist.world_size)
+    if cache is None:
+        loader = DataLoader(Subset(CenterViews(dataset, crop, resolution), mine),
+                            batch_size=batch_size, num_workers=workers,
+                            pin_memory=device.type == "cuda")
+        total = len(loader)
+    else:
+        batches = center_windows(cache, list(mine), crop, resolution, batch_size)
+        loader, total = (load() for load in batches), len(batches)
     dims = {"eigen+kmeans": model.head.hidden_dim if model.head is not None else 0,
             "kmeans": model.backbone.embed_dim, "spectral": model.backbone.embed_dim}
     capacity = max(1, max_tokens // dist.world_size)
@@ -153,27 +170,34 @@ def fit_centroids(
                   for m in methods}
     model.eval()
     for i, batch in enumerate(loader):
-        images = batch.to(device, non_blocking=True).float().div_(255)
+        if cache is None:
+            images = batch.to(device, non_blocking=True).float().div_(255)
+            with autocast(device, autocast_dtype):
+                features = model.backbone(images)
+        else:
+            stacked, kernel, images = cache.split(batch.to(device).float())
+            features = BackboneFeatures(layers=tuple(stacked.chunk(3, dim=1)), kernel=kernel)
         with autocast(device, autocast_dtype):
-            features = model.backbone(images)
             logits, hidden = (model.head(features.stacked) if model.head is not None
                               and ("eigen+kmeans" in methods or on_batch is not None)
                               else (None, None))
         if on_batch is not None:
-            on_batch(features, images, logits)
+            on_batch(features, images, logits, cache is not None)
         if hidden is not None and "eigen+kmeans" in methods:
             reservoirs["eigen+kmeans"].add(hidden.float().permute(0, 2, 3, 1).flatten(0, 2))
         if "kmeans" in methods:
             reservoirs["kmeans"].add(features.layers[2].permute(0, 2, 3, 1).flatten(0, 2))
         if "spectral" in methods:
-            # Colours on the padded patch grid the backbone saw.
-            padded = pad_to_grid(images, features.kernel.shape[-2:], model.backbone.patch_size,
-                                 tuple(model.backbone.mean))
+            # Colours on the padded patch grid the backbone saw (cached ones are
+            # on the grid already, which the pixel graph reads as they are).
+            padded = images if cache is not None else pad_to_grid(
+                images, features.kernel.shape[-2:], model.backbone.patch_size,
+                tuple(model.backbone.mean))
             reservoirs["spectral"].add(segment_features(
                 features.kernel.float(), features.layers[2].float(), padded,
                 *model.spectral, seed=seed))
         if progress is not None and dist.is_main:
-            progress(i + 1, len(loader), {"phase": "kmeans"})
+            progress(i + 1, total, {"phase": "kmeans"})
     out: dict[str, FittedCentroids] = {}
     for method, reservoir in reservoirs.items():
         tokens = _gather_tokens(reservoir.tokens.float(), dist, device)
@@ -221,12 +245,14 @@ class EigenvalueMeter:
         self.batches = 0
 
     def __call__(self, features: BackboneFeatures, images: torch.Tensor,
-                 logits: torch.Tensor | None) -> None:
+                 logits: torch.Tensor | None, on_grid: bool = False) -> None:
         if logits is None:
             return
         with torch.autocast(images.device.type, enabled=False):
+            # Colours already on the patch grid need no padding or resampling.
             kernel = build_kernel(features.kernel.float(), images.float(), self.kernel,
-                                  patch=self.patch, pad_colour=self.pad_colour)
+                                  patch=None if on_grid else self.patch,
+                                  pad_colour=self.pad_colour)
             psi = torch.softmax(logits.float() / self.tau, dim=1).permute(0, 2, 3, 1)
             psi = psi.reshape(-1, logits.shape[1])
             psi = psi / psi.norm(dim=0).clamp_min(1e-12)

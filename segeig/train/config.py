@@ -118,6 +118,18 @@ class TrainConfig:
             (with ``method="eigen"`` or ``"kmeans"``).
         cache_images: keep decoded (pre-resized) images in memory; for small
             sets of large photos.
+        feature_cache: compute the frozen backbone once per image and view and
+            train (and fit centroids) from a disk cache of its features
+            (:mod:`segeig.train.features`); ``False``: run the backbone on
+            every augmented crop, with photometric jitter.
+        feature_cache_dir: where the cache lives (``None``: ``OUT/feature_cache``,
+            kept for resuming; removed at the end of runs that keep no resume
+            state, such as ``fit``). Several runs may share one directory:
+            each set of settings gets its own key folder.
+        feature_cache_gb: refuse to build a cache larger than this (GiB).
+        cache_scales: rescale factors cached (besides 1, always cached);
+            empty: the midpoints of ``scale``'s parts below and above 1.
+        cache_flips: also cache every view flipped (doubles the fill).
     """
 
     dataset: str = "folder"
@@ -156,6 +168,11 @@ class TrainConfig:
     baseline_centroids: bool = False
     spectral_centroids: bool = False
     cache_images: bool = False
+    feature_cache: bool = True
+    feature_cache_dir: str | None = None
+    feature_cache_gb: float = 200.0
+    cache_scales: tuple[float, ...] = ()
+    cache_flips: bool = False
 
     @property
     def working_resolution(self) -> WorkingResolution:
@@ -193,6 +210,9 @@ class TrainConfig:
             (self.max_long is None or 0 <= self.max_long <= 16384,
              f"max_long must be in [0, 16384], got {self.max_long}"),
             (self.workers >= 0, "workers must be ≥ 0"),
+            (all(0 < v <= 8 for v in self.cache_scales),
+             f"cache scales must be in (0, 8], got {self.cache_scales}"),
+            (self.feature_cache_gb > 0, "feature_cache_gb must be > 0"),
             (self.log_every >= 1, "log_every must be ≥ 1"),
         ]
         for ok, message in checks:
@@ -214,7 +234,8 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 RENAMED = {"resize_short": "resolution"}
 
 #: Fields that may differ when resuming: they do not change what is computed.
-RESUME_MUTABLE = frozenset({"workers", "log_every", "save_every", "checkpoint_every"})
+RESUME_MUTABLE = frozenset({"workers", "log_every", "save_every", "checkpoint_every",
+                            "feature_cache_dir", "feature_cache_gb"})
 
 
 def apply_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
@@ -252,8 +273,9 @@ def apply_overrides(config: TrainConfig, **overrides: Any) -> TrainConfig:
     unknown = sorted(set(given) - names)
     if unknown:
         raise ValueError(f"unknown training settings {unknown}")
-    if "scale" in given:
-        given["scale"] = tuple(float(v) for v in given["scale"])
+    for name in ("scale", "cache_scales"):
+        if name in given:
+            given[name] = tuple(float(v) for v in given[name])
     out = replace(config, head=head, backbone=backbone, spectral=spectral, **given)
     out.validate()
     return out
@@ -293,4 +315,6 @@ def train_config_from_dict(data: dict[str, Any]) -> TrainConfig:
     """A :class:`TrainConfig` from its JSON form, including forms written by
     earlier versions (renamed fields, see :data:`RENAMED`)."""
     data = {RENAMED.get(k, k): v for k, v in data.items()}
+    # Runs saved before the feature cache existed ran the backbone on every crop.
+    data.setdefault("feature_cache", False)
     return from_dict(TrainConfig, data)

@@ -250,6 +250,8 @@ def fit_or_reuse_checkpoint(
     progress: Callable[[int, int, dict], None] | None = None,
     poll_seconds: float = 5.0,
     timeout: float | None = None,
+    feature_cache: bool | None = None,
+    feature_cache_dir: str | None = None,
 ) -> tuple[Path, bool]:
     """The checkpoint of a run without ``--checkpoint``: ``DIR/checkpoint.safetensors``.
 
@@ -265,6 +267,8 @@ def fit_or_reuse_checkpoint(
             checkpoint. Used by the other shards of a sharded run.
         backbone, k, steps, device, seed, progress: passed to ``fit_images``.
         poll_seconds, timeout: how often and how long (None: forever) to wait.
+        feature_cache, feature_cache_dir: the fit's feature cache (``None``:
+            :data:`FIT_DEFAULTS`, on, in a folder of ``out_dir`` removed after the fit).
 
     Returns:
         ``(checkpoint path, fitted by this call)``.
@@ -291,6 +295,7 @@ def fit_or_reuse_checkpoint(
     logger.info("no checkpoint: fitting a head on the %d images first", len(images))
     fitted = fit_images(
         [Path(p) for p in images], Path(out_dir), backbone=backbone, k=k, steps=steps,
-        device=device, seed=seed, progress=progress,
+        device=device, seed=seed, progress=progress, feature_cache=feature_cache,
+        feature_cache_dir=feature_cache_dir,
     )
     return Path(fitted), True

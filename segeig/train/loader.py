@@ -22,10 +22,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from segeig.config import WorkingResolution
 from segeig.data import ImageFolder, SegDataset
 from segeig.data.base import Item
+from segeig.data.features import FeatureCache
 from segeig.data.files import is_image_file
 from segeig.data.registry import build_dataset
 from segeig.train.augment import TrainTransform, train_transform
 from segeig.train.config import TrainConfig
+from segeig.train.features import CachedCrops
 from segeig.transforms import center_crop, resize_short_side, to_working_resolution
 
 logger = logging.getLogger(__name__)
@@ -201,18 +203,26 @@ class CenterViews(Dataset):
 
 def make_train_loader(config: TrainConfig, dataset: SegDataset, *, rank: int, world_size: int,
                       start_step: int, total_steps: int, pin_memory: bool,
-                      pad_colour: tuple[float, float, float] = (0.0, 0.0, 0.0)) -> DataLoader:
+                      pad_colour: tuple[float, float, float] = (0.0, 0.0, 0.0),
+                      cache: FeatureCache | None = None) -> DataLoader:
     """DataLoader of ``(crops B×3×S×S uint8, valid B×S×S bool)`` for steps
     ``start_step … total_steps-1`` of process ``rank``.
 
     ``pad_colour`` (RGB in [0, 1], the backbone's mean) fills crop padding.
+    With a feature ``cache`` the batches are cached windows instead:
+    ``(tokens B×C×c×c float16, valid B×c×c bool)``
+    (:class:`segeig.train.features.CachedCrops`), drawn in the main process
+    (a memory-mapped read is cheaper than a worker's transfer).
     """
+    sampler = PlanSampler(len(dataset), config.batch_size, rank, world_size, config.seed,
+                          start_step, total_steps)
+    if cache is not None:
+        return DataLoader(CachedCrops(cache, config.crop, config.min_valid),
+                          batch_sampler=sampler, num_workers=0, pin_memory=pin_memory)
     fill = tuple(int(round(255 * v)) for v in pad_colour)
     transform = train_transform(config.crop, scale=config.scale, hflip=config.hflip,
                                 photometric=config.photometric, seed=config.seed, fill=fill)
     crops = AugmentedCrops(dataset, transform, config.working_resolution, config.cache_images)
-    sampler = PlanSampler(len(dataset), config.batch_size, rank, world_size, config.seed,
-                          start_step, total_steps)
     # An explicit generator keeps the loader from consuming torch's global RNG.
     generator = torch.Generator().manual_seed(config.seed)
     return DataLoader(crops, batch_sampler=sampler, num_workers=config.workers,

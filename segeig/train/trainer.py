@@ -40,12 +40,14 @@ from segeig.backbone import Backbone
 from segeig.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from segeig.config import to_dict
 from segeig.data import SegDataset
+from segeig.data.features import FeatureCache, remove_cache_dir
 from segeig.head import gumbel_probs, tau_at
 from segeig.kernel import build_kernel
 from segeig.model import SegEigModel, build_model, resolve_device
 from segeig.objective import neuralef_loss
 from segeig.train.centroids import EigenvalueMeter, centroid_methods, fit_centroids
 from segeig.train.config import TrainConfig, config_differences
+from segeig.train.features import cache_root, describe, open_training_cache
 from segeig.train.loader import (
     build_train_dataset,
     make_train_loader,
@@ -154,6 +156,7 @@ class Trainer:
         if self.progress.kmeans_k is None:
             # The paper's k-means rows use K clusters (as many as eigenfunctions).
             self.progress.kmeans_k = config.kmeans_k or config.head.k
+        self.cache: FeatureCache | None = None
         self.optimizer = self.scaler = None
         if self.model.head is not None:
             self.optimizer = torch.optim.Adam(self.model.head.parameters(), lr=config.lr,
@@ -227,28 +230,47 @@ class Trainer:
         )
 
     # -- the loop ---------------------------------------------------------
-    def _step(self, crops: torch.Tensor, valid_px: torch.Tensor, step: int,
+    def _inputs(self, batch: tuple[torch.Tensor, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """``(head input B×3D×h×w, kernel features, pixel-graph colours, valid B×h×w,
+        colours on the patch grid)`` of a batch, from the backbone or the cache.
+
+        Colours: the crops as uint8 pixels, or the cached float16 grid colours
+        (both travel small when gathered across processes).
+        """
+        device = self.device
+        if self.cache is not None:
+            tokens, valid = batch
+            tokens = tokens.to(device, non_blocking=True)
+            stacked, kfeat, colours = self.cache.split(tokens)
+            return stacked.float(), kfeat.float(), colours, valid.to(device), True
+        crops, valid_px = batch
+        crops = crops.to(device, non_blocking=True)
+        valid = token_validity(valid_px.to(device), self.model.backbone.patch_size,
+                               self.config.min_valid)
+        with autocast(device, self.amp_dtype):
+            features = self.model.backbone(crops.float().div_(255))
+        return features.stacked, features.kernel.float(), crops, valid, False
+
+    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], step: int,
               generator: torch.Generator, head: torch.nn.Module
               ) -> tuple[torch.Tensor, int, torch.Tensor]:
         """Loss of one step (before backward), the number of graph nodes, and the
         largest head logit in magnitude (0-d tensor: the outputs' spread)."""
         c, dist, device = self.config, self.dist, self.device
-        crops = crops.to(device, non_blocking=True)
-        images = crops.float().div_(255)
-        valid = token_validity(valid_px.to(device), self.model.backbone.patch_size, c.min_valid)
-        with autocast(device, self.amp_dtype):
-            features = self.model.backbone(images)
-        kfeat, kimages, kvalid = features.kernel.float(), images, valid
+        stacked, kfeat, colours, valid, on_grid = self._inputs(batch)
+        kvalid = valid
         if c.global_graph and dist.active:
-            # Crops travel as uint8 (4× less traffic than float).
             kfeat, kvalid = dist.all_gather(kfeat), dist.all_gather(valid)
-            kimages = dist.all_gather(crops).float().div_(255)
+            colours = dist.all_gather(colours)
+        kimages = colours.float() if on_grid else colours.float().div_(255)
         with full_precision(device):
+            # Cached colours are on the padded patch grid already: no padding.
             kernel = build_kernel(kfeat, kimages, c.kernel, valid=kvalid,
-                                  patch=self.model.backbone.patch_size,
+                                  patch=None if on_grid else self.model.backbone.patch_size,
                                   pad_colour=self.model.backbone.mean)
         with autocast(device, self.amp_dtype):
-            logits, _ = head(features.stacked)
+            logits, _ = head(stacked)
         with full_precision(device):
             flat = logits.float().flatten(2).transpose(1, 2).reshape(-1, c.head.k)
             tau = tau_at(step, self.total, c.head.tau_max, c.head.tau_min)
@@ -276,16 +298,16 @@ class Trainer:
         loader = make_train_loader(c, self.dataset, rank=self.dist.rank,
                                    world_size=self.dist.world_size, start_step=p.step,
                                    total_steps=self.total, pin_memory=self.device.type == "cuda",
-                                   pad_colour=tuple(self.model.backbone.mean))
+                                   pad_colour=tuple(self.model.backbone.mean), cache=self.cache)
         generator = torch.Generator(device=self.device)
         last_time, last_step = self.log.elapsed(), p.step
-        for step, (crops, valid_px) in zip(range(p.step, self.total), loader, strict=True):
+        for step, batch in zip(range(p.step, self.total), loader, strict=True):
             epoch = step // self.spe
             lr = lr_at(step, self.total, c.lr, c.lr_min)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             generator.manual_seed(noise_seed(c.seed, step))
-            out, tokens, spread = self._step(crops, valid_px, step, generator, head)
+            out, tokens, spread = self._step(batch, step, generator, head)
             stats = torch.cat([out.loss.detach()[None], out.trace[None], out.penalty[None],
                                spread[None], out.eigenvalues])
             stats = self.dist.all_reduce_mean(stats).cpu().double()
@@ -363,6 +385,7 @@ class Trainer:
                            world_size=self.dist.world_size, device=str(self.device),
                            amp=str(self.amp_dtype).replace("torch.", "") if self.amp_dtype
                            else "off")
+        self._open_cache()
         if self.model.head is not None and p.phase == "train":
             self._train()
         self.model.eval()
@@ -377,7 +400,8 @@ class Trainer:
             max_tokens=c.kmeans_tokens, iters=c.kmeans_iters, seed=c.seed, device=self.device,
             methods=methods, workers=c.workers, max_images=c.kmeans_images,
             autocast_dtype=self.amp_dtype, dist=self.dist, progress=self.progress_fn,
-            resolution=c.working_resolution, metric=c.kmeans_metric, on_batch=meter)
+            resolution=c.working_resolution, metric=c.kmeans_metric, on_batch=meter,
+            cache=self.cache)
         self._order_by_eigenvalue(meter)
         for method, fitted in centroids.items():
             self.model.set_centroids(method, fitted.centroids, fitted.metric, fitted.spread)
@@ -390,5 +414,43 @@ class Trainer:
             if self.dist.is_main:
                 save_checkpoint(self.ckpt_path, self.model, extra=self._extra())
             self.dist.barrier()
+        self._close_cache()
         self.log.write("end", checkpoint=str(self.ckpt_path))
         return self.ckpt_path
+
+    # -- the feature cache ------------------------------------------------
+    def _open_cache(self) -> None:
+        """Open (filling it first if training remains) the run's feature cache.
+
+        Runs without a head to train only read a cache that is already
+        complete: filling every view for one centroid pass would cost more
+        than that pass.
+        """
+        c, p = self.config, self.progress
+        if not c.feature_cache or self.cache is not None:
+            return
+        fill = self.model.head is not None and p.phase == "train"
+        progress = None
+        if self.progress_fn is not None:
+            def progress(done: int, total: int) -> None:
+                self.progress_fn(done, total, {"phase": "cache"})
+        start = self.log.elapsed()
+        self.cache = open_training_cache(
+            c, self.model, self.dataset, self.out_dir, device=self.device,
+            autocast_dtype=self.amp_dtype, rank=self.dist.rank,
+            world_size=self.dist.world_size, barrier=self.dist.barrier, fill=fill,
+            progress=progress)
+        if self.cache is not None:
+            self.log.write("cache", directory=str(self.cache.directory),
+                           bytes=self.cache.nbytes, views=self.cache.n_views,
+                           seconds=round(self.log.elapsed() - start, 3))
+            logger.info("training from the feature cache %s", describe(self.cache, self.out_dir))
+
+    def _close_cache(self) -> None:
+        """Remove the default cache of a run that keeps no resume state (``fit``)."""
+        c = self.config
+        self.cache = None
+        if c.feature_cache and not c.checkpoint_every and not c.feature_cache_dir:
+            self.dist.barrier()
+            if self.dist.is_main:
+                remove_cache_dir(cache_root(c, self.out_dir))

@@ -46,7 +46,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
@@ -59,6 +59,9 @@ from segeig.backbone import Backbone
 from segeig.config import WorkingResolution
 from segeig.kernel import pad_to_grid
 from segeig.transforms import to_tensor
+
+if TYPE_CHECKING:
+    from segeig.data.base import SegDataset
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +117,17 @@ class ImageSource(Protocol):
 
     def identity(self, index: int) -> str:
         """A string that changes when image ``index`` changes (name, file size, mtime)."""
+
+
+def file_identity(dataset: SegDataset, index: int) -> str:
+    """:meth:`ImageSource.identity` of a dataset's image file: name, size and mtime
+    (just the name when the file cannot be stat'ed)."""
+    item = dataset.items[index]
+    try:
+        stat = os.stat(item.image)
+        return f"{item.name}|{stat.st_size}|{stat.st_mtime_ns}"
+    except OSError:
+        return item.name
 
 
 @dataclass(frozen=True)

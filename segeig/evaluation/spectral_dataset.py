@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from segeig.config import KernelConfig, WorkingResolution, from_dict, to_dict
 from segeig.crf import CRF_SIDE, CRFParams, CRFPool
 from segeig.data import SegDataset
-from segeig.data.features import View, prepare_feature_cache
+from segeig.data.features import View, file_identity, prepare_feature_cache
 from segeig.evaluation.evaluator import (
     _PreparedView,
     check_crf_available,
@@ -226,12 +226,7 @@ class _PreparedImages:
         return self.image(index).shape[:2]  # evaluated sets are small: decode
 
     def identity(self, index: int) -> str:
-        item = self.dataset.items[index]
-        try:
-            stat = os.stat(item.image)
-            return f"{item.name}|{stat.st_size}|{stat.st_mtime_ns}"
-        except OSError:
-            return item.name
+        return file_identity(self.dataset, index)
 
 
 def _cached_pass(segmenter: Segmenter, dataset: SegDataset, protocol: Protocol, n: int,

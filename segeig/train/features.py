@@ -22,7 +22,6 @@ import contextlib
 import functools
 import logging
 import math
-import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from torch.utils.data import Dataset
 
 from segeig.config import WorkingResolution
 from segeig.data import SegDataset
-from segeig.data.features import FeatureCache, View, prepare_feature_cache
+from segeig.data.features import FeatureCache, View, file_identity, prepare_feature_cache
 from segeig.model import SegEigModel
 from segeig.train.config import TrainConfig
 from segeig.transforms import to_working_resolution
@@ -87,12 +86,7 @@ class DatasetImages:
         return self.resolution.size_for(height, width)
 
     def identity(self, index: int) -> str:
-        item = self.dataset.items[index]
-        try:
-            stat = os.stat(item.image)
-            return f"{item.name}|{stat.st_size}|{stat.st_mtime_ns}"
-        except OSError:
-            return item.name
+        return file_identity(self.dataset, index)
 
 
 def cache_root(config: TrainConfig, out_dir: Path) -> Path:

@@ -166,7 +166,13 @@ def test_resume_after_interrupt_gives_identical_outputs(segmenter, checkpoint, m
     partial = json.loads(summary_path(resumed).read_text())
     assert partial["complete"] is False
     done_before = set(_files_under(resumed))
-    assert 0 < len(done_before) < len(_files_under(clean))
+    assert 0 < len(done_before) <= len(_files_under(clean))
+    if workers == 0:
+        # In one process the interrupt lands before the last images are written.
+        # With workers, the CRF pool and the writer threads may already have
+        # finished them all when the third result is reported: then the resume
+        # below must simply skip everything.
+        assert len(done_before) < len(_files_under(clean))
 
     summary = segment_inputs(segmenter, files, resumed, options, checkpoint=checkpoint)
     assert summary.complete and summary.skipped >= 1

@@ -19,35 +19,18 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from segeig.checkpoint import ClassMap, checkpoint_resolution, class_map_of, load_model
 from segeig.config import DEFAULT_MAX_SIDE, WorkingResolution
+from segeig.crf import CRF_SIDE, crf_from_scores, resolve_backend
 from segeig.model import ModelOutput, SegEigModel, resolve_device
-from segeig.resample import pixel_argmax, pixel_probs
+from segeig.resample import pixel_argmax, pixel_probs, pixel_scores
 from segeig.transforms import to_tensor, to_working_resolution
 
 logger = logging.getLogger(__name__)
 
-def upsample_scores(scores: torch.Tensor, patch: int, size: tuple[int, int]) -> torch.Tensor:
-    """Patch-grid scores → pixel scores.
 
-    Args:
-        scores: ``B×S×h×w`` float; patch ``(i, j)`` covers pixels
-            ``[i·p, (i+1)·p) × [j·p, (j+1)·p)`` of the zero-padded input.
-        patch: patch size p.
-        size: ``(H, W)`` of the unpadded input (H ≤ h·p, W ≤ w·p).
-
-    Returns:
-        ``B×S×H×W`` float32, bilinear (half-pixel centres), cropped to ``size``.
-    """
-    h, w = scores.shape[-2:]
-    full = F.interpolate(scores.float(), size=(h * patch, w * patch), mode="bilinear",
-                         align_corners=False)
-    return full[..., : size[0], : size[1]]
-
-
-def window_starts(length: int, window: int, stride: int) -> list[int]:
+def _window_starts(length: int, window: int, stride: int) -> list[int]:
     """Start offsets covering ``[0, length)`` with windows of ``window`` (last one flush)."""
     if length <= window:
         return [0]
@@ -65,8 +48,9 @@ class Segmenter:
         amp: run the backbone in bfloat16 autocast on CUDA.
         resolution: the working resolution; default: the checkpoint's
             (:func:`segeig.checkpoint.checkpoint_resolution`).
-        crf_backend: dense CRF backend for ``crf=True``: ``auto`` (fastest
-            available for the device), ``torch`` or ``densecrf`` (pydensecrf).
+        crf_backend: dense CRF backend for ``crf=True``: ``auto`` (resolves
+            to ``torch``, which runs on ``device``), ``torch``, or ``densecrf``
+            (pydensecrf, CPU only, the optional ``segeig[densecrf]`` extra).
             Also an attribute, as is ``crf_side``: the short side the CRF
             runs at — the working resolution's, else
             :data:`segeig.crf.CRF_SIDE` (None: full size).
@@ -92,8 +76,6 @@ class Segmenter:
         resolution: WorkingResolution | None = None,
         crf_backend: str = "auto",
     ) -> None:
-        from segeig.crf import CRF_SIDE, resolve_backend
-
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
         self.config = config or {}
@@ -106,29 +88,6 @@ class Segmenter:
         self.crf_side: int | None = self.resolution.short or CRF_SIDE
         self.class_map: ClassMap | None = class_map_of(
             self.config, {m: model.num_segments(m) for m in model.methods})
-
-    # -- working resolution ------------------------------------------------
-    def working_resolution(self, resolution: int | None = None) -> WorkingResolution:
-        """The checkpoint's working resolution, or an override.
-
-        Args:
-            resolution: ``None``: the checkpoint's; ``0``: each image at its
-                own size; ``N``: short side N, long side capped in the
-                checkpoint's proportion (twice N by default).
-        """
-        if resolution is None:
-            return self.resolution
-        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 0:
-            raise ValueError(f"resolution must be an int ≥ 0, got {resolution!r}")
-        if resolution == 0:
-            return WorkingResolution()
-        own = self.resolution
-        ratio = own.max_long / own.short if own.short and own.max_long else 2.0
-        return WorkingResolution(resolution, round(resolution * ratio))
-
-    def working_image(self, image: np.ndarray, resolution: int | None = None) -> np.ndarray:
-        """``image`` (``H×W×3`` uint8) at the working resolution (itself if already there)."""
-        return to_working_resolution(_check_image(image), self.working_resolution(resolution))
 
     # -- description -----------------------------------------------------
     @property
@@ -180,7 +139,149 @@ class Segmenter:
             return None
         return self.config.get("eigenvalues")
 
-    # -- tensor API ------------------------------------------------------
+    # -- working resolution ----------------------------------------------
+    def working_resolution(self, resolution: int | None = None) -> WorkingResolution:
+        """The checkpoint's working resolution, or an override.
+
+        Args:
+            resolution: ``None``: the checkpoint's; ``0``: each image at its
+                own size; ``N``: short side N, long side capped in the
+                checkpoint's proportion (twice N by default).
+        """
+        if resolution is None:
+            return self.resolution
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 0:
+            raise ValueError(f"resolution must be an int ≥ 0, got {resolution!r}")
+        if resolution == 0:
+            return WorkingResolution()
+        own = self.resolution
+        ratio = own.max_long / own.short if own.short and own.max_long else 2.0
+        return WorkingResolution(resolution, round(resolution * ratio))
+
+    def working_image(self, image: np.ndarray, resolution: int | None = None) -> np.ndarray:
+        """``image`` (``H×W×3`` uint8) at the working resolution (itself if already there)."""
+        return to_working_resolution(_check_image(image), self.working_resolution(resolution))
+
+    # -- numpy API: H×W×3 uint8 in, numpy out ----------------------------
+    def predict(self, image: np.ndarray, method: str | None = None, crf: bool = False,
+                resolution: int | None = None, classes: bool = False,
+                **window: Any) -> np.ndarray:
+        """Segment one image.
+
+        Args:
+            image: ``H×W×3`` uint8 RGB (any size ≥ 1×1).
+            method: ``eigen`` (default), ``eigen+kmeans`` or ``kmeans``.
+            crf: refine with a dense CRF (:meth:`labels_from_scores`), on the
+                backend chosen at construction (``crf_backend``).
+            resolution: override the working resolution (see
+                :meth:`working_resolution`; ``0``: the image's own size).
+            classes: return class indices through the checkpoint's class map
+                (:meth:`to_classes`) instead of cluster ids.
+            **window: ``window``, ``stride``, ``max_side`` of :meth:`patch_scores`
+                (in pixels of the image at the working resolution).
+
+        Returns:
+            ``H×W`` int32 segment ids in ``[0, S)`` at the input's size; with
+            ``classes``, class indices into :attr:`class_names`, 255 where a
+            cluster has no class.
+        """
+        image = _check_image(image)
+        if classes:  # fail before the forward pass when there is no map
+            self.to_classes(np.zeros(0, np.int64), method)
+        small, scores = self._working_scores(image, method, resolution, window)
+        labels = self.labels_from_scores(image, scores, crf, in_size=small.shape[:2])
+        return self.to_classes(labels, method).astype(np.int32) if classes else labels
+
+    def predict_proba(self, image: np.ndarray, method: str | None = None,
+                      resolution: int | None = None, **window: Any) -> np.ndarray:
+        """``S×H×W`` float32 probabilities (softmax of the scores; sums to 1 per pixel)."""
+        small, scores = self._working_scores(image, method, resolution, window)
+        full = pixel_scores(scores, self.patch_size, small.shape[:2], image.shape[:2])
+        return torch.softmax(full, dim=0).cpu().numpy()
+
+    def eigenfunctions(self, image: np.ndarray, resolution: int | None = None) -> np.ndarray:
+        """Raw eigenfunction values (head logits) on the patch grid, ``K×h×w`` float32.
+
+        The image is brought to the working resolution first. Channel i is
+        output i of the head; checkpoints trained by segeig ≥ 0.2 store the
+        outputs in decreasing order of their eigenvalue as measured after
+        training (:attr:`eigenvalues`); older ones keep training order.
+        """
+        if self.num_eigenfunctions is None:
+            raise ValueError("this checkpoint has no eigenfunction head (kmeans baseline)")
+        return self.patch_maps(self.working_image(image, resolution), "eigen")[1]
+
+    def crf_inputs(self, image: np.ndarray, method: str | None = None,
+                   max_labels: int = 32, resolution: int | None = None,
+                   **window: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Full-resolution probabilities of the most relevant segments, for a CRF.
+
+        The M ≤ ``max_labels`` segments are chosen on the patch grid (those that
+        win a patch first, then by peak probability), and only their scores are
+        upsampled, so memory is M·H·W rather than S·H·W. Softmax over the kept
+        scores equals the full softmax renormalised over them.
+
+        Returns:
+            ``(probs M×H×W float32 C-contiguous, segment ids M int64)``;
+            ``ids[crf_labels(image, probs, max_labels=None)]`` gives segment ids.
+        """
+        small, scores = self._working_scores(image, method, resolution, window)
+        return pixel_probs(scores, self.patch_size, small.shape[:2], image.shape[:2],
+                           max_labels=max_labels)
+
+    def patch_maps(self, image: np.ndarray, method: str | None = None
+                   ) -> tuple[torch.Tensor, np.ndarray | None]:
+        """One forward pass over the whole image: its patch scores and eigenfunctions.
+
+        For callers that show more than labels (the web demo draws the
+        eigenfunctions of the pass that segmented the image); turn the scores
+        into labels with :meth:`labels_from_scores`. The image is used as
+        given: bring it to the working resolution first (:meth:`working_image`).
+        No sliding window.
+
+        Returns:
+            ``(scores, eigenfunctions)``: ``S×h×w`` float32 patch scores (on the
+            device), and ``K×h×w`` float32 eigenfunction values (as
+            :meth:`eigenfunctions`), or None when the method runs no head
+            (``kmeans``).
+        """
+        out = self.forward(to_tensor(_check_image(image))[None], method)
+        eigen = None if out.logits is None else out.logits[0].float().cpu().numpy()
+        return out.scores[0], eigen
+
+    def labels_from_scores(self, image: np.ndarray, scores: torch.Tensor,
+                           crf: bool = False, in_size: tuple[int, int] | None = None
+                           ) -> np.ndarray:
+        """Pixel segment ids of ``image`` from its patch scores.
+
+        Args:
+            image: ``H×W×3`` uint8 RGB to label (the CRF reads its colours).
+            scores: ``S×h×w`` float patch scores (:meth:`patch_scores`) of
+                ``image`` resized to ``in_size``.
+            crf: refine with a dense CRF over the 32 most relevant segments, run
+                at ``crf_side`` (marginals resampled to the image's size).
+            in_size: ``(H', W')`` of the network input the scores came from
+                (default: the image's own size).
+
+        Returns:
+            ``H×W`` int32 segment ids in ``[0, S)``.
+        """
+        in_size = tuple(in_size or image.shape[:2])
+        if crf:
+            return crf_from_scores(image, scores, self.patch_size, backend=self.crf_backend,
+                                   device=self.device, side=self.crf_side,
+                                   in_size=in_size).astype(np.int32)
+        labels = pixel_argmax(scores, self.patch_size, in_size, image.shape[:2])
+        return labels.to(torch.int32).cpu().numpy()
+
+    def _working_scores(self, image: np.ndarray, method: str | None, resolution: int | None,
+                        window: dict[str, Any]) -> tuple[np.ndarray, torch.Tensor]:
+        """The shared opening of the numpy API: ``image`` at the working
+        resolution (``H'×W'×3`` uint8) and its ``S×h×w`` float32 patch scores."""
+        small = self.working_image(image, resolution)
+        return small, self.patch_scores(small, method, **window)
+
+    # -- tensor API: patch-grid scores on the device --------------------
     @torch.no_grad()
     def forward(self, images: torch.Tensor, method: str | None = None) -> ModelOutput:
         """Patch-resolution outputs for a batch.
@@ -197,19 +298,6 @@ class Segmenter:
             out = self.model(images, method)
         out.scores = out.scores.float()
         return out
-
-    @torch.no_grad()
-    def predict_batch(self, images: torch.Tensor, method: str | None = None) -> torch.Tensor:
-        """Full-resolution scores for a batch of same-size images.
-
-        Args:
-            images: ``B×3×H×W`` float RGB in [0, 1].
-
-        Returns:
-            ``B×S×H×W`` float32 scores (softmax over dim 1 → probabilities).
-        """
-        scores = self.forward(images, method).scores
-        return upsample_scores(scores, self.patch_size, tuple(images.shape[-2:]))
 
     @torch.no_grad()
     def patch_scores(
@@ -252,8 +340,8 @@ class Segmenter:
         # Laying them out in pixels and snapping starts down would leave that
         # last row/column uncovered whenever H or W is not a multiple of p.
         win_g, stride_g = window // p, stride // p
-        for i in window_starts(gh, win_g, stride_g):
-            for j in window_starts(gw, win_g, stride_g):
+        for i in _window_starts(gh, win_g, stride_g):
+            for j in _window_starts(gw, win_g, stride_g):
                 # Converted window by window: a float copy of a whole large image
                 # would cost 12 bytes per pixel (1.4 GB at 121 MP).
                 crop = to_tensor(image[i * p : (i + win_g) * p, j * p : (j + win_g) * p])
@@ -264,140 +352,6 @@ class Segmenter:
                 count[i : i + scores.shape[1], j : j + scores.shape[2]] += 1
         return total / count.clamp_min(1)
 
-    # -- numpy API -------------------------------------------------------
-    def predict(self, image: np.ndarray, method: str | None = None, crf: bool = False,
-                resolution: int | None = None, classes: bool = False,
-                **window: Any) -> np.ndarray:
-        """Segment one image.
-
-        Args:
-            image: ``H×W×3`` uint8 RGB (any size ≥ 1×1).
-            method: ``eigen`` (default), ``eigen+kmeans`` or ``kmeans``.
-            crf: refine with a dense CRF (see :meth:`crf_inputs`; needs pydensecrf).
-            resolution: override the working resolution (see
-                :meth:`working_resolution`; ``0``: the image's own size).
-            classes: return class indices through the checkpoint's class map
-                (:meth:`to_classes`) instead of cluster ids.
-            **window: ``window``, ``stride``, ``max_side`` of :meth:`patch_scores`
-                (in pixels of the image at the working resolution).
-
-        Returns:
-            ``H×W`` int32 segment ids in ``[0, S)`` at the input's size; with
-            ``classes``, class indices into :attr:`class_names`, 255 where a
-            cluster has no class.
-        """
-        image = _check_image(image)
-        if classes:  # fail before the forward pass when there is no map
-            self.to_classes(np.zeros(0, np.int64), method)
-        small = self.working_image(image, resolution)
-        scores = self.patch_scores(small, method, **window)
-        labels = self.labels_from_scores(image, scores, crf, in_size=small.shape[:2])
-        return self.to_classes(labels, method).astype(np.int32) if classes else labels
-
-    def patch_maps(self, image: np.ndarray, method: str | None = None
-                   ) -> tuple[torch.Tensor, np.ndarray | None]:
-        """One forward pass over the whole image: its patch scores and eigenfunctions.
-
-        For callers that show more than labels (the web demo draws the
-        eigenfunctions of the pass that segmented the image); turn the scores
-        into labels with :meth:`labels_from_scores`. The image is used as
-        given: bring it to the working resolution first (:meth:`working_image`).
-        No sliding window.
-
-        Returns:
-            ``(scores, eigenfunctions)``: ``S×h×w`` float32 patch scores (on the
-            device), and ``K×h×w`` float32 eigenfunction values (as
-            :meth:`eigenfunctions`), or None when the method runs no head
-            (``kmeans``).
-        """
-        out = self.forward(to_tensor(_check_image(image))[None], method)
-        eigen = None if out.logits is None else out.logits[0].float().cpu().numpy()
-        return out.scores[0], eigen
-
-    def labels_from_scores(self, image: np.ndarray, scores: torch.Tensor,
-                           crf: bool = False, in_size: tuple[int, int] | None = None
-                           ) -> np.ndarray:
-        """Pixel segment ids of ``image`` from its patch scores.
-
-        Args:
-            image: ``H×W×3`` uint8 RGB to label (the CRF reads its colours).
-            scores: ``S×h×w`` float patch scores (:meth:`patch_scores`) of
-                ``image`` resized to ``in_size``.
-            crf: refine with a dense CRF over the 32 most relevant segments, run
-                at ``crf_side`` (marginals resampled to the image's size).
-            in_size: ``(H', W')`` of the network input the scores came from
-                (default: the image's own size).
-
-        Returns:
-            ``H×W`` int32 segment ids in ``[0, S)``.
-        """
-        in_size = tuple(in_size or image.shape[:2])
-        if crf:
-            from segeig.crf import crf_from_scores
-
-            return crf_from_scores(image, scores, self.patch_size, backend=self.crf_backend,
-                                   device=self.device, side=self.crf_side,
-                                   in_size=in_size).astype(np.int32)
-        labels = pixel_argmax(scores, self.patch_size, in_size, image.shape[:2])
-        return labels.to(torch.int32).cpu().numpy()
-
-    def crf_inputs(self, image: np.ndarray, method: str | None = None,
-                   max_labels: int = 32, resolution: int | None = None,
-                   **window: Any) -> tuple[np.ndarray, np.ndarray]:
-        """Full-resolution probabilities of the most relevant segments, for a CRF.
-
-        The M ≤ ``max_labels`` segments are chosen on the patch grid (those that
-        win a patch first, then by peak probability), and only their scores are
-        upsampled, so memory is M·H·W rather than S·H·W. Softmax over the kept
-        scores equals the full softmax renormalised over them.
-
-        Returns:
-            ``(probs M×H×W float32 C-contiguous, segment ids M int64)``;
-            ``ids[crf_labels(image, probs, max_labels=None)]`` gives segment ids.
-        """
-        small = self.working_image(image, resolution)
-        scores = self.patch_scores(small, method, **window)
-        return pixel_probs(scores, self.patch_size, small.shape[:2], image.shape[:2],
-                           max_labels=max_labels)
-
-    def _full_scores(self, image: np.ndarray, method: str | None, resolution: int | None,
-                     window: dict[str, Any]) -> torch.Tensor:
-        """``S×H×W`` float32 scores sampled at every pixel of ``image``."""
-        small = self.working_image(image, resolution)
-        scores = self.patch_scores(small, method, **window)
-        h, w = scores.shape[-2:]
-        p = self.patch_size
-        # The grid covers the padded working image; scale it to the original
-        # pixels, then sample (mmseg's resize-logits-back convention).
-        full = F.interpolate(scores[None].float(), size=(h * p, w * p), mode="bilinear",
-                             align_corners=False)[..., : small.shape[0], : small.shape[1]]
-        if small.shape[:2] != image.shape[:2]:
-            full = F.interpolate(full, size=image.shape[:2], mode="bilinear",
-                                 align_corners=False)
-        return full[0]
-
-    def predict_scores(self, image: np.ndarray, method: str | None = None,
-                       resolution: int | None = None, **window: Any) -> np.ndarray:
-        """``S×H×W`` float32 scores at the input's size (memory ∝ S·H·W)."""
-        return self._full_scores(image, method, resolution, window).cpu().numpy()
-
-    def predict_proba(self, image: np.ndarray, method: str | None = None,
-                      resolution: int | None = None, **window: Any) -> np.ndarray:
-        """``S×H×W`` float32 probabilities (softmax of the scores; sums to 1 per pixel)."""
-        full = self._full_scores(image, method, resolution, window)
-        return torch.softmax(full, dim=0).cpu().numpy()
-
-    def eigenfunctions(self, image: np.ndarray, resolution: int | None = None) -> np.ndarray:
-        """Raw eigenfunction values (head logits) on the patch grid, ``K×h×w`` float32.
-
-        The image is brought to the working resolution first. Channel i is
-        output i of the head; checkpoints trained by segeig ≥ 0.2 store the
-        outputs in decreasing order of their eigenvalue as measured after
-        training (:attr:`eigenvalues`); older ones keep training order.
-        """
-        if self.num_eigenfunctions is None:
-            raise ValueError("this checkpoint has no eigenfunction head (kmeans baseline)")
-        return self.patch_maps(self.working_image(image, resolution), "eigen")[1]
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:

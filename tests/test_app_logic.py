@@ -255,7 +255,7 @@ def test_segment_mask_and_explanation(seg, result):
 def test_model_runs_under_the_lock_and_crf_outside(seg, rng, monkeypatch):
     import threading
 
-    import segeig.crf
+    import segeig.predictor
 
     lock = threading.Lock()
     seen = []
@@ -267,13 +267,13 @@ def test_model_runs_under_the_lock_and_crf_outside(seg, rng, monkeypatch):
             return _original(*args, **kwargs)
 
         monkeypatch.setattr(seg, name, spy)
-    crf_from_scores = segeig.crf.crf_from_scores
+    crf_from_scores = segeig.predictor.crf_from_scores
 
     def crf_spy(*args, **kwargs):
         seen.append(("crf", lock.locked()))
         return crf_from_scores(*args, **kwargs)
 
-    monkeypatch.setattr(segeig.crf, "crf_from_scores", crf_spy)
+    monkeypatch.setattr(segeig.predictor, "crf_from_scores", crf_spy)
     result = logic.segment_image(seg, random_image(rng, 32, 32), "a.png", "eigen", True,
                                  lock=lock)
     logic.eigenfunctions_of(seg, result, lock)

@@ -21,9 +21,9 @@ from segeig.crf import (
     pydensecrf_available,
     resolve_backend,
     shrink_image,
-    topk_probs,
 )
 from segeig.crf.lattice import PermutohedralLattice
+from segeig.resample import topk_probs
 
 needs_pydensecrf = pytest.mark.skipif(not pydensecrf_available(),
                                       reason="pydensecrf (pydensecrf2) not installed")

@@ -1,5 +1,6 @@
-"""The package's shape: import direction between folders, a light command line,
-and a distribution that claims no top-level name but ``segeig``."""
+"""The package's shape: import direction between folders, no import cycle between
+modules, a light command line, and a distribution that claims no top-level name
+but ``segeig``."""
 
 from __future__ import annotations
 
@@ -115,6 +116,108 @@ def test_every_name_is_imported_from_its_home():
                 if alias.name not in defined and not submodule.is_file():
                     wrong.append(f"{path.relative_to(ROOT)}:{node.lineno} imports "
                                  f"{alias.name} from {node.module}, which does not define it")
+    assert not wrong, "\n".join(wrong)
+
+
+def _module_node(module: str) -> str | None:
+    """The module a dotted name loads: itself, or its package's ``__init__``."""
+    if _module_file(module) is not None:
+        return module
+    parts = module.split(".")
+    in_app = parts[:2] == ["segeig", "app"]
+    folder = ROOT / "app" / Path(*parts[2:]) if in_app else ROOT / Path(*parts)
+    return module if (folder / "__init__.py").is_file() else None
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """module → the segeig modules it imports (anywhere in the file).
+
+    ``from package import name`` is an edge to the submodule when ``name`` is
+    one, else to the package's ``__init__``. The root package's lazy
+    ``__getattr__`` (``segeig.load``) is left out: every module's parent
+    package is imported before the module, so a name taken from the root can
+    never close a cycle at import time, and the root imports nothing eagerly.
+    """
+    modules = {name for name, _ in _sources()}
+    modules |= {name.removesuffix(".__init__") for name in modules}
+    graph: dict[str, set[str]] = {}
+    for module, path in _sources():
+        node = module.removesuffix(".__init__")
+        edges = graph.setdefault(node, set())
+        if node == "segeig":
+            continue
+        for tree_node in ast.walk(ast.parse(path.read_text())):
+            targets: list[str] = []
+            if isinstance(tree_node, ast.ImportFrom) and tree_node.module and \
+                    tree_node.level == 0 and tree_node.module.startswith("segeig"):
+                for alias in tree_node.names:
+                    sub = f"{tree_node.module}.{alias.name}"
+                    targets.append(sub if _module_node(sub) else tree_node.module)
+            elif isinstance(tree_node, ast.Import):
+                targets = [a.name for a in tree_node.names if a.name.startswith("segeig")]
+            for target in targets:
+                target_node = _module_node(target)
+                if target_node and target_node != node and target_node in modules:
+                    edges.add(target_node)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for target in sorted(graph.get(node, ())):
+            if target not in index:
+                visit(target)
+                low[node] = min(low[node], low[target])
+            elif target in on_stack:
+                low[node] = min(low[node], index[target])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_cycle_between_modules():
+    """No module reaches itself through imports, lazy ones inside functions included."""
+    cycles = _cycles(_import_graph())
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(c) for c in cycles)
+
+
+def test_cycle_check_sees_lazy_imports(tmp_path):
+    """The check is not blind: a cycle closed inside a function is found."""
+    graph = {"segeig.a": {"segeig.b"}, "segeig.b": {"segeig.a"}, "segeig.c": {"segeig.a"}}
+    assert _cycles(graph) == [["segeig.a", "segeig.b"]]
+    source = tmp_path / "lazy.py"
+    source.write_text("def f():\n    from segeig.crf import refine\n")
+    assert _imports(source) == [(2, "segeig.crf")]
+
+
+def test_data_reads_datasets_only():
+    """Nothing under ``segeig/data`` runs the backbone or the model."""
+    heavy = ("segeig.backbone", "segeig.model", "segeig.head", "segeig.predictor")
+    wrong = [f"{path.relative_to(ROOT)}:{line} imports {name}"
+             for path in sorted((PACKAGE / "data").glob("*.py"))
+             for line, name in _imports(path) if name.startswith(heavy)]
     assert not wrong, "\n".join(wrong)
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from segeig.model import build_model, resolve_device
-from segeig.predictor import Segmenter, upsample_scores
+from segeig.predictor import Segmenter
+from segeig.resample import pixel_scores, upsample_scores
 from tests.conftest import random_image
 
 
@@ -30,7 +31,8 @@ def test_proba_and_scores_agree_with_labels(segmenter, rng):
     assert probs.shape == (12, 37, 53)
     np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
     np.testing.assert_array_equal(probs.argmax(0), segmenter.predict(image))
-    np.testing.assert_array_equal(segmenter.predict_scores(image).argmax(0), probs.argmax(0))
+    scores = pixel_scores(segmenter.patch_scores(image), 16, (37, 53))
+    np.testing.assert_allclose(probs, torch.softmax(scores, 0).numpy(), atol=1e-6)
 
 
 def test_predict_equals_argmax_of_upsampled_scores(segmenter, rng):
@@ -42,11 +44,10 @@ def test_predict_equals_argmax_of_upsampled_scores(segmenter, rng):
 def test_batched_tensor_api_matches_single_images(segmenter, rng):
     images = [random_image(rng, 40, 56) for _ in range(3)]
     batch = torch.stack([torch.from_numpy(i).permute(2, 0, 1).float() / 255 for i in images])
-    scores = segmenter.predict_batch(batch)
-    assert scores.shape == (3, 12, 40, 56)
+    scores = segmenter.forward(batch).scores
+    assert scores.shape == (3, 12, 3, 4)  # patch grid of 40×56 at p = 16
     for image, row in zip(images, scores, strict=True):
-        torch.testing.assert_close(row, torch.from_numpy(segmenter.predict_scores(image)),
-                                   atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(row, segmenter.patch_scores(image), atol=1e-4, rtol=1e-4)
 
 
 def test_window_covering_image_equals_single_pass(segmenter, rng):

@@ -7,9 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import segeig.resample as resample
-from segeig.predictor import upsample_scores
-from segeig.resample import interp_matrix, pixel_argmax, pixel_probs
+import segeig.resample.argmax as resample
+from segeig.resample import interp_matrix, pixel_argmax, pixel_probs, upsample_scores
 
 
 def _structured_scores(s: int, h: int, w: int, seed: int = 0) -> torch.Tensor:

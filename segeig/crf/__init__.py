@@ -25,10 +25,8 @@ from segeig.crf.refine import (
     prepare_crf,
     resolve_backend,
     shrink_image,
-    topk_probs,
 )
 
 __all__ = ["BACKENDS", "CRFParams", "CRFPool", "CRF_SIDE", "REFERENCE_SIDE", "crf_from_scores",
            "crf_labels", "crf_marginals", "crf_working_size", "dense_crf", "prepare_crf",
-           "pydensecrf_available", "require_pydensecrf", "resolve_backend", "shrink_image",
-           "topk_probs"]
+           "pydensecrf_available", "require_pydensecrf", "resolve_backend", "shrink_image"]

@@ -11,7 +11,8 @@ from types import TracebackType
 import numpy as np
 
 from segeig.crf.params import CRFParams
-from segeig.crf.refine import crf_labels, resolve_backend, topk_probs
+from segeig.crf.refine import crf_labels, resolve_backend
+from segeig.resample import topk_probs
 
 logger = logging.getLogger(__name__)
 

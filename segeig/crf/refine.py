@@ -4,32 +4,36 @@ Cost and memory grow linearly with the number of labels K and the number of
 pixels, yet only a few labels are plausible anywhere in one image and the CRF
 gains nothing from more pixels than the model resolved. So :func:`crf_labels`
 
-1. keeps the ``max_labels`` most relevant labels (:func:`topk_probs`),
+1. keeps the ``max_labels`` most relevant labels
+   (:func:`segeig.resample.topk_probs`),
 2. runs the CRF on an image of at most :data:`CRF_SIDE` pixels on its short
    side (callers shrink larger images with :func:`crf_working_size` and
    :func:`shrink_image`), with the bilateral kernel's spatial std scaled to
    that size (:meth:`CRFParams.bilateral_sxy_at`),
-3. resamples the marginals bilinearly to the output size and takes the argmax,
-   mapping plane indices back to the original label ids.
+3. resamples the marginals bilinearly to the output size and takes the argmax
+   (:func:`segeig.resample.resampled_argmax`), mapping plane indices back to
+   the original label ids.
+
+:func:`prepare_crf` builds its inputs straight from patch-grid scores
+(:func:`segeig.resample.pixel_probs`) at the working size.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 
 from segeig.crf.densecrf import check_crf_inputs, dense_crf, require_pydensecrf
+from segeig.crf.meanfield import mean_field
 from segeig.crf.params import BACKENDS, CRFParams
-
-if TYPE_CHECKING:
-    import torch
+from segeig.resample import pixel_probs, resampled_argmax, topk_probs
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["CRF_SIDE", "crf_from_scores", "crf_labels", "crf_marginals", "crf_working_size",
-           "prepare_crf", "resampled_argmax", "resolve_backend", "shrink_image", "topk_probs"]
+           "prepare_crf", "resolve_backend", "shrink_image"]
 
 #: Default short side (pixels) the CRF runs at; larger images are shrunk to it.
 #: 320: the kernel's reference size (REFERENCE_SIDE) and the paper's stego
@@ -83,67 +87,12 @@ def shrink_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     return cv2.resize(np.ascontiguousarray(image), (size[1], size[0]),
                       interpolation=cv2.INTER_AREA)
-def _argmax0(probs: np.ndarray) -> np.ndarray:
-    """``probs.argmax(axis=0)`` as int64, plane by plane.
-
-    numpy's strided reduction over the leading axis of a (K, H, W) array is
-    ~10x slower than streaming through the K contiguous planes (0.7 s vs 0.07 s
-    at K=256, 512x512). Ties go to the lowest index, like ``np.argmax``.
-    """
-    best = probs[0].copy()
-    idx = np.zeros(probs.shape[1:], dtype=np.int64)
-    for k in range(1, probs.shape[0]):
-        better = np.greater(probs[k], best)
-        np.maximum(best, probs[k], out=best)
-        np.putmask(idx, better, k)
-    return idx
-
-
-def topk_probs(probs: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the ``m`` most relevant labels of a probability map, renormalised.
-
-    Ranking: labels that win the argmax at some pixel come first, ordered by
-    how many pixels they win; remaining slots go to the labels with the highest
-    maximum probability anywhere. Max (not mean) probability is used so small
-    objects keep their label. When at most ``m`` labels win any pixel the
-    argmax of the reduced map equals the argmax of the full one.
-
-    Args:
-        probs: float ``(K, H, W)`` probabilities (softmax over K).
-        m: number of labels to keep, ``m >= 1``; if ``m >= K`` everything is kept.
-
-    Returns:
-        ``(probs_m, class_ids)``: float32 ``(M, H, W)`` with ``M = min(m, K)``,
-        renormalised to sum to 1 over M; and int64 ``(M,)`` original label ids
-        in ascending order (``probs_m[i]`` belongs to label ``class_ids[i]``).
-    """
-    probs = np.asarray(probs)
-    if probs.ndim != 3:
-        raise ValueError(f"probs must be (K, H, W), got shape {probs.shape}")
-    if m < 1:
-        raise ValueError(f"m must be >= 1, got {m}")
-    n_labels = probs.shape[0]
-    if m >= n_labels:
-        return probs.astype(np.float32, copy=True), np.arange(n_labels, dtype=np.int64)
-    wins = np.bincount(_argmax0(probs).ravel(), minlength=n_labels)
-    peak = probs.reshape(n_labels, -1).max(axis=1)
-    # lexsort: last key is primary -> most pixels won, then highest peak.
-    order = np.lexsort((-peak, -wins))
-    class_ids = np.sort(order[:m]).astype(np.int64)
-    if np.count_nonzero(wins) > m:
-        logger.debug("topk_probs: %d labels win pixels, keeping %d", np.count_nonzero(wins), m)
-    kept = probs[class_ids].astype(np.float32)
-    total = kept.sum(axis=0, keepdims=True)
-    kept /= np.maximum(total, np.float32(1e-12))
-    return kept, class_ids
 
 
 def _pixel_major(
     image: np.ndarray, probs: np.ndarray, params: CRFParams | None, backend: str, device: object
 ) -> torch.Tensor:
     """Marginals as float32 ``H×W×M`` (labels last), on the torch backend's device."""
-    import torch
-
     params = params or CRFParams()
     image, probs = np.asarray(image), np.asarray(probs)
     check_crf_inputs(image, probs)
@@ -151,8 +100,6 @@ def _pixel_major(
     if resolve_backend(backend, device) == "densecrf":
         q = dense_crf(image, probs, params, bilateral_sxy=sxy)
         return torch.from_numpy(np.ascontiguousarray(q.transpose(1, 2, 0)))
-    from segeig.crf.meanfield import mean_field
-
     return mean_field(image, probs, params, device or "cpu", bilateral_sxy=sxy)
 
 
@@ -199,7 +146,7 @@ def crf_labels(
         probs: float ``(K, H, W)`` softmax probabilities.
         params: CRF hyper-parameters; ``CRFParams()`` if None.
         max_labels: run the CRF on at most this many labels (see
-            :func:`topk_probs`); None uses all K (slow and memory hungry for
+            :func:`~segeig.resample.topk_probs`); None uses all K (slow and memory hungry for
             K in the hundreds).
         backend, device: see :func:`crf_marginals`.
         out_size: ``(H_out, W_out)`` of the labels; the marginals are resampled
@@ -220,57 +167,6 @@ def crf_labels(
         labels = resampled_argmax(q, tuple(out_size))
     labels = labels.cpu().numpy()
     return class_ids[labels] if class_ids is not None else labels
-
-
-def _axis(n_out: int, n_in: int, device: torch.device
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bilinear sampling along one axis (half-pixel centres, edges clamped, as
-    ``F.interpolate(align_corners=False)``): lower index, upper index, weight of upper."""
-    import torch
-
-    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5)
-    src = src.clamp(0, n_in - 1)
-    lower = src.floor().long()
-    upper = (lower + 1).clamp(max=n_in - 1)
-    return lower.to(device), upper.to(device), (src - lower).float().to(device)[:, None]
-
-
-def resampled_argmax(q: torch.Tensor, out_size: tuple[int, int],
-                     band: int = 256) -> torch.Tensor:
-    """Argmax of ``q`` resampled bilinearly to ``out_size``, without resampling all of it.
-
-    Where the four source pixels around an output pixel share their argmax,
-    that label wins their convex combination too, so only pixels between
-    disagreeing sources (near boundaries: a few percent) read all M values.
-    Exact; memory is bounded by ``band`` output rows at a time.
-
-    Args:
-        q: float ``h×w×M`` (labels last, e.g. CRF marginals), any device.
-        out_size: ``(H, W)``.
-
-    Returns:
-        int64 ``H×W`` label indices in ``[0, M)`` on ``q``'s device.
-    """
-    import torch
-
-    height, width = out_size
-    best = q.argmax(-1)
-    y0, y1, fy = _axis(height, q.shape[0], q.device)
-    x0, x1, fx = _axis(width, q.shape[1], q.device)
-    out = torch.empty(height, width, dtype=torch.long, device=q.device)
-    for r0 in range(0, height, band):
-        top, bottom = best[y0[r0:r0 + band]], best[y1[r0:r0 + band]]
-        labels = top[:, x0]
-        mixed = (labels != top[:, x1]) | (labels != bottom[:, x0]) | (labels != bottom[:, x1])
-        ii, jj = mixed.nonzero(as_tuple=True)
-        if len(ii):
-            r_lo, r_hi, wy = y0[r0 + ii], y1[r0 + ii], fy[r0 + ii]
-            c_lo, c_hi, wx = x0[jj], x1[jj], fx[jj]
-            upper = torch.lerp(q[r_lo, c_lo], q[r_lo, c_hi], wx)  # P×M
-            lower = torch.lerp(q[r_hi, c_lo], q[r_hi, c_hi], wx)
-            labels[ii, jj] = torch.lerp(upper, lower, wy).argmax(-1)
-        out[r0:r0 + band] = labels
-    return out
 
 
 def prepare_crf(
@@ -294,14 +190,12 @@ def prepare_crf(
         in_size: ``(H_in, W_in)`` of the network input the grid belongs to;
             default ``(H, W)``.
         side: working short side (:func:`crf_working_size`); None: full size.
-        max_labels: most segments kept (:func:`topk_probs` on the grid).
+        max_labels: most segments kept (:func:`~segeig.resample.topk_probs` on the grid).
 
     Returns:
         ``(small_image, probs, ids)``: uint8 ``h×w×3``, float32 ``M×h×w``
         summing to 1 over M, int64 ``(M,)`` segment id of each plane.
     """
-    from segeig.resample import pixel_probs
-
     size = tuple(image.shape[:2])
     work = crf_working_size(size, side)
     probs, ids = pixel_probs(scores, patch, tuple(in_size or size), work, max_labels)

@@ -1,11 +1,11 @@
-"""Patch-grid scores → pixel labels and CRF probabilities, at any output size, cheaply.
+"""Patch-grid scores → the winning segment at every pixel, cheaply and exactly.
 
-A model scores an image on its patch grid (``S×h×w``); evaluation needs the
-argmax of those scores bilinearly resampled to every labelled pixel, and the
-CRF needs full-resolution probabilities of a few segments. Done naively
-(:func:`segeig.predictor.upsample_argmax`) that costs ``S·H·W`` work — about
-half a ViT-S forward at 320 px with S = 256 — so evaluation would be limited by
-resampling, not by the model. Two things make it cheap and keep it exact:
+Evaluation needs the argmax of a model's patch-grid scores (``S×h×w``)
+bilinearly resampled to every labelled pixel. Done naively (sampling all S
+scores everywhere, :func:`segeig.resample.grid.pixel_scores`) that costs
+``S·H·W`` work — about half a ViT-S forward at 320 px with S = 256 — so
+evaluation would be limited by resampling, not by the model. Two things make
+it cheap and keep it exact:
 
 * **Candidate pruning.** A bilinear sample is a convex combination of the
   (up to) four grid points around it, so segment ``c`` can win a pixel of a
@@ -18,14 +18,9 @@ resampling, not by the model. Two things make it cheap and keep it exact:
   grid of a resized image at the pixels of the original one — and works in
   bands of rows so memory is bounded.
 
-Sampling convention (PyTorch's ``align_corners=False`` with edge clamping):
-output pixel ``y`` reads grid coordinate ``(y + 0.5)·r − 0.5`` clamped to
-``[0, h − 1]`` with ``r = H_in / (H_out · p)``: ``H_in`` is the size of the
-image the network saw (the grid covers it from the top-left, padding beyond),
-``H_out`` the output size and ``p`` the patch size. With ``H_out = H_in`` this
-is exactly :func:`segeig.predictor.upsample_scores`; otherwise it equals
-upsampling to the network input and resizing the scores back to the output size
-(mmseg's convention), in one interpolation instead of two.
+The sampling convention is :mod:`segeig.resample.grid`'s. The same pruning
+idea resamples a pixel map (CRF marginals) to another size:
+:func:`resampled_argmax`.
 """
 
 from __future__ import annotations
@@ -33,42 +28,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["cell_candidates", "interp_matrix", "pixel_argmax", "pixel_labels", "pixel_probs"]
+from segeig.resample.grid import BAND_ELEMENTS, grid_ratios, interp_matrix, source_coords
 
-#: Elements (rows·W·S) resampled at once; bounds memory to ~64 MiB of float32.
-BAND_ELEMENTS = 1 << 24
 #: Output pixels :func:`pixel_labels` resolves at once (its int64 temporaries: ~64 MiB).
 BAND_PIXELS = 1 << 22
-
-
-def interp_matrix(n_out: int, n_in: int, ratio: float, device: torch.device | str = "cpu"
-                  ) -> torch.Tensor:
-    """Linear-interpolation weights along one axis.
-
-    Args:
-        n_out: output length.
-        n_in: input (grid) length ≥ 1.
-        ratio: input units per output pixel (``H_in / (H_out·p)``, see module doc).
-        device: where to build the matrix.
-
-    Returns:
-        float32 ``n_out×n_in``; row ``y`` holds at most two non-zero weights that
-        sum to 1.
-    """
-    src = (torch.arange(n_out, dtype=torch.float64) + 0.5) * ratio - 0.5
-    src = src.clamp(0, n_in - 1)
-    i0 = src.floor().long()
-    i1 = (i0 + 1).clamp(max=n_in - 1)
-    frac = (src - i0).float()
-    weights = torch.zeros(n_out, n_in, dtype=torch.float32)
-    rows = torch.arange(n_out)
-    weights.index_put_((rows, i0), 1.0 - frac, accumulate=True)
-    weights.index_put_((rows, i1), frac, accumulate=True)
-    return weights.to(device)
-
-
-def _ratios(in_size: tuple[int, int], out_size: tuple[int, int], patch: int) -> tuple[float, float]:
-    return in_size[0] / (out_size[0] * patch), in_size[1] / (out_size[1] * patch)
 
 
 def _axis_cells(n_out: int, n_grid: int, ratio: float, device: torch.device
@@ -183,7 +146,7 @@ def pixel_argmax(scores: torch.Tensor, patch: int, in_size: tuple[int, int],
     s = scores.float()
     n_seg, h, w = s.shape
     dev = s.device
-    ratios = _ratios(in_size, out_size, patch)
+    ratios = grid_ratios(in_size, out_size, patch)
     ky, ci, fy, oy, span_y = _axis_cells(out_size[0], h, ratios[0], dev)
     kx, cj, fx, ox, span_x = _axis_cells(out_size[1], w, ratios[1], dev)
     nh, nw = h + 1, w + 1
@@ -275,7 +238,7 @@ def _resampled_labels(scores: torch.Tensor, patch: int, in_size: tuple[int, int]
                for dy in (0, 1) for dx in (0, 1)]
     ids = cell_candidates(*corners).reshape(-1, n_seg).any(0).nonzero().flatten()
     kept = s[ids].permute(1, 2, 0).reshape(h, -1)  # h×(w·M)
-    ry, rx = _ratios(in_size, out_size, patch)
+    ry, rx = grid_ratios(in_size, out_size, patch)
     wy = interp_matrix(out_size[0], h, ry, s.device)
     wx = interp_matrix(out_size[1], w, rx, s.device)
     out = np.empty(out_size, dtype)
@@ -288,37 +251,45 @@ def _resampled_labels(scores: torch.Tensor, patch: int, in_size: tuple[int, int]
     return out
 
 
-def pixel_probs(scores: torch.Tensor, patch: int, in_size: tuple[int, int],
-                out_size: tuple[int, int] | None = None, max_labels: int = 32
-                ) -> tuple[np.ndarray, np.ndarray]:
-    """Full-resolution probabilities of the most relevant segments, for a CRF.
+def _pixel_axis(n_out: int, n_in: int, device: torch.device
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`~segeig.resample.grid.source_coords` of a pixel map resized from ``n_in``
+    to ``n_out``, on ``device``, the weight as a column."""
+    lower, upper, frac = source_coords(n_out, n_in, n_in / n_out)
+    return lower.to(device), upper.to(device), frac.to(device)[:, None]
 
-    The ``M ≤ max_labels`` segments are picked on the patch grid with
-    :func:`segeig.crf.topk_probs` (segments winning the most patches first);
-    the softmax over the kept scores equals the full softmax renormalised over
-    them.
+
+def resampled_argmax(q: torch.Tensor, out_size: tuple[int, int],
+                     band: int = 256) -> torch.Tensor:
+    """Argmax of ``q`` resampled bilinearly to ``out_size``, without resampling all of it.
+
+    Where the four source pixels around an output pixel share their argmax,
+    that label wins their convex combination too, so only pixels between
+    disagreeing sources (near boundaries: a few percent) read all M values.
+    Exact; memory is bounded by ``band`` output rows at a time.
 
     Args:
-        scores, patch, in_size, out_size: as in :func:`pixel_argmax`.
-        max_labels: most segments kept.
+        q: float ``h×w×M`` (labels last, e.g. CRF marginals), any device.
+        out_size: ``(H, W)``.
 
     Returns:
-        ``(probs, ids)``: float32 C-contiguous ``M×H×W`` summing to 1 over M,
-        and int64 ``(M,)`` segment ids (``ids[k]`` is the id of plane ``k``).
+        int64 ``H×W`` label indices in ``[0, M)`` on ``q``'s device.
     """
-    from segeig.crf import topk_probs
-
-    out_size = tuple(out_size or in_size)
-    _, ids = topk_probs(torch.softmax(scores.float(), 0).cpu().numpy(), max_labels)
-    kept = scores.float()[torch.from_numpy(ids).to(scores.device)]
-    m, h, w = kept.shape
-    ry, rx = _ratios(in_size, out_size, patch)
-    wy = interp_matrix(out_size[0], h, ry, scores.device)
-    wx = interp_matrix(out_size[1], w, rx, scores.device)
-    probs = np.empty((m, *out_size), dtype=np.float32)
-    band = max(1, BAND_ELEMENTS // max(1, m * out_size[1]))
-    for r0 in range(0, out_size[0], band):
-        # Channel-major here (the CRF wants M×H×W): (S×rows×w) @ (w×W).
-        part = torch.matmul(wy[r0 : r0 + band], kept) @ wx.T
-        probs[:, r0 : r0 + band] = torch.softmax(part, dim=0).cpu().numpy()
-    return probs, ids
+    height, width = out_size
+    best = q.argmax(-1)
+    y0, y1, fy = _pixel_axis(height, q.shape[0], q.device)
+    x0, x1, fx = _pixel_axis(width, q.shape[1], q.device)
+    out = torch.empty(height, width, dtype=torch.long, device=q.device)
+    for r0 in range(0, height, band):
+        top, bottom = best[y0[r0:r0 + band]], best[y1[r0:r0 + band]]
+        labels = top[:, x0]
+        mixed = (labels != top[:, x1]) | (labels != bottom[:, x0]) | (labels != bottom[:, x1])
+        ii, jj = mixed.nonzero(as_tuple=True)
+        if len(ii):
+            r_lo, r_hi, wy = y0[r0 + ii], y1[r0 + ii], fy[r0 + ii]
+            c_lo, c_hi, wx = x0[jj], x1[jj], fx[jj]
+            upper = torch.lerp(q[r_lo, c_lo], q[r_lo, c_hi], wx)  # P×M
+            lower = torch.lerp(q[r_hi, c_lo], q[r_hi, c_hi], wx)
+            labels[ii, jj] = torch.lerp(upper, lower, wy).argmax(-1)
+        out[r0:r0 + band] = labels
+    return out

@@ -19,14 +19,14 @@ import torch
 
 from segeig.backbone import Backbone
 from segeig.config import HeadConfig, KernelConfig, ObjectiveConfig, WorkingResolution
-from segeig.data.features import View, prepare_feature_cache
 from segeig.data.synthetic import render_sample
+from segeig.feature_cache import View, prepare_feature_cache
 from segeig.head import EigenHead, gumbel_probs, tau_at
 from segeig.kernel import build_kernel
 from segeig.model import CENTROID_METHODS, SegEigModel
 from segeig.objective import neuralef_loss
 from segeig.predictor import Segmenter
-from segeig.train.features import CachedCrops
+from segeig.train.cached_crops import CachedCrops
 from segeig.transforms import to_tensor
 
 
@@ -182,7 +182,7 @@ def train_step_split(backbone: Backbone, kind: str, k: int, crops: torch.Tensor,
 
 
 class _Crops:
-    """Synthetic images as an :class:`segeig.data.features.ImageSource`."""
+    """Synthetic images as an :class:`segeig.feature_cache.ImageSource`."""
 
     def __init__(self, crops: torch.Tensor) -> None:
         self.images = [(c.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
@@ -208,7 +208,7 @@ def cached_step_split(backbone: Backbone, kinds: Sequence[str], k: int, crops: t
 
     The cache holds ``views`` of each crop (as a working-resolution image of
     the crop's size); a step reads ``len(crops)`` windows of the crop size at
-    seeded random patch offsets (:class:`segeig.train.features.CachedCrops`).
+    seeded random patch offsets (:class:`segeig.train.cached_crops.CachedCrops`).
 
     Returns:
         ``{"steps": {kind: {phase: median seconds}}, "fill_s": seconds per image,

@@ -79,8 +79,8 @@ from segeig.atomic import atomic_write  # noqa: E402
 from segeig.backbone import Backbone  # noqa: E402
 from segeig.cli.common import parse_arch  # noqa: E402
 from segeig.config import DEFAULT_BACKBONE, BackboneConfig, HeadConfig, KernelConfig  # noqa: E402
-from segeig.data.features import View  # noqa: E402
 from segeig.data.synthetic import render_sample  # noqa: E402
+from segeig.feature_cache import View  # noqa: E402
 from segeig.model import (
     build_model,  # noqa: E402
     resolve_device,  # noqa: E402

@@ -12,17 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import segeig.data.features as features_module
+import segeig.feature_cache.fill as fill_module
 from segeig.backbone import Backbone
 from segeig.config import WorkingResolution
-from segeig.data.features import (
+from segeig.feature_cache import (
     FeatureCacheError,
     View,
     cache_key,
     prepare_feature_cache,
 )
 from segeig.kernel import pad_to_grid
-from segeig.train.features import CachedCrops, training_views
+from segeig.train.cached_crops import CachedCrops, training_views
 from segeig.train.launch import train
 from segeig.train.state import read_log
 from segeig.transforms import to_tensor
@@ -33,7 +33,7 @@ VIEWS = (View(1.0), View(0.75), View(1.0, True))
 
 
 class Images:
-    """An in-memory :class:`~segeig.data.features.ImageSource`."""
+    """An in-memory :class:`~segeig.feature_cache.ImageSource`."""
 
     def __init__(self, images: list[np.ndarray]) -> None:
         self.images = images
@@ -150,7 +150,7 @@ def test_changed_images_are_recomputed(tmp_path, backbone, images, caplog):
     first = prepare(tmp_path, backbone, images)
     before = np.array(first.tokens(2, 0))
     images.images[2] = 255 - images.images[2]
-    caplog.set_level("INFO", logger="segeig.data.features")
+    caplog.set_level("INFO", logger="segeig.feature_cache")
     second = prepare(tmp_path, backbone, images)
     assert "the images changed" in caplog.text
     assert not np.array_equal(before, np.array(second.tokens(2, 0)))
@@ -163,7 +163,7 @@ def test_a_corrupted_file_is_detected_and_rebuilt(tmp_path, backbone, images, ca
     raw = bytearray(data.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # one flipped byte: same size, wrong checksum
     data.write_bytes(bytes(raw))
-    caplog.set_level("INFO", logger="segeig.data.features")
+    caplog.set_level("INFO", logger="segeig.feature_cache")
     rebuilt = prepare(tmp_path, backbone, images)
     assert "checksum mismatch" in caplog.text and "filling" in caplog.text
     for key, tokens in good.items():
@@ -183,8 +183,8 @@ def test_not_enough_disk_is_refused_before_computing(tmp_path, backbone, images,
     class Usage:
         free = 1000
 
-    monkeypatch.setattr(features_module.shutil, "disk_usage", lambda path: Usage)
-    monkeypatch.setattr(features_module, "_fill_part", lambda *a, **k: pytest.fail("filled"))
+    monkeypatch.setattr(fill_module.shutil, "disk_usage", lambda path: Usage)
+    monkeypatch.setattr(fill_module, "_fill_part", lambda *a, **k: pytest.fail("filled"))
     with pytest.raises(FeatureCacheError, match="not enough disk.*--no-feature-cache"):
         prepare(tmp_path, backbone, images)
     with pytest.raises(FeatureCacheError, match="over its bound"):
@@ -192,7 +192,7 @@ def test_not_enough_disk_is_refused_before_computing(tmp_path, backbone, images,
 
 
 def test_a_disk_filling_up_mid_write_is_a_clear_error(tmp_path, backbone, images, monkeypatch):
-    real = features_module.atomic_write
+    real = fill_module.atomic_write
 
     class Full:
         def __init__(self, handle):
@@ -204,7 +204,7 @@ def test_a_disk_filling_up_mid_write_is_a_clear_error(tmp_path, backbone, images
             self.written += len(data)
             return self.handle.write(data)
 
-    monkeypatch.setattr(features_module, "atomic_write",
+    monkeypatch.setattr(fill_module, "atomic_write",
                         lambda path, write: real(path, lambda f: write(Full(f))))
     with pytest.raises(FeatureCacheError, match="filled up while writing"):
         prepare(tmp_path, backbone, images)
@@ -233,7 +233,7 @@ def test_parts_of_a_multi_process_fill_are_read_by_any_run(tmp_path, backbone, i
                      "part-1-of-2.json"]
     assert {e.part for e in parts[1].entries.values()} == {0, 1}
     # A single-process run reuses the complete two-part set without computing.
-    monkeypatch.setattr(features_module, "_fill_part", lambda *a, **k: pytest.fail("filled"))
+    monkeypatch.setattr(fill_module, "_fill_part", lambda *a, **k: pytest.fail("filled"))
     single = prepare(tmp_path, backbone, images)
     for key in single.entries:
         assert np.array_equal(np.array(single.tokens(*key)), np.array(parts[0].tokens(*key)))

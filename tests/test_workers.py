@@ -1,4 +1,4 @@
-"""Worker processes never hang the caller (segeig.data.workers, batch decoding, evaluation).
+"""Worker processes never hang the caller (segeig.workers, batch decoding, evaluation).
 
 The fault these guard against: with a small /dev/shm (Docker's default 64 MB)
 a DataLoader worker could not put a decoded photo into shared memory, its
@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from segeig.batch.inputs import decode_images
-from segeig.data.workers import WorkerError, ordered_map
+from segeig.workers import WorkerError, ordered_map
 
 #: A run that has not finished by then is hung (each case takes well under a second).
 DEADLINE_S = 30

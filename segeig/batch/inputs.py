@@ -20,8 +20,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from segeig.data.files import is_image_file, list_images
-from segeig.data.workers import ordered_map
 from segeig.imageio import DEFAULT_MAX_PIXELS, ImageReadError, image_size, read_image
+from segeig.workers import ordered_map
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +266,7 @@ def decode_images(
         iteration.
 
     Raises:
-        segeig.data.workers.WorkerError: a worker process died (e.g. killed
+        segeig.workers.WorkerError: a worker process died (e.g. killed
             for memory) or could not return an image; raised at once.
     """
     decode = _Decode(paths)

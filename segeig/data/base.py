@@ -4,6 +4,7 @@ class, layout errors and label lookup tables."""
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -285,6 +286,21 @@ class SegDataset(Dataset):
             if label.shape != image.shape[:2]:
                 image = self._match_orientation(item, image, label)
         return Sample(image=image, label=label, name=item.name, path=item.image)
+
+    def file_identity(self, index: int) -> str:
+        """Who image ``index`` is, as of now: ``"name|file size|mtime ns"`` (just the
+        name when its file cannot be stat'ed).
+
+        The feature cache keys each image's features by this string
+        (:meth:`segeig.feature_cache.ImageSource.identity`): an edited or
+        replaced file gets a new one, so its cached features are recomputed.
+        """
+        item = self.items[index]
+        try:
+            stat = os.stat(item.image)
+            return f"{item.name}|{stat.st_size}|{stat.st_mtime_ns}"
+        except OSError:
+            return item.name
 
     def _match_orientation(self, item: Item, image: np.ndarray, label: np.ndarray) -> np.ndarray:
         # A photo with an EXIF rotation tag whose annotation was drawn on the

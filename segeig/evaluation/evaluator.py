@@ -25,7 +25,6 @@ from segeig.checkpoint import UNASSIGNED
 from segeig.config import WorkingResolution, to_dict
 from segeig.crf import CRFParams, CRFPool, resolve_backend
 from segeig.data import SegDataset
-from segeig.data.workers import ordered_map
 from segeig.evaluation.protocols import Prepared, Protocol, prepare, resolve_protocol
 from segeig.evaluation.scoring import (
     EvaluationResult,
@@ -34,6 +33,7 @@ from segeig.evaluation.scoring import (
 )
 from segeig.predictor import Segmenter
 from segeig.transforms import to_tensor
+from segeig.workers import ordered_map
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def prepared_samples(dataset: SegDataset, protocol: Protocol, n: int, workers: i
 
     Samples are numpy arrays sent back through a pipe (never ``/dev/shm``); a
     worker that dies or cannot send its sample raises
-    :class:`segeig.data.workers.WorkerError` at once instead of hanging.
+    :class:`segeig.workers.WorkerError` at once instead of hanging.
     """
     view = _PreparedView(dataset, protocol, n, resolution)
     return ordered_map(view.__getitem__, range(n), max(workers, 0), what="data worker")

@@ -32,7 +32,6 @@ import torch.nn.functional as F
 from segeig.config import KernelConfig, WorkingResolution, from_dict, to_dict
 from segeig.crf import CRF_SIDE, CRFParams, CRFPool
 from segeig.data import SegDataset
-from segeig.data.features import View, file_identity, prepare_feature_cache
 from segeig.evaluation.evaluator import (
     _PreparedView,
     check_crf_available,
@@ -42,6 +41,7 @@ from segeig.evaluation.evaluator import (
 )
 from segeig.evaluation.protocols import Protocol, resolve_protocol
 from segeig.evaluation.scoring import EvaluationResult, GridScorer, StageTimer
+from segeig.feature_cache import View, prepare_feature_cache
 from segeig.kernel import pad_to_grid
 from segeig.model import CENTROID_TEMPERATURE
 from segeig.predictor import Segmenter
@@ -118,7 +118,7 @@ def evaluate_spectral_dataset(
         max_tokens: refuse sets with more patches than this.
         seed: Lanczos start vector and k-means seed.
         feature_cache: keep the first pass's backbone features in a feature
-            cache under this folder (:mod:`segeig.data.features`; keyed by the
+            cache under this folder (:mod:`segeig.feature_cache`; keyed by the
             backbone, the protocol and the working resolution) and reuse them
             when the same images are evaluated again (other ``n_clusters``,
             matching or CRF settings). ``None``: no cache.
@@ -209,7 +209,8 @@ def evaluate_spectral_dataset(
 
 
 class _PreparedImages:
-    """The evaluated images as the protocol sizes them (an :class:`ImageSource`)."""
+    """The evaluated images as the protocol sizes them (a
+    :class:`~segeig.feature_cache.ImageSource`)."""
 
     def __init__(self, dataset: SegDataset, protocol: Protocol, n: int,
                  working: WorkingResolution | None) -> None:
@@ -226,7 +227,7 @@ class _PreparedImages:
         return self.image(index).shape[:2]  # evaluated sets are small: decode
 
     def identity(self, index: int) -> str:
-        return file_identity(self.dataset, index)
+        return self.dataset.file_identity(index)
 
 
 def _cached_pass(segmenter: Segmenter, dataset: SegDataset, protocol: Protocol, n: int,

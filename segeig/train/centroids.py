@@ -35,11 +35,11 @@ from segeig.backbone import BackboneFeatures
 from segeig.cluster import TokenReservoir, fit_kmeans, mean_squared_distance
 from segeig.config import KernelConfig, WorkingResolution
 from segeig.data import SegDataset
-from segeig.data.features import FeatureCache
+from segeig.feature_cache import FeatureCache
 from segeig.kernel import build_kernel, pad_to_grid
 from segeig.model import SegEigModel
 from segeig.spectral import segment_features
-from segeig.train.features import center_windows
+from segeig.train.cached_crops import center_windows
 from segeig.train.loader import CenterViews
 from segeig.train.runtime import DistContext, autocast
 
@@ -143,7 +143,7 @@ def fit_centroids(
             on_grid)`` for every batch of views (see :data:`BatchHook`; to
             measure more in the same pass, e.g. :class:`EigenvalueMeter`).
         cache: read the views' features from this feature cache (its scale-1
-            view, centre window; :func:`segeig.train.features.center_windows`)
+            view, centre window; :func:`segeig.train.cached_crops.center_windows`)
             instead of running the backbone.
 
     Returns:

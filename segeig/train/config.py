@@ -120,7 +120,7 @@ class TrainConfig:
             sets of large photos.
         feature_cache: compute the frozen backbone once per image and view and
             train (and fit centroids) from a disk cache of its features
-            (:mod:`segeig.train.features`); ``False``: run the backbone on
+            (:mod:`segeig.train.cached_crops`); ``False``: run the backbone on
             every augmented crop, with photometric jitter.
         feature_cache_dir: where the cache lives (``None``: ``OUT/feature_cache``,
             kept for resuming; removed at the end of runs that keep no resume

@@ -22,12 +22,12 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from segeig.config import WorkingResolution
 from segeig.data import ImageFolder, SegDataset
 from segeig.data.base import Item
-from segeig.data.features import FeatureCache
 from segeig.data.files import is_image_file
 from segeig.data.registry import build_dataset
+from segeig.feature_cache import FeatureCache
 from segeig.train.augment import TrainTransform, train_transform
+from segeig.train.cached_crops import CachedCrops
 from segeig.train.config import TrainConfig
-from segeig.train.features import CachedCrops
 from segeig.transforms import center_crop, resize_short_side, to_working_resolution
 
 logger = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def make_train_loader(config: TrainConfig, dataset: SegDataset, *, rank: int, wo
     ``pad_colour`` (RGB in [0, 1], the backbone's mean) fills crop padding.
     With a feature ``cache`` the batches are cached windows instead:
     ``(tokens B×C×c×c float16, valid B×c×c bool)``
-    (:class:`segeig.train.features.CachedCrops`), drawn in the main process
+    (:class:`segeig.train.cached_crops.CachedCrops`), drawn in the main process
     (a memory-mapped read is cheaper than a worker's transfer).
     """
     sampler = PlanSampler(len(dataset), config.batch_size, rank, world_size, config.seed,

@@ -40,14 +40,14 @@ from segeig.backbone import Backbone
 from segeig.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from segeig.config import to_dict
 from segeig.data import SegDataset
-from segeig.data.features import FeatureCache, remove_cache_dir
+from segeig.feature_cache import FeatureCache, remove_cache_dir
 from segeig.head import gumbel_probs, tau_at
 from segeig.kernel import build_kernel
 from segeig.model import SegEigModel, build_model, resolve_device
 from segeig.objective import neuralef_loss
+from segeig.train.cached_crops import cache_root, describe, open_training_cache
 from segeig.train.centroids import EigenvalueMeter, centroid_methods, fit_centroids
 from segeig.train.config import TrainConfig, config_differences
-from segeig.train.features import cache_root, describe, open_training_cache
 from segeig.train.loader import (
     build_train_dataset,
     make_train_loader,

@@ -1,4 +1,4 @@
-"""Training on cached backbone features (:mod:`segeig.data.features`).
+"""Training on cached backbone features (:mod:`segeig.feature_cache`).
 
 The views cached for a run (:func:`training_views`): the image at the working
 resolution (scale 1, which the centroid passes and inference use) and the
@@ -32,7 +32,7 @@ from torch.utils.data import Dataset
 
 from segeig.config import WorkingResolution
 from segeig.data import SegDataset
-from segeig.data.features import FeatureCache, View, file_identity, prepare_feature_cache
+from segeig.feature_cache import FeatureCache, View, prepare_feature_cache
 from segeig.model import SegEigModel
 from segeig.train.config import TrainConfig
 from segeig.transforms import to_working_resolution
@@ -63,7 +63,8 @@ def training_views(config: TrainConfig) -> tuple[View, ...]:
 
 
 class DatasetImages:
-    """A label-free dataset seen at the working resolution (:class:`ImageSource`)."""
+    """A label-free dataset seen at the working resolution (an
+    :class:`~segeig.feature_cache.ImageSource`)."""
 
     def __init__(self, dataset: SegDataset, resolution: WorkingResolution | None) -> None:
         self.dataset, self.resolution = dataset, resolution
@@ -86,7 +87,7 @@ class DatasetImages:
         return self.resolution.size_for(height, width)
 
     def identity(self, index: int) -> str:
-        return file_identity(self.dataset, index)
+        return self.dataset.file_identity(index)
 
 
 def cache_root(config: TrainConfig, out_dir: Path) -> Path:

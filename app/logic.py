@@ -22,7 +22,8 @@ from PIL import Image
 
 from segeig.checkpoint import MAX_NAME_CHARS, UNASSIGNED
 from segeig.cluster import MergeResult, merge_label_map, segment_profiles
-from segeig.imageio import ImageReadError, image_size, read_image, save_segments
+from segeig.imageio import ImageReadError, image_size, read_image
+from segeig.labelmaps import save_segments
 from segeig.predictor import Segmenter
 from segeig.viz import eigenfunction_grid, legend_image, make_palette, overlay
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from segeig.app import logic
 
-from segeig.imageio import read_segments
+from segeig.labelmaps import read_segments
 from segeig.predictor import Segmenter
 from segeig.viz import make_palette
 from tests.app_helpers import EIGENVALUES, add_centroids, write_image

@@ -21,7 +21,8 @@ from segeig.batch.segment import segment_inputs, summary_path
 from segeig.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from segeig.cli import main
 from segeig.config import HeadConfig
-from segeig.imageio import read_image, read_segments
+from segeig.imageio import read_image
+from segeig.labelmaps import read_segments
 from segeig.model import build_model
 from segeig.train import launch
 from segeig.train.launch import fit_or_reuse_checkpoint

@@ -42,7 +42,7 @@ from segeig.batch.outputs import OutputPathError, output_paths, save_overlay, sa
 from segeig.checkpoint import UNASSIGNED
 from segeig.config import DEFAULT_MAX_SIDE
 from segeig.crf import CRFParams, CRFPool, prepare_crf
-from segeig.imageio import MAX_SEGMENTS, save_segments
+from segeig.labelmaps import MAX_SEGMENTS, save_segments
 from segeig.predictor import Segmenter
 from segeig.resample import pixel_labels
 from segeig.transforms import to_tensor

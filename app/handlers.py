@@ -3,7 +3,7 @@
 Every handler is wrapped by :func:`guard` when wired up, which turns any
 failure into a short ``gr.Error`` toast: the user never sees a stack trace or
 a server path. Results of one "Segment" click live in the session's
-``gr.State`` as ``{"results": [ImageResult, ...], "notices": [str, ...]}``.
+``gr.State`` as ``{"results": [SegmentedImage, ...], "notices": [str, ...]}``.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ class DemoHandlers:
 
     def _view(self, state: dict, selected: int | None, opacity: float,
               n_segments: float) -> tuple:
-        results: list[logic.ImageResult] = state["results"]
+        results: list[logic.SegmentedImage] = state["results"]
         index = _clamp_index(selected, len(results))
         folder = self.downloads.new()
         gallery, files = [], []

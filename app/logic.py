@@ -22,7 +22,8 @@ from PIL import Image
 
 from segeig.checkpoint import MAX_NAME_CHARS, UNASSIGNED
 from segeig.cluster import MergeResult, merge_label_map, segment_profiles
-from segeig.imageio import ImageReadError, image_size, read_image, save_segments
+from segeig.imageio import ImageReadError, image_size, read_image
+from segeig.labelmaps import save_segments
 from segeig.predictor import Segmenter
 from segeig.viz import eigenfunction_grid, legend_image, make_palette, overlay
 
@@ -175,7 +176,7 @@ def available_methods(seg: Segmenter) -> list[str]:
 
 # -- segmentation ----------------------------------------------------------------
 @dataclass
-class ImageResult:
+class SegmentedImage:
     """Everything the UI shows for one image, computed once per "Segment" click.
 
     Attributes:
@@ -204,7 +205,7 @@ class ImageResult:
 
 def segment_image(seg: Segmenter, image: np.ndarray, name: str, method: str, crf: bool,
                   notice: str | None = None,
-                  lock: AbstractContextManager | None = None) -> ImageResult:
+                  lock: AbstractContextManager | None = None) -> SegmentedImage:
     """Segment one image with one forward pass.
 
     ``image`` (whose side the caller has already bounded) is brought to the
@@ -226,10 +227,10 @@ def segment_image(seg: Segmenter, image: np.ndarray, name: str, method: str, crf
     labels = seg.labels_from_scores(image, scores, crf, in_size=work.shape[:2])
     eigen = None if values is None else _sorted_eigen(seg, values)
     ids, profiles, sizes = segment_profiles(labels, scores, seg.patch_size, work.shape[:2])
-    return ImageResult(name, image, labels, ids, profiles, sizes, method, crf, notice, eigen)
+    return SegmentedImage(name, image, labels, ids, profiles, sizes, method, crf, notice, eigen)
 
 
-def merge(result: ImageResult, n_segments: int | None) -> MergeResult:
+def merge(result: SegmentedImage, n_segments: int | None) -> MergeResult:
     """The result's labels merged to at most ``n_segments`` (0 or None: keep all)."""
     n = int(n_segments) if n_segments else None
     return merge_label_map(result.labels, result.ids, result.profiles, result.sizes, n)
@@ -241,7 +242,7 @@ def palette_for(seg: Segmenter, method: str) -> np.ndarray:
 
 
 @dataclass
-class View:
+class LabelMapView:
     """One result as shown: a label map (merged segments, or classes) with colours and names.
 
     Attributes:
@@ -271,11 +272,11 @@ def has_classes(seg: Segmenter, method: str) -> bool:
     return seg.class_map is not None and method in seg.class_map.maps
 
 
-def view_of(seg: Segmenter, result: ImageResult, n_segments: int | None) -> View:
+def view_of(seg: Segmenter, result: SegmentedImage, n_segments: int | None) -> LabelMapView:
     """How to show ``result``: its classes when the method has a class map, else its
     segments merged to at most ``n_segments``."""
     if not has_classes(seg, result.method):
-        return View(merge(result, n_segments), palette_for(seg, result.method))
+        return LabelMapView(merge(result, n_segments), palette_for(seg, result.method))
     class_map = seg.class_map
     table = class_map.lookup(result.method)
     members: dict[int, list[int]] = {}
@@ -283,11 +284,11 @@ def view_of(seg: Segmenter, result: ImageResult, n_segments: int | None) -> View
         members.setdefault(int(table[cluster]), []).append(int(cluster))
     names = dict(enumerate(class_map.names))
     names[UNASSIGNED] = "unassigned"
-    return View(MergeResult(table[result.labels].astype(np.int32), members),
+    return LabelMapView(MergeResult(table[result.labels].astype(np.int32), members),
                 class_map.label_palette(), names, classes=True)
 
 
-def render_overlay(result: ImageResult, view: View, opacity: float) -> np.ndarray:
+def render_overlay(result: SegmentedImage, view: LabelMapView, opacity: float) -> np.ndarray:
     """``H×W×3`` uint8 image with segment colours blended at ``opacity`` ∈ [0, 1].
 
     Pixels of unassigned clusters (class views) keep the plain image.
@@ -316,14 +317,14 @@ def segment_caption(seg_id: int, fraction: float, merged_count: int) -> str:
     return text + (f" (+{merged_count - 1} merged)" if merged_count > 1 else "")
 
 
-def caption(view: View, seg_id: int, fraction: float, merged_count: int) -> str:
+def caption(view: LabelMapView, seg_id: int, fraction: float, merged_count: int) -> str:
     """``"sky · 34%"`` in a class view, else :func:`segment_caption`."""
     if view.classes:
         return f"{view.name(seg_id)} · {_share(fraction)}"
     return segment_caption(seg_id, fraction, merged_count)
 
 
-def legend_for(view: View, max_entries: int = LEGEND_ENTRIES
+def legend_for(view: LabelMapView, max_entries: int = LEGEND_ENTRIES
                ) -> tuple[list[tuple[str, np.ndarray]], int]:
     """``(caption, RGB colour)`` of the largest segments or classes (unassigned pixels,
     drawn uncoloured, are left out), and how many smaller ones it leaves out."""
@@ -363,7 +364,7 @@ def clean_name(text: str | None) -> str:
 
 
 # -- downloads -----------------------------------------------------------------
-def write_downloads(out_dir: Path, index: int, result: ImageResult, view: View,
+def write_downloads(out_dir: Path, index: int, result: SegmentedImage, view: LabelMapView,
                     overlay_image: np.ndarray) -> list[Path]:
     """Write ``NN_<name>_labels.png`` and ``NN_<name>_overlay.png`` into ``out_dir``.
 
@@ -400,7 +401,7 @@ def eigen_order(seg: Segmenter) -> tuple[np.ndarray | None, list[float] | None]:
     return order, [float(v) for v in lam[order]]
 
 
-def eigenfunctions_of(seg: Segmenter, result: ImageResult,
+def eigenfunctions_of(seg: Segmenter, result: SegmentedImage,
                       lock: AbstractContextManager | None = None) -> np.ndarray:
     """``K×h×w`` eigenfunction values of the result's image, sorted by eigenvalue (cached).
 
@@ -421,7 +422,7 @@ def _sorted_eigen(seg: Segmenter, values: np.ndarray) -> np.ndarray:
     return values[order] if order is not None and len(order) == len(values) else values
 
 
-def eigen_grid_image(seg: Segmenter, result: ImageResult, n: int, tile_width: int = 240,
+def eigen_grid_image(seg: Segmenter, result: SegmentedImage, n: int, tile_width: int = 240,
                      lock: AbstractContextManager | None = None) -> np.ndarray:
     """Heatmaps of the top ``n`` eigenfunctions, titled ``ψi (λ=…)``, as one RGB image."""
     values = eigenfunctions_of(seg, result, lock)
@@ -453,7 +454,7 @@ def mask_view(image: np.ndarray, labels: np.ndarray, seg_id: int,
     return view
 
 
-def explain_segment(seg: Segmenter, result: ImageResult, view: View, seg_id: int,
+def explain_segment(seg: Segmenter, result: SegmentedImage, view: LabelMapView, seg_id: int,
                     top: int = 3, lock: AbstractContextManager | None = None) -> str:
     """Markdown describing a segment or class: area, model segments, distinctive eigenfunctions.
 

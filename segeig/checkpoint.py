@@ -65,7 +65,7 @@ from segeig.config import (
     to_dict,
 )
 from segeig.head import EigenHead
-from segeig.imageio import MAX_SEGMENTS
+from segeig.labelmaps import MAX_SEGMENTS
 from segeig.model import CENTROID_METHODS, METHODS, SegEigModel
 
 logger = logging.getLogger(__name__)

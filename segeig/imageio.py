@@ -1,13 +1,10 @@
-"""Images and label maps in and out of files.
+"""Images in from files: safe opening and bounded-memory decoding to RGB.
 
-Everything that enters segeig from disk goes through :func:`read_image` (photos,
-any common format and mode -> ``uint8`` RGB) or :func:`read_label` (a dataset's
-annotation PNGs -> raw ``uint8`` class indices). Failures raise :class:`ImageReadError`,
+Every photo that enters segeig from disk goes through :func:`read_image` (any
+common format and mode -> ``uint8`` RGB). Failures raise :class:`ImageReadError`,
 a ``ValueError`` whose message names the file, what was wrong and what to do.
-
-Segment maps that segeig writes go through :func:`save_segments` (palette PNG up
-to 256 ids, 16-bit greyscale PNG above, written atomically) and come back with
-:func:`read_segments`. Which *files* count as images is :mod:`segeig.data.files`.
+Label maps (dataset annotations, segment maps segeig writes) are
+:mod:`segeig.labelmaps`; which *files* count as images is :mod:`segeig.data.files`.
 """
 
 from __future__ import annotations
@@ -23,27 +20,16 @@ import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from segeig.atomic import atomic_write
-
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
-    "MAX_PALETTE_SEGMENTS",
-    "MAX_SEGMENTS",
     "ImageReadError",
     "image_size",
+    "open_decoded",
     "read_image",
-    "read_label",
-    "read_segments",
-    "save_segments",
 ]
-
-#: Up to this many segment ids, segment maps are palette ("P") PNGs.
-MAX_PALETTE_SEGMENTS = 256
-#: Above MAX_PALETTE_SEGMENTS, 16-bit greyscale PNGs hold up to this many ids.
-MAX_SEGMENTS = 65536
 
 #: Default decompression-bomb guard: 2**27 pixels (about 11585 x 11585). Far above
 #: any photo a ViT would see, small enough to decode (384 MiB as RGB), and below
@@ -129,9 +115,12 @@ def image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
         return im.size
 
 
-def _open(path: Path, max_pixels: int | None, scale: Callable[[int, int], float] | None = None
-          ) -> Image.Image:
+def open_decoded(path: Path, max_pixels: int | None,
+                 scale: Callable[[int, int], float] | None = None) -> Image.Image:
     """Open and fully decode ``path`` with PIL, mapping every failure to ImageReadError.
+
+    The caller owns (and closes) the returned image; ``max_pixels`` is the
+    decompression-bomb guard of :func:`read_image`.
 
     ``scale(width, height)``, when given, is called with the stored size and
     returns the factor (<= 1) the caller will shrink the image by; JPEGs are
@@ -354,7 +343,7 @@ def read_image(
         full = (width, height)
         return _target_scale(width, height, max_side, short_side)
 
-    im = _open(path, max_pixels, scale if sized else None)
+    im = open_decoded(path, max_pixels, scale if sized else None)
     target = None  # final size in the stored orientation, (width, height)
     reduce = 1
     if full is not None:
@@ -447,112 +436,3 @@ def _pil_to_rgb(path: Path, im: Image.Image, reduce: int = 1) -> np.ndarray:
             rgba = shrink(band.convert("RGBA"))
             out[rows_out] = _composite_u8(rgba[..., :3], rgba[..., 3])
     return out
-
-
-def read_label(path: str | os.PathLike[str]) -> np.ndarray:
-    """Read a segmentation label image as raw class indices.
-
-    Palette ("P") PNGs yield their palette **indices** (never colours); "L"
-    yields its grey values; "1" yields 0/1; 16/32-bit greyscale is accepted if
-    every value fits in 0..255; an RGB file is accepted only if its three
-    channels are equal (greyscale saved as RGB). No EXIF orientation is applied:
-    label maps are pixel grids, not photos.
-
-    Returns:
-        ``np.ndarray`` of shape [H, W], dtype uint8, raw ids exactly as stored
-        (dataset classes map them to training ids / 255 ignore).
-
-    Raises:
-        ImageReadError: unreadable file, or colour-coded / out-of-range labels.
-    """
-    path = Path(path)
-    with _open(path, DEFAULT_MAX_PIXELS) as im:
-        return _label_indices(path, im)
-
-
-def _label_indices(path: Path, im: Image.Image) -> np.ndarray:
-    mode = im.mode
-    if mode in ("P", "L"):
-        return np.array(im, dtype=np.uint8)
-    if mode == "1":
-        return np.array(im, dtype=np.uint8)
-    if mode in ("LA", "PA"):
-        return np.array(im.getchannel(0), dtype=np.uint8)
-    if mode.startswith("I"):
-        a = np.asarray(im)
-        if a.size and (a.min() < 0 or a.max() > 255):
-            raise ImageReadError(
-                path, f"label values span {a.min()}..{a.max()}, outside uint8 0..255",
-                "segeig labels are uint8 class ids with 255 = ignore; re-encode the labels",
-            )
-        return a.astype(np.uint8)
-    if mode in ("RGB", "RGBA"):
-        a = np.asarray(im)
-        if np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2]):
-            return np.ascontiguousarray(a[..., 0])
-        raise ImageReadError(
-            path, "label is a colour-coded RGB image, not class indices",
-            "convert colours to class ids (uint8 'L' or palette PNG, 255 = ignore)",
-        )
-    raise ImageReadError(path, f"unsupported label image mode {mode!r}",
-                         "save labels as 8-bit 'L' or palette PNG")
-
-
-def save_segments(labels: np.ndarray, path: str | os.PathLike[str], num_segments: int,
-                  palette: np.ndarray | None = None) -> None:
-    """Write a segment-id map as a PNG, atomically; :func:`read_segments` reads it back.
-
-    With ``num_segments <= 256`` the file is a palette ("P") PNG: pixel values
-    are ids, shown in the colours of ``palette`` (default
-    :func:`segeig.viz.make_palette`). Every id is a segment, so none is drawn
-    as "ignore": id 255 keeps its colour. With more segments (e.g. K = 512) it
-    is a 16-bit greyscale PNG whose pixel values are the ids — image viewers
-    show it nearly black; look at the overlay instead.
-
-    Args:
-        labels: integer ``H×W`` ids in ``[0, num_segments)``.
-        path: destination ``.png`` (parent directories are created).
-        num_segments: S, the number of ids the method can produce (decides the format).
-        palette: uint8 ``S×3`` RGB colours for the palette PNG (first 256 used;
-            missing entries black).
-
-    Raises:
-        ValueError: ids outside ``[0, num_segments)`` or ``num_segments`` above 65536.
-    """
-    labels = np.asarray(labels)
-    if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"labels must be an integer H×W array, got {labels.dtype} "
-                         f"{labels.shape}")
-    if not 1 <= num_segments <= MAX_SEGMENTS:
-        raise ValueError(f"num_segments must be in [1, {MAX_SEGMENTS}], got {num_segments}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_segments):
-        raise ValueError(f"segment ids span {labels.min()}..{labels.max()}, outside "
-                         f"[0, {num_segments})")
-    if num_segments > MAX_PALETTE_SEGMENTS:
-        image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint16))
-        atomic_write(path, lambda f: image.save(f, format="PNG"))
-        return
-    if palette is None:
-        from segeig.viz import make_palette  # matplotlib; only needed for the default colours
-
-        palette = make_palette(num_segments)
-    colours = np.zeros((256, 3), dtype=np.uint8)
-    given = np.asarray(palette, dtype=np.uint8)[:256]
-    colours[: len(given)] = given
-    image = Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8))
-    image.putpalette(colours.tobytes(), rawmode="RGB")  # turns the "L" image into "P"
-    atomic_write(path, lambda f: image.save(f, format="PNG"))
-
-
-def read_segments(path: str | os.PathLike[str]) -> np.ndarray:
-    """Segment ids of a map written by :func:`save_segments`, ``H×W`` int32.
-
-    Accepts palette/greyscale 8-bit PNGs (the palette is not applied: values
-    are ids) and 16-bit greyscale PNGs. Other modes (e.g. RGB) raise
-    ``ValueError``: their colours cannot be turned back into ids unambiguously.
-    """
-    with Image.open(path) as image:
-        if image.mode in ("P", "L") or image.mode.startswith("I"):
-            return np.asarray(image).astype(np.int32)
-        raise ValueError(f"{path}: expected a palette, 8-bit or 16-bit greyscale label PNG, "
-                         f"got mode {image.mode!r}")

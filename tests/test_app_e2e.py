@@ -27,7 +27,7 @@ from segeig.app.ui import build_demo, close, serve
 import segeig
 from segeig.backbone import Backbone
 from segeig.config import HeadConfig
-from segeig.imageio import read_segments
+from segeig.labelmaps import read_segments
 from segeig.model import build_model
 from tests.app_helpers import write_image, write_tiny_checkpoint
 from tests.conftest import random_image, tiny_backbone_config

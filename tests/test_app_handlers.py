@@ -13,7 +13,7 @@ from PIL import Image
 from segeig.app import handlers, logic
 from segeig.app.ui import build_demo, build_error_demo, serve
 
-from segeig.imageio import read_segments
+from segeig.labelmaps import read_segments
 from segeig.predictor import Segmenter
 from tests.app_helpers import EIGENVALUES, add_centroids, write_image
 from tests.conftest import random_image

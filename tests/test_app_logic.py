@@ -7,7 +7,7 @@ import pytest
 import torch
 from segeig.app import logic
 
-from segeig.imageio import read_segments
+from segeig.labelmaps import read_segments
 from segeig.predictor import Segmenter
 from segeig.viz import make_palette
 from tests.app_helpers import EIGENVALUES, add_centroids, write_image
@@ -22,7 +22,7 @@ def seg(tiny_model) -> Segmenter:
 
 
 @pytest.fixture
-def result(seg, rng) -> logic.ImageResult:
+def result(seg, rng) -> logic.SegmentedImage:
     return logic.segment_image(seg, random_image(rng, 48, 64), "cat.png", "eigen", crf=False)
 
 
@@ -204,7 +204,7 @@ def test_label_download_format_follows_the_segment_count(tmp_path, result, n_seg
     merged = MergeResult(labels, {0: [0], 7: [7], 255: [255]})
     palette = make_palette(n_segments)
     shown = np.zeros((2, 2, 3), np.uint8)
-    path = logic.write_downloads(tmp_path, 0, result, logic.View(merged, palette), shown)[0]
+    path = logic.write_downloads(tmp_path, 0, result, logic.LabelMapView(merged, palette), shown)[0]
     np.testing.assert_array_equal(read_segments(path), labels)
     with Image.open(path) as img:
         if n_segments == 256:

@@ -307,6 +307,28 @@ def test_cli_errors(synth_root, tiny_checkpoint, capsys):
     assert code == 2 and "VOCdevkit" in capsys.readouterr().err
 
 
+def test_spectral_clusters_has_a_hidden_old_name(capsys):
+    """``--spectral-clusters S`` was ``--clusters S``: the old spelling still parses to
+    the same value but is not shown, so ``evaluate --help`` names one flag only."""
+    from segeig.cli import build_parser
+
+    parse = build_parser().parse_args
+    base = ["evaluate", "--checkpoint", "c", "--dataset", "custom", "--root", "r"]
+    assert parse(base).spectral_clusters is None
+    assert parse([*base, "--spectral-clusters", "7"]).spectral_clusters == 7
+    assert parse([*base, "--clusters", "7"]).spectral_clusters == 7
+    # Both spellings are one option, as with a repeated flag: the last one wins.
+    assert parse([*base, "--clusters", "3", "--spectral-clusters", "4"]).spectral_clusters == 4
+    assert parse([*base, "--spectral-clusters", "4", "--clusters", "3"]).spectral_clusters == 3
+    # Checked (and named by its new spelling) before the checkpoint is opened.
+    assert main([*base, "--clusters", "0"]) == 2
+    assert "--spectral-clusters must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--help"])
+    shown = capsys.readouterr().out
+    assert "--spectral-clusters S" in shown and "--clusters" not in shown
+
+
 def test_unique_names_key_json():
     from segeig.evaluation.scoring import unique_names
 

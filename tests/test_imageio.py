@@ -1,5 +1,5 @@
-"""Tests for segeig.imageio (robust image/label reading, segment maps written and read
-back) and segeig.data.files (listing)."""
+"""Tests for segeig.imageio (robust image reading), segeig.labelmaps (label reading,
+segment maps written and read back) and segeig.data.files (listing)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from segeig.data.files import IMAGE_EXTENSIONS, list_images
-from segeig.imageio import ImageReadError, read_image, read_label, read_segments, save_segments
+from segeig.imageio import ImageReadError, read_image
+from segeig.labelmaps import read_label, read_segments, save_segments
 from segeig.viz import make_palette
 
 

@@ -31,7 +31,7 @@ from segeig.evaluation import (
     parse_names,
     resolve_protocol,
 )
-from segeig.imageio import read_label, read_segments
+from segeig.labelmaps import read_label, read_segments
 from segeig.model import build_model
 from tests.conftest import random_image, tiny_backbone_config
 

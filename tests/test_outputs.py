@@ -17,7 +17,7 @@ from segeig.batch.outputs import (
     save_overlay,
     save_scores,
 )
-from segeig.imageio import save_segments
+from segeig.labelmaps import save_segments
 from segeig.viz import make_palette
 
 

@@ -16,8 +16,8 @@ from segeig.cluster import centroid_score_maps, fit_kmeans, mean_squared_distanc
 from segeig.config import WorkingResolution
 from segeig.data.base import Sample
 from segeig.evaluation.protocols import prepare, resolve_protocol
-from segeig.imageio import read_segments
 from segeig.kernel import pad_to_grid, pixel_points
+from segeig.labelmaps import read_segments
 from segeig.predictor import Segmenter, load
 from segeig.train import default_config
 from segeig.train.augment import train_transform

@@ -17,11 +17,12 @@ from segeig.backbone import Backbone
 from segeig.batch.inputs import expand_inputs, select_shard
 from segeig.batch.outputs import read_scores
 from segeig.batch.pipeline import SegmentOptions, segment_files
-from segeig.batch.segment import segment_inputs, summary_path
+from segeig.batch.run import segment_inputs, summary_path
 from segeig.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from segeig.cli import main
 from segeig.config import HeadConfig
-from segeig.imageio import read_image, read_segments
+from segeig.imageio import read_image
+from segeig.labelmaps import read_segments
 from segeig.model import build_model
 from segeig.train import launch
 from segeig.train.launch import fit_or_reuse_checkpoint
@@ -247,12 +248,12 @@ def test_partial_overwrite_with_another_checkpoint_is_never_mixed_silently(
 
 def test_failed_final_summary_write_leaves_no_stale_summary(segmenter, checkpoint, mixed,
                                                             tmp_path, monkeypatch):
-    import segeig.batch.segment as batch_segment
+    import segeig.batch.run as batch_run
 
     root, _ = mixed
     files, _ = expand_inputs([root / "a.jpg"])
     writes = []
-    real = batch_segment._write_summary
+    real = batch_run._write_summary
 
     def fail_second(path, summary):
         writes.append(summary.complete)
@@ -260,7 +261,7 @@ def test_failed_final_summary_write_leaves_no_stale_summary(segmenter, checkpoin
             raise OSError(28, "No space left on device")
         real(path, summary)
 
-    monkeypatch.setattr(batch_segment, "_write_summary", fail_second)
+    monkeypatch.setattr(batch_run, "_write_summary", fail_second)
     with pytest.raises(OSError, match="could not write .*summary.json"):
         segment_inputs(segmenter, files, tmp_path, checkpoint=checkpoint)
     # The summary written at the start (complete: false, no counts) is gone.

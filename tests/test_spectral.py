@@ -317,7 +317,7 @@ def test_spectral_from_the_command_line(tmp_path, capsys):
     assert evaluated["spectral-dataset"]["n_segments"] == 3  # the classes, by default
     assert all(r["n_images"] == 3 and r["method"] == m for m, r in evaluated.items())
     assert main(["evaluate", "--checkpoint", str(out), "--dataset", "custom", "--root",
-                 str(root), "--method", "spectral", "--clusters", "5"]) == 2
+                 str(root), "--method", "spectral", "--spectral-clusters", "5"]) == 2
     assert "spectral-dataset only" in capsys.readouterr().err
 
     seg = tmp_path / "seg"

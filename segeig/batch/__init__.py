@@ -1,7 +1,7 @@
 """Segmenting folders of images: inputs, the decode → model → CRF → write
 pipeline, output files, and resumable runs with a summary.
 
-Modules: ``segment`` (:func:`segment_inputs`: a whole run, resumable, with
+Modules: ``run`` (:func:`segment_inputs`: a whole run, resumable, with
 ``summary.json``), ``pipeline`` (:func:`segment_files`: the streaming work),
 ``inputs`` (files, folders and globs → :class:`InputFile`, shards, decoding),
 ``outputs`` (safe output paths, overlays, scores).
@@ -10,7 +10,7 @@ Modules: ``segment`` (:func:`segment_inputs`: a whole run, resumable, with
 from segeig.batch.inputs import InputFile, expand_inputs, parse_shard, select_shard
 from segeig.batch.outputs import OutputPathError, output_folders, read_scores
 from segeig.batch.pipeline import SegmentOptions, segment_files
-from segeig.batch.segment import SegmentSummary, segment_inputs, summary_path
+from segeig.batch.run import SegmentSummary, segment_inputs, summary_path
 
 __all__ = [
     "InputFile",

@@ -3,7 +3,7 @@
 Layout under the output directory ``DIR`` for an input with output key ``KEY``
 (:attr:`segeig.batch.inputs.InputFile.key`, e.g. ``trip/beach``)::
 
-    DIR/labels/KEY.png      segment ids, same size as the input (see segeig.imageio.save_segments)
+    DIR/labels/KEY.png      segment ids, same size as the input (see segeig.labelmaps.save_segments)
     DIR/overlays/KEY.jpg    colour overlay (optional; .png with overlay_format="png"),
                             with a legend of class names below it for class label maps
     DIR/probs/KEY.npz       patch-grid scores (optional; see save_scores)

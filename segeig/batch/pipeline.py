@@ -28,7 +28,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +42,7 @@ from segeig.batch.outputs import OutputPathError, output_paths, save_overlay, sa
 from segeig.checkpoint import UNASSIGNED
 from segeig.config import DEFAULT_MAX_SIDE
 from segeig.crf import CRFParams, CRFPool, prepare_crf
-from segeig.imageio import MAX_SEGMENTS, save_segments
+from segeig.labelmaps import MAX_SEGMENTS, save_segments
 from segeig.predictor import Segmenter
 from segeig.resample import pixel_labels
 from segeig.transforms import to_tensor
@@ -160,6 +160,23 @@ class _Job:
     work: np.ndarray | None = None  # the image at the working resolution
 
 
+class _FutureQueue(deque[tuple[_Job, Future]]):
+    """``(job, future)`` pairs of one stage (CRF, writing), in submission order.
+
+    :meth:`take` pops from the front only, so images move on in the order they
+    were submitted, and blocks on the oldest once more than ``bound`` are pending.
+    """
+
+    def __init__(self, bound: int) -> None:
+        super().__init__()
+        self.bound = bound
+
+    def take(self, wait: bool = False) -> Iterator[tuple[_Job, Future]]:
+        """Pop from the front while ``wait`` (all), over ``bound``, or the oldest is done."""
+        while self and (wait or len(self) > self.bound or self[0][1].done()):
+            yield self.popleft()
+
+
 class _Run:
     """State of one :func:`segment_files` call (kept out of the function for readability)."""
 
@@ -181,9 +198,8 @@ class _Run:
             self.palette = self.classes.label_palette()
         self.crf_pool, self.writer = crf_pool, writer
         bound = 2 * max(1, options.workers)
-        self.crf_bound, self.write_bound = bound, bound
-        self.crf_jobs: deque[tuple[_Job, Future, tuple[int, int]]] = deque()
-        self.write_jobs: deque[tuple[_Job, Future]] = deque()
+        self.crf_jobs = _FutureQueue(bound)
+        self.write_jobs = _FutureQueue(bound)
         self.groups: dict[tuple[int, int], list[_Job]] = {}
 
     # -- results ---------------------------------------------------------
@@ -252,17 +268,14 @@ class _Run:
             image, probs, ids = prepare_crf(job.image, scores, self.seg.patch_size,
                                             in_size=in_size, side=side,
                                             max_labels=self.opt.crf_max_labels)
-            self.crf_jobs.append((job, self.crf_pool.submit(image, probs, ids, out_size=size),
-                                  size))
+            self.crf_jobs.append((job, self.crf_pool.submit(image, probs, ids, out_size=size)))
         except (RuntimeError, ValueError, MemoryError) as err:
             self.fail(job, f"scoring failed ({err})")
         self.drain_crf()
 
     # -- CRF and writing ----------------------------------------------------
     def drain_crf(self, wait: bool = False) -> None:
-        while self.crf_jobs and (wait or len(self.crf_jobs) > self.crf_bound
-                                 or self.crf_jobs[0][1].done()):
-            job, future, size = self.crf_jobs.popleft()
+        for job, future in self.crf_jobs.take(wait):
             try:
                 labels = future.result()
             except Exception as err:  # noqa: BLE001 - reported per image
@@ -293,9 +306,7 @@ class _Run:
         self.drain_writes()
 
     def drain_writes(self, wait: bool = False) -> None:
-        while self.write_jobs and (wait or len(self.write_jobs) > self.write_bound
-                                   or self.write_jobs[0][1].done()):
-            _, future = self.write_jobs.popleft()
+        for _, future in self.write_jobs.take(wait):
             self.emit(future.result())  # write_files never raises
 
     def write_files(self, job: _Job, labels: np.ndarray,

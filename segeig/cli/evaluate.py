@@ -71,8 +71,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="torch CPU threads. Default on CPU: the CPUs not running CRF "
                              "workers (oversubscribed cores slow everything down)")
     spectral = parser.add_argument_group("spectral-dataset")
-    spectral.add_argument("--clusters", type=int, default=None, metavar="S",
+    spectral.add_argument("--spectral-clusters", type=int, default=None, metavar="S",
                           help="clusters of the exact decomposition (default: the classes)")
+    # The flag's old name, kept working but out of --help (`segment --clusters` is a
+    # switch). The same dest: like a second option string, the last one given wins.
+    spectral.add_argument("--clusters", type=int, dest="spectral_clusters", metavar="S",
+                          help=argparse.SUPPRESS)
     spectral.add_argument("--max-tokens", type=int, default=None, metavar="N",
                           help="refuse sets with more patches than this (default 200000, "
                                "~10 GiB)")
@@ -100,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     from segeig.predictor import load
 
     for name in ("max_images", "examples", "batch_size", "workers", "crf_workers", "threads",
-                 "clusters", "max_tokens"):
+                 "spectral_clusters", "max_tokens"):
         value = getattr(args, name)
         minimum = 0 if name in ("examples", "workers", "crf_workers") else 1
         if value is not None and value < minimum:
@@ -141,14 +145,14 @@ def run(args: argparse.Namespace) -> int:
         )
 
         result = evaluate_spectral_dataset(segmenter, dataset, protocol,
-                                           n_clusters=args.clusters,
+                                           n_clusters=args.spectral_clusters,
                                            max_tokens=args.max_tokens or DEFAULT_MAX_TOKENS,
                                            feature_cache=args.feature_cache_dir, **common)
     else:
-        if (args.clusters is not None or args.max_tokens is not None
+        if (args.spectral_clusters is not None or args.max_tokens is not None
                 or args.feature_cache_dir is not None):
-            raise ValueError("--clusters, --max-tokens and --feature-cache apply to --method "
-                             "spectral-dataset only")
+            raise ValueError("--spectral-clusters, --max-tokens and --feature-cache apply to "
+                             "--method spectral-dataset only")
         result = evaluate(segmenter, dataset, protocol, method=args.method,
                           batch_size=batch_size, resolution=args.resolution, **common)
     print(format_table(result))

@@ -16,7 +16,8 @@ from torch.utils.data import Dataset
 
 from segeig.config import IGNORE_INDEX
 from segeig.data.files import list_images
-from segeig.imageio import read_image, read_label
+from segeig.imageio import read_image
+from segeig.labelmaps import read_label
 
 logger = logging.getLogger(__name__)
 

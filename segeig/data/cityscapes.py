@@ -32,7 +32,7 @@ from segeig.data.classes import (
     CITYSCAPES_FIRST_NONVOID,
     CITYSCAPES_ID_TO_TRAINID,
 )
-from segeig.imageio import read_label
+from segeig.labelmaps import read_label
 
 LAYOUT = """\
   ROOT/                                  (or ROOT/cityscapes/)

@@ -24,7 +24,7 @@ from segeig.data.base import (
     images_and_annotations,
 )
 from segeig.data.classes import voc_colormap
-from segeig.imageio import read_label
+from segeig.labelmaps import read_label
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ pipeline, output files, and resumable runs with a summary.
 Modules: ``run`` (:func:`segment_inputs`: a whole run, resumable, with
 ``summary.json``), ``pipeline`` (:func:`segment_files`: the streaming work),
 ``inputs`` (files, folders and globs → :class:`InputFile`, shards, decoding),
-``outputs`` (safe output paths, overlays, scores).
+``outputs`` (safe output paths, overlays, scores), ``manifest`` (which
+checkpoint and settings produced each output).
 """
 
 from segeig.batch.inputs import InputFile, expand_inputs, parse_shard, select_shard

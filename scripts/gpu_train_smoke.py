@@ -2,10 +2,12 @@
 """Training smoke benchmark: a few hundred steps of the reference configuration
 on synthetic images, reporting steps/s and peak GPU memory.
 
-Reference configuration (DESIGN §1, Pascal Context): ViT-S/16, transformer
-head, K = 256, batch 16, 480 px crops, AMP (bf16 where supported). The
-backbone is randomly initialised by default — its speed equals DINO's and the
-run needs no network — pass ``--backbone-weights hub`` to use DINO.
+Reference configuration (Pascal Context's training defaults, docs/training.md,
+"Defaults per dataset", with the paper's transformer head): ViT-S/16,
+transformer head, K = 256, batch 16, 480 px crops, AMP (bf16 where
+supported). The backbone is randomly initialised by default — its speed
+equals DINO's and the run needs no network — pass ``--backbone-weights hub``
+to use DINO.
 
     python scripts/gpu_train_smoke.py                       # GPU, 300 steps
     python scripts/gpu_train_smoke.py --tiny --device cpu   # seconds, any machine

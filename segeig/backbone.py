@@ -2,8 +2,8 @@
 
 The head's input is the concatenation of the outputs of block 0, block
 ``depth // 2`` and the final (normed) output, each as a ``B×D×h×w`` map with the
-class and register tokens removed (DESIGN §1). The kernel uses the final map
-(or, optionally, the last block's attention keys).
+class and register tokens removed (docs/method.md, "Features"). The kernel uses
+the final map (or, optionally, the last block's attention keys).
 """
 
 from __future__ import annotations
@@ -247,7 +247,7 @@ def create_vit(config: BackboneConfig) -> nn.Module:
 
 
 class Backbone(nn.Module):
-    """Frozen timm ViT returning the three patch-token maps of DESIGN §1.
+    """Frozen timm ViT returning the three patch-token maps the head reads.
 
     The wrapped network has no gradients and stays in eval mode even when a
     parent module is put in train mode (dropout/drop-path must never run).

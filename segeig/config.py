@@ -40,7 +40,7 @@ CENTROID_METRICS = ("euclidean", "cosine")
 DATASET_NAMES = ("ade20k", "pascal_context", "cityscapes", "custom", "folder")
 #: The labelled ones, which ``segeig evaluate`` scores.
 LABELLED_DATASETS = ("pascal_context", "ade20k", "cityscapes", "custom")
-#: Evaluation protocols (DESIGN §2; ``segeig.evaluation.protocols``).
+#: Evaluation protocols (docs/evaluation.md, "Protocols"; ``segeig.evaluation.protocols``).
 PROTOCOL_NAMES = ("stego", "full", "native")
 
 

@@ -1,6 +1,6 @@
 """Graph kernel over the patches of a mini-batch, built sparse and in chunks.
 
-κ = Â + α·Ã (DESIGN §1):
+κ = Â + α·Ã (docs/method.md, "Kernel"):
 
 * Â — feature graph across the whole batch: cosine similarities of
   L2-normalised features, self excluded, negatives clamped to 0, top ``k_feat``

@@ -41,7 +41,7 @@ def normalize_columns(psi: torch.Tensor, t: float) -> torch.Tensor:
     """Scale each column to L2 norm ≤ 1 over the batch, then by √t.
 
     A column is divided by its norm only when that norm exceeds 1, so small
-    functions are not inflated (DESIGN §1).
+    functions are not inflated (docs/method.md, "Objective").
 
     Args:
         psi: ``N×K`` float outputs.
@@ -57,7 +57,7 @@ def normalize_columns(psi: torch.Tensor, t: float) -> torch.Tensor:
 def neuralef_loss(
     psi: torch.Tensor, kernel: torch.Tensor, beta: float, t: float = 0.01
 ) -> NeuralEFLoss:
-    """NeuralEF loss of DESIGN §1.
+    """NeuralEF loss (docs/method.md, "Objective").
 
     Args:
         psi: ``N×K`` network outputs (Gumbel-softmax probabilities in training,

@@ -126,7 +126,8 @@ def test_classes_from_a_labelled_checkpoint(h, seg, tmp_path, rng):
     seg.class_map = class_map_from_names({present[0]: "sky", present[1]: "grass & soil"}, 12,
                                          "eigen")
     summary, _, legend, _, files, _, choice, *_ = h.view(state, 0, 0.5, 1)
-    assert "class map" in summary and ("2 classes" in summary or "1 class" in summary)
+    # Both named clusters are present in the image (``ids``), each its own class.
+    assert "class map" in summary and "): 2 classes, method *eigen*." in summary
     assert "sky · " in legend and "grass &amp; soil · " in legend
     names = [os.path.basename(f) for f in files]
     assert names[-2:] == ["classes.txt", "legend.png"]

@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from tests.conftest import TINY_ARCH
@@ -97,7 +98,7 @@ def test_only_quality_with_seeds(capsys, one_torch_thread):
     assert " ± " in rows[1][2]
 
 
-def test_only_crf(capsys, one_torch_thread):
+def test_only_crf(capsys, one_torch_thread, pydensecrf):
     benchmark = load_benchmark()
     assert benchmark.main([*TINY, "--only", "crf"]) == 0
     rows = table_rows(capsys.readouterr().out)
@@ -125,7 +126,8 @@ def test_gpu_crf_bench_refuses_without_cuda(capsys, tmp_path, one_torch_thread):
     import torch
 
     if torch.cuda.is_available():
-        return  # it would measure; that is for the device machine (see the script)
+        pytest.skip("a CUDA device is present: the script would measure rather than refuse "
+                    "(that run is for the device machine, see the script)")
     sys.path.insert(0, str(SCRIPTS))
     try:
         spec = importlib.util.spec_from_file_location("gpu_crf_bench",

@@ -18,15 +18,13 @@ from segeig.crf import (
     crf_marginals,
     crf_working_size,
     dense_crf,
-    pydensecrf_available,
     resolve_backend,
     shrink_image,
 )
 from segeig.crf.lattice import PermutohedralLattice
 from segeig.resample import topk_probs
+from tests.conftest import require_pydensecrf
 
-needs_pydensecrf = pytest.mark.skipif(not pydensecrf_available(),
-                                      reason="pydensecrf (pydensecrf2) not installed")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 COLOURS = np.array([[200, 40, 40], [40, 180, 60], [50, 60, 200]])
@@ -84,9 +82,8 @@ def test_crf_cleans_noisy_softmax():
     assert crf_acc - noisy_acc > 0.15
 
 
-@needs_pydensecrf
 @pytest.mark.parametrize("shape", [(48, 64), (37, 53), (1, 29), (23, 1)])
-def test_torch_agrees_with_pydensecrf(shape):
+def test_torch_agrees_with_pydensecrf(shape, pydensecrf):
     """Same model, same numbers: labels agree, marginals match closely. Sizes that
     are multiples of nothing, and single rows/columns, included."""
     image, _, probs = _photo_like(3, *shape)
@@ -100,8 +97,7 @@ def test_torch_agrees_with_pydensecrf(shape):
     assert np.abs(got - want).mean() < 0.01
 
 
-@needs_pydensecrf
-def test_torch_agreement_at_the_working_size():
+def test_torch_agreement_at_the_working_size(pydensecrf):
     image, _, probs = _photo_like(5, 90, 130, m=8)
     params = CRFParams()
     want = crf_labels(image, probs, params, backend="densecrf")
@@ -121,8 +117,10 @@ def test_marginals_are_distributions():
     np.testing.assert_allclose(q0, probs, atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("densecrf", marks=needs_pydensecrf)])
+@pytest.mark.parametrize("backend", ["torch", "densecrf"])
 def test_one_label_images(backend):
+    if backend == "densecrf":
+        require_pydensecrf()
     image, _, _ = _scene(size=16)
     q = crf_marginals(image, np.ones((1, 16, 16), np.float32), backend=backend)
     assert q.shape == (1, 16, 16) and np.all(q == 1)
@@ -273,11 +271,10 @@ def test_backend_choice(monkeypatch):
     assert BACKENDS == CRF_BACKENDS  # the CLI spells them out to stay light
     assert resolve_backend("torch") == "torch"
     assert resolve_backend("auto", "cuda:1") == "torch"
-    assert resolve_backend("auto", torch.device("cpu")) in ("torch", "densecrf")
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto") == "torch"
     with pytest.raises(ValueError, match="unknown CRF backend"):
         resolve_backend("fast")
-    if pydensecrf_available():  # pydensecrf runs on the CPU whatever the model's device
-        assert resolve_backend("densecrf", "cuda") == "densecrf"
     for name in ("pydensecrf", "pydensecrf.densecrf", "pydensecrf.utils"):
         monkeypatch.setitem(sys.modules, name, None)
     assert resolve_backend("auto", "cpu") == "torch"  # falls back without pydensecrf
@@ -289,10 +286,21 @@ def test_backend_choice(monkeypatch):
     assert crf_labels(image, probs).shape == (16, 16)  # auto still works
 
 
+def test_auto_is_torch_even_with_pydensecrf_installed(pydensecrf):
+    """``auto`` never picks pydensecrf, on any device; asked for by name it runs
+    on the CPU whatever the model's device."""
+    for device in (None, "cpu", torch.device("cpu"), "cuda", "cuda:1"):
+        assert resolve_backend("auto", device) == "torch"
+    assert resolve_backend("densecrf", "cuda") == "densecrf"
+    assert resolve_backend("densecrf") == "densecrf"
+
+
 # -- the pool --------------------------------------------------------------------
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("densecrf", marks=needs_pydensecrf)])
+@pytest.mark.parametrize("backend", ["torch", "densecrf"])
 def test_pool_matches_inline(backend):
+    if backend == "densecrf":
+        require_pydensecrf()
     scenes = [_scene(seed=s, size=(40, 52)) for s in range(3)]
     images = [s[0] for s in scenes]
     probs = [s[2] for s in scenes]

@@ -1,4 +1,4 @@
-"""Sparse chunked kernel equals a straightforward dense reference (DESIGN §1)."""
+"""Sparse chunked kernel equals a straightforward dense reference (docs/method.md, "Kernel")."""
 
 from __future__ import annotations
 

@@ -135,7 +135,8 @@ def test_a_dead_decoding_worker_is_an_error(tmp_path, monkeypatch):
         _within_deadline(lambda: list(decode_images(paths, workers=2)))
 
 
-@pytest.mark.slow
+# Not marked slow (about 8 s, mostly the subprocess importing torch): CI runs
+# as root, so the real small-/dev/shm run happens there.
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
                     reason="needs root and unshare for a private /dev/shm")
 def test_segment_finishes_with_a_tiny_dev_shm(tmp_path, tiny_model):

@@ -1,4 +1,4 @@
-"""Dense CRF refinement of per-pixel class probabilities (DESIGN §1).
+"""Dense CRF refinement of per-pixel class probabilities (docs/method.md, "CRF").
 
 A fully connected CRF (Krähenbühl & Koltun) with a Gaussian smoothness kernel
 and a bilateral appearance kernel snaps segment boundaries to image edges.

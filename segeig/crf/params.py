@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 __all__ = ["BACKENDS", "CRFParams", "REFERENCE_SIDE"]
 
-#: ``--crf-backend`` choices: ``auto`` picks per device (see :func:`segeig.crf.resolve_backend`).
+#: ``--crf-backend`` choices: ``auto`` is always ``torch``, on CPU or GPU
+#: (:func:`segeig.crf.resolve_backend`); ``densecrf`` needs pydensecrf.
 BACKENDS = ("auto", "torch", "densecrf")
 
 #: Short side (pixels) at which the paper's spatial deviations apply. They come
@@ -19,7 +20,7 @@ REFERENCE_SIDE = 320
 
 @dataclass(frozen=True)
 class CRFParams:
-    """Dense CRF hyper-parameters; the paper's (DESIGN §1) except ``iterations``.
+    """Dense CRF hyper-parameters; the paper's (docs/method.md, "CRF") except ``iterations``.
 
     Attributes:
         iterations: mean-field iterations: 5 rather than the paper's 10, for

@@ -1,7 +1,8 @@
 """Datasets: the standard benchmarks read in their standard layouts, a simple
 custom labelled layout, and plain folders of unlabelled images.
 
-Default ``num_classes`` (the evaluation chooses by protocol, see DESIGN.md §2):
+Default ``num_classes`` (the evaluation chooses by protocol, see docs/evaluation.md,
+"Protocols"):
 
 ============== ======= ===========================================================
 name           default other

@@ -1,7 +1,8 @@
 """Evaluation metrics: confusion accumulation, cluster->class matching, mIoU.
 
 Unsupervised segmentation predicts *cluster ids* that carry no class meaning, so
-every score is computed in two steps (DESIGN §2):
+every score is computed in two steps (docs/evaluation.md, "Matching clusters
+to classes"):
 
 1. accumulate one ``(n_clusters, n_classes)`` count matrix over all valid
    pixels of the evaluation set (:class:`ConfusionAccumulator`);

@@ -1,6 +1,7 @@
 """Evaluation protocols as data: how images and labels are sized for each benchmark.
 
-Three protocols (DESIGN §2); always report which one a number comes from.
+Three protocols (docs/evaluation.md, "Protocols"); always report which one a
+number comes from.
 
 * ``stego`` (STEGO/ReCo style): resize the short side to 320, centre-crop
   320×320, one forward pass. The label is resized with nearest neighbour and
@@ -123,7 +124,8 @@ def _table() -> dict[tuple[str, str], Protocol]:
     stego_classes = {"pascal_context": 59, "ade20k": 150, "cityscapes": 27, "custom": None}
     for dataset, classes in stego_classes.items():
         table["stego", dataset] = Protocol("stego", dataset, classes, short_side=320, crop=320)
-    # (short side, window, stride) per DESIGN §2; custom gets ADE20K-like settings.
+    # (short side, window, stride) of the full protocol (the table in docs/evaluation.md,
+    # "Protocols"); custom gets ADE20K-like settings.
     full = {"pascal_context": (520, 480, 320), "ade20k": (512, 512, 512),
             "cityscapes": (1024, 768, 512), "custom": (512, 512, 341)}
     for dataset, (short, window, stride) in full.items():

@@ -1,4 +1,5 @@
-"""Training configuration and the per-dataset defaults of DESIGN §1.
+"""Training configuration and the per-dataset defaults (docs/training.md,
+"Defaults per dataset").
 
 A :class:`TrainConfig` is everything that determines a training run (except the
 device and the number of processes), so it is stored whole in the resume state

@@ -1,6 +1,6 @@
 """The training loop: frozen backbone → kernel over the batch → head → NeuralEF loss.
 
-One step (DESIGN §1):
+One step (docs/training.md, "What one step does"; docs/method.md for the terms):
 
 1. A batch of augmented crops (uint8) and their pixel-validity masks.
 2. Backbone forward (frozen, no grad; autocast on CUDA).

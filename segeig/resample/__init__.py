@@ -8,24 +8,9 @@ the probabilities of a few segments (:mod:`~segeig.resample.grid`), chosen by
 :mod:`~segeig.resample.subset`.
 """
 
-from segeig.resample.argmax import (
-    BAND_PIXELS,
-    cell_candidates,
-    pixel_argmax,
-    pixel_labels,
-    resampled_argmax,
-)
-from segeig.resample.grid import (
-    BAND_ELEMENTS,
-    grid_ratios,
-    interp_matrix,
-    pixel_probs,
-    pixel_scores,
-    source_coords,
-    upsample_scores,
-)
+from segeig.resample.argmax import pixel_argmax, pixel_labels, resampled_argmax
+from segeig.resample.grid import interp_matrix, pixel_probs, pixel_scores, upsample_scores
 from segeig.resample.subset import topk_probs
 
-__all__ = ["BAND_ELEMENTS", "BAND_PIXELS", "cell_candidates", "grid_ratios", "interp_matrix",
-           "pixel_argmax", "pixel_labels", "pixel_probs", "pixel_scores", "resampled_argmax",
-           "source_coords", "topk_probs", "upsample_scores"]
+__all__ = ["interp_matrix", "pixel_argmax", "pixel_labels", "pixel_probs", "pixel_scores",
+           "resampled_argmax", "topk_probs", "upsample_scores"]

@@ -94,10 +94,9 @@ def pixel_scores(scores: torch.Tensor, patch: int, in_size: tuple[int, int],
     """Every segment's score at every output pixel (memory ∝ S·H·W).
 
     Args:
-        scores: ``S×h×w`` float scores of one image on its patch grid.
-        patch: patch size p.
-        in_size: ``(H_in, W_in)`` of the network input the grid belongs to.
-        out_size: ``(H, W)`` to sample at; default ``in_size``.
+        scores, patch, in_size, out_size: as in
+            :func:`~segeig.resample.argmax.pixel_argmax` (``S×h×w`` grid scores
+            of a network input of ``in_size``, sampled at ``out_size``).
 
     Returns:
         ``S×H×W`` float32 on ``scores.device``: the scores upsampled to the

@@ -22,10 +22,10 @@ from segeig.checkpoint.errors import CheckpointError
 from segeig.checkpoint.store import (
     CHECKPOINT_NAME,
     FORMAT,
-    _read_tensors,
-    _segment_counts,
     read_config,
+    read_tensors,
     resolve_checkpoint_path,
+    segment_counts_from_shapes,
 )
 
 #: Class index of clusters that map to no class (pixel value in class label maps).
@@ -267,7 +267,8 @@ def save_class_map(
     src = resolve_checkpoint_path(source)
     dst = class_map_destination(src, out, overwrite)
     document = read_config(src)
-    tensors = _read_tensors(src, "")
-    class_map.check_segments(_segment_counts(document, {k: t.shape for k, t in tensors.items()}))
+    tensors = read_tensors(src, "")
+    shapes = {key: tensor.shape for key, tensor in tensors.items()}
+    class_map.check_segments(segment_counts_from_shapes(document, shapes))
     write_safetensors(dst, tensors, FORMAT, {**document, "classes": class_map.to_dict()})
     return dst

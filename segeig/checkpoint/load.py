@@ -19,7 +19,7 @@ from torch import nn
 
 from segeig.backbone import Backbone, check_backbone_name, create_vit
 from segeig.checkpoint.errors import CheckpointError
-from segeig.checkpoint.store import _read_tensors, read_config, resolve_checkpoint_path
+from segeig.checkpoint.store import read_config, read_tensors, resolve_checkpoint_path
 from segeig.config import BackboneConfig, HeadConfig, KernelConfig, SpectralConfig, from_dict
 from segeig.head import EigenHead
 from segeig.model import SegEigModel
@@ -121,7 +121,7 @@ def _embedded_vit(path: Path, config: BackboneConfig, origin: str | None) -> nn.
             "file): for tests and smoke runs only", path,
         )
     vit = create_vit(config)
-    state = _read_tensors(path, "backbone.")
+    state = read_tensors(path, "backbone.")
     try:
         result = vit.load_state_dict(state, strict=False)
     except RuntimeError as err:  # shapes that do not fit
@@ -161,7 +161,7 @@ def _build_head(path: Path, section: dict[str, Any] | None,
         return None
     head_config = from_dict(HeadConfig, section)
     head = EigenHead(backbone.feature_dim, head_config, embed_dim=backbone.embed_dim)
-    state = _read_tensors(path, "head.")
+    state = read_tensors(path, "head.")
     try:
         head.load_state_dict(state)
     except RuntimeError as err:
@@ -184,7 +184,7 @@ def _spectral_settings(section: dict[str, Any] | None
 def _load_centroids(path: Path, document: dict[str, Any], model: SegEigModel) -> None:
     """Give ``model`` the ``centroids.<method>`` tensors, scored as ``centroid_metrics`` says."""
     metrics = document.get("centroid_metrics") or {}
-    for method, centroids in _read_tensors(path, "centroids.").items():
+    for method, centroids in read_tensors(path, "centroids.").items():
         how = metrics.get(method) or {}
         try:
             model.set_centroids(method, centroids, how.get("metric", "cosine"),

@@ -161,7 +161,7 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     return document
 
 
-def _read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
+def read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     """The tensors named ``prefix*`` (prefix removed); refuses non-finite values."""
     out = {}
     with safe_open(str(path), framework="pt") as handle:
@@ -177,7 +177,7 @@ def _read_tensors(path: Path, prefix: str) -> dict[str, torch.Tensor]:
     return out
 
 
-def _segment_counts(document: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]
+def segment_counts_from_shapes(document: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]
                     ) -> dict[str, int]:
     """method → clusters S, from a checkpoint's JSON and its tensors' shapes."""
     counts = {}
@@ -197,4 +197,4 @@ def segment_counts(path: str | os.PathLike) -> dict[str, int]:
         shapes = {key: handle.get_slice(key).get_shape()
                   for key in handle.keys()  # noqa: SIM118 - safe_open is not a mapping
                   if key.startswith("centroids.")}
-    return _segment_counts(document, shapes)
+    return segment_counts_from_shapes(document, shapes)

@@ -3,6 +3,8 @@
 Every photo that enters segeig from disk goes through :func:`read_image` (any
 common format and mode -> ``uint8`` RGB). Failures raise :class:`ImageReadError`,
 a ``ValueError`` whose message names the file, what was wrong and what to do.
+The array conversions after decoding (orientation, alpha, deep colour) are
+:mod:`segeig.pixels`.
 Label maps (dataset annotations, segment maps segeig writes) are
 :mod:`segeig.labelmaps`; which *files* count as images is :mod:`segeig.data.files`.
 """
@@ -13,12 +15,21 @@ import logging
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from segeig.pixels import (
+    BAND_PIXELS,
+    bgr_to_rgb8,
+    composite_over_white,
+    orient,
+    scale_to_unit,
+    unit_to_uint8,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +52,6 @@ DEFAULT_MAX_PIXELS: int = 2**27
 #: decoders, so anything else is refused before its decoder runs. ("JPEG" also
 #: admits the multi-picture JPEGs of phone cameras, which PIL reports as "MPO".)
 ALLOWED_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
-
-#: Conversions to RGB run in bands of about this many pixels, bounding their
-#: temporaries (integer compositing: ~10 MB) whatever the image size.
-_BAND_PIXELS = 1 << 18
 
 _EXIF_ORIENTATION = 0x0112
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -172,104 +179,16 @@ def _is_16bit_colour(path: Path, im: Image.Image) -> bool:
     return False
 
 
-def _orient(arr: np.ndarray, orientation: int) -> np.ndarray:
-    """Apply an EXIF orientation (1..8) to an HxWxC array, like ImageOps.exif_transpose."""
-    if orientation == 2:
-        return arr[:, ::-1]
-    if orientation == 3:
-        return arr[::-1, ::-1]
-    if orientation == 4:
-        return arr[::-1]
-    if orientation == 5:
-        return np.swapaxes(arr, 0, 1)
-    if orientation == 6:
-        return np.rot90(arr, -1)
-    if orientation == 7:
-        return np.rot90(arr, 1)[::-1, ::-1]
-    if orientation == 8:
-        return np.rot90(arr, 1)
-    return arr
-
-
-def _bands(height: int, width: int) -> Iterator[tuple[int, int]]:
-    """Row ranges of about :data:`_BAND_PIXELS` pixels covering ``height`` rows."""
-    rows = max(1, _BAND_PIXELS // max(width, 1))
-    for top in range(0, height, rows):
-        yield top, min(top + rows, height)
-
-
-def _composite_u8(rgb: np.ndarray, alpha: np.ndarray, scale: int = 255) -> np.ndarray:
-    """Integer RGB [...,3] in [0, scale] over white with alpha [...] in [0, scale] -> uint8.
-
-    ``round((c·a + scale·(scale − a)) / scale)`` rescaled to 0..255, in exact
-    integer arithmetic (the same values as compositing in float, without a
-    float copy of the image).
-    """
-    # int32 holds 255·255·2; 16-bit data needs int64.
-    wide = np.int32 if scale == 255 else np.int64
-    a = alpha.astype(wide)[..., None]
-    n = rgb.astype(wide) * a + scale * (scale - a)
-    if scale == 255:
-        return ((n + 127) // 255).astype(np.uint8)
-    # 16-bit: value / scale in [0, scale], then to 8 bit: x * 255 / scale**2.
-    den = scale * scale
-    return ((n * 255 + den // 2) // den).astype(np.uint8)
-
-
-def _to_uint8(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-
-
 def _read_16bit_colour(path: Path) -> np.ndarray:
     """Full-depth read of a 16-bit colour PNG/TIFF through OpenCV, scaled to uint8 RGB.
 
-    Converted in bands of rows, so the peak is the 16-bit array plus the result.
+    Converted in bands of rows (:func:`segeig.pixels.bgr_to_rgb8`), so the peak
+    is the 16-bit array plus the result.
     """
     arr = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # BGR(A), no EXIF handling
     if arr is None or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         raise ImageReadError(path, "OpenCV could not decode the 16-bit colour image")
-    height, width = arr.shape[:2]
-    out = np.empty((height, width, 3), np.uint8)
-    integer = arr.dtype.kind in "ui"
-    top_value = int(np.iinfo(arr.dtype).max) if integer else 1
-    for top, bottom in _bands(height, width):
-        band = arr[top:bottom]
-        rgb = band[..., 2::-1]
-        if integer:
-            if arr.shape[2] == 4:
-                out[top:bottom] = _composite_u8(rgb, band[..., 3], top_value)
-            else:  # round(v * 255 / max), e.g. v / 257 for 16 bit
-                scaled = (rgb.astype(np.int64) * 255 + top_value // 2) // top_value
-                out[top:bottom] = scaled.astype(np.uint8)
-        else:  # float data in [0, 1]
-            x = rgb.astype(np.float32)
-            if arr.shape[2] == 4:
-                a = band[..., 3:4].astype(np.float32)
-                x = x * a + (1.0 - a)
-            out[top:bottom] = _to_uint8(x)
-    del arr
-    return out
-
-
-def _int_to_unit(a: np.ndarray, lo: float, hi: float, integral: bool) -> np.ndarray:
-    """Scale a single-channel int/float band to float32 [0,1], given whole-image statistics.
-
-    Integer data that fits 16 bit is treated as 16-bit (0..65535 -> 0..1), the
-    overwhelmingly common case (16-bit PNG/TIFF); floats already in [0,1] are
-    kept; anything else is min-max stretched, since it has no defined range.
-
-    Args:
-        a: the band.
-        lo, hi: minimum and maximum over the whole image.
-        integral: every value of the whole image is a whole number.
-    """
-    is_float = a.dtype.kind == "f"
-    a = a.astype(np.float64)
-    if is_float and lo >= 0.0 and hi <= 1.0:
-        return a
-    if lo >= 0 and hi <= 65535 and (not is_float or integral):
-        return a / 65535.0
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
+    return bgr_to_rgb8(arr)
 
 
 def _target_scale(width: int, height: int, max_side: int | None,
@@ -389,7 +308,7 @@ def _decode_rgb(path: Path, im: Image.Image, apply_exif: bool,
     else:
         out = _pil_to_rgb(path, im, reduce)
     if orientation != 1:
-        out = np.ascontiguousarray(_orient(out, orientation))
+        out = np.ascontiguousarray(orient(out, orientation))
     return out, orientation >= 5
 
 
@@ -405,7 +324,7 @@ def _pil_to_rgb(path: Path, im: Image.Image, reduce: int = 1) -> np.ndarray:
     f = max(1, int(reduce))
     out = np.empty((-(-height // f), -(-width // f), 3), np.uint8)
     # Bands of whole reduction blocks, so each output row comes from one band.
-    rows = max(f, _BAND_PIXELS // max(width, 1) // f * f)
+    rows = max(f, BAND_PIXELS // max(width, 1) // f * f)
     bands = [(top, min(top + rows, height)) for top in range(0, height, rows)]
 
     def shrink(band: Image.Image) -> np.ndarray:
@@ -418,7 +337,7 @@ def _pil_to_rgb(path: Path, im: Image.Image, reduce: int = 1) -> np.ndarray:
             for b in (np.asarray(im.crop((0, t, width, u))) for t, u in bands))
         for top, bottom in bands:
             band = np.asarray(im.crop((0, top, width, bottom)))
-            grey = _to_uint8(_int_to_unit(band, float(lo), float(hi), integral))
+            grey = unit_to_uint8(scale_to_unit(band, float(lo), float(hi), integral))
             out[top // f : -(-bottom // f)] = shrink(Image.fromarray(grey, "L"))[..., None]
         return out
     if mode not in ("RGB", "1", "L", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "RGBA", "LA",
@@ -434,5 +353,5 @@ def _pil_to_rgb(path: Path, im: Image.Image, reduce: int = 1) -> np.ndarray:
         else:
             # Anything that may carry transparency: RGBA, LA, PA, RGBa, La, P (tRNS).
             rgba = shrink(band.convert("RGBA"))
-            out[rows_out] = _composite_u8(rgba[..., :3], rgba[..., 3])
+            out[rows_out] = composite_over_white(rgba[..., :3], rgba[..., 3])
     return out

@@ -15,8 +15,9 @@ from PIL import Image
 import segeig
 from segeig.backbone import Backbone
 from segeig.batch.inputs import expand_inputs, select_shard
+from segeig.batch.options import SegmentOptions
 from segeig.batch.outputs import read_scores
-from segeig.batch.pipeline import SegmentOptions, segment_files
+from segeig.batch.pipeline import segment_files
 from segeig.batch.run import segment_inputs, summary_path
 from segeig.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from segeig.cli import main

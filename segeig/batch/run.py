@@ -1,9 +1,9 @@
 """Batch segmentation runs: checkpoint (fitted on the inputs when none is given), summary, resume.
 
-The pieces: :mod:`segeig.batch.inputs` (which files), :mod:`segeig.batch.pipeline` (the
-engine), :mod:`segeig.batch.outputs` (file formats). This module ties them into a
-run that can be interrupted and resumed, and that several processes can share
-(:func:`segeig.batch.inputs.select_shard`)::
+The pieces: :mod:`segeig.batch.inputs` (which files), :mod:`segeig.batch.options` (the
+settings), :mod:`segeig.batch.pipeline` (the engine), :mod:`segeig.batch.outputs` (file
+formats). This module ties them into a run that can be interrupted and resumed, and that
+several processes can share (:func:`segeig.batch.inputs.select_shard`)::
 
     files, conflicts = expand_inputs(["photos/"])
     ckpt, _ = fit_or_reuse_checkpoint("out", [f.path for f in files])
@@ -36,14 +36,9 @@ from segeig.batch.manifest import (
     producer_of,
     read_manifest,
 )
+from segeig.batch.options import SegmentOptions, resolve_method, uses_classes
 from segeig.batch.outputs import SUBDIRS, OutputPathError, output_paths
-from segeig.batch.pipeline import (
-    ImageResult,
-    SegmentOptions,
-    resolve_method,
-    segment_files,
-    uses_classes,
-)
+from segeig.batch.pipeline import ImageResult, segment_files
 from segeig.checkpoint import UNASSIGNED, resolve_checkpoint_path
 from segeig.config import to_dict
 from segeig.crf import CRFParams
@@ -246,7 +241,7 @@ def segment_inputs(
         segmenter: the loaded checkpoint.
         files: this shard's inputs (:func:`segeig.batch.inputs.select_shard`).
         out_dir: output directory.
-        options: see :class:`segeig.batch.pipeline.SegmentOptions`.
+        options: see :class:`segeig.batch.options.SegmentOptions`.
         checkpoint: the checkpoint file ``segmenter`` was loaded from (hashed
             into the summary).
         fitted_here: the checkpoint was fitted by this run (recorded).

@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 import segeig
-import segeig.train.trainer as trainer_module
+import segeig.train.step as step_module
 from segeig.checkpoint import read_config
 from segeig.config import HeadConfig
 from segeig.train.launch import train
@@ -163,7 +163,7 @@ def test_resume_of_finished_run_and_refusals(folder, tmp_path):
 def test_nan_stops_clearly_and_keeps_last_good_checkpoint(folder, tmp_path, monkeypatch):
     config = tiny_config(folder, epochs=3)
     out = tmp_path / "run"
-    real_loss = trainer_module.neuralef_loss
+    real_loss = step_module.neuralef_loss
     calls = {"n": 0}
 
     def poisoned(psi, kernel, beta, t):
@@ -173,7 +173,7 @@ def test_nan_stops_clearly_and_keeps_last_good_checkpoint(folder, tmp_path, monk
             result.loss = result.loss * float("nan")
         return result
 
-    monkeypatch.setattr(trainer_module, "neuralef_loss", poisoned)
+    monkeypatch.setattr(step_module, "neuralef_loss", poisoned)
     with pytest.raises(TrainingDivergedError) as err:
         train(config, out)
     message = str(err.value)
@@ -186,7 +186,7 @@ def test_nan_stops_clearly_and_keeps_last_good_checkpoint(folder, tmp_path, monk
     assert load_train_state(out / STATE_NAME).progress.step == 2
     assert read_log(out / "train_log.jsonl")[-1]["event"] == "diverged"
     # After fixing the cause, the run continues from the good checkpoint.
-    monkeypatch.setattr(trainer_module, "neuralef_loss", real_loss)
+    monkeypatch.setattr(step_module, "neuralef_loss", real_loss)
     train(config, out, resume=True)
     assert read_config(out)["training"]["steps_done"] == 6
 

@@ -3,11 +3,12 @@ resume state and log, and the centroid passes that follow it.
 
 Modules: ``launch`` (entry points :func:`train`, :func:`fit_images`,
 :func:`fit_or_reuse_checkpoint`), ``config`` (:class:`TrainConfig` and the
-per-dataset defaults), ``trainer`` (the step loop), ``loader`` (reproducible
-sample plan, augmented crops), ``cached_crops`` (training from the feature
-cache: views, patch-aligned crops, centre windows), ``augment`` (albumentations pipeline),
-``centroids`` (k-means / spectral centroid pass), ``state`` (resume state and
-JSONL log), ``runtime`` (processes and precision).
+per-dataset defaults), ``trainer`` (the step loop), ``step`` (the loss of one
+step), ``loader`` (reproducible sample plan, augmented crops), ``cached_crops``
+(training from the feature cache: views, patch-aligned crops, centre windows),
+``augment`` (albumentations pipeline), ``centroids`` (k-means / spectral
+centroid pass), ``state`` (resume state and JSONL log), ``runtime`` (processes
+and precision).
 """
 
 from segeig.train.config import DATASET_DEFAULTS, TrainConfig, apply_overrides, default_config

@@ -12,7 +12,7 @@ state and Python's ``random`` state.
 
 Everything random inside the training loop is drawn from generators seeded by
 ``(seed, epoch, step, rank, position)`` (see :mod:`segeig.train.loader` and
-:mod:`segeig.train.trainer`), so the counters alone reproduce the data and noise;
+:mod:`segeig.train.step`), so the counters alone reproduce the data and noise;
 the global RNG states are saved and restored as well so that any library code
 that draws from them continues identically.
 

@@ -1,29 +1,15 @@
-"""The training loop: frozen backbone → kernel over the batch → head → NeuralEF loss.
+"""The training loop: steps, their schedule, checkpoints, divergence stops, the centroid pass.
 
-One step (docs/training.md, "What one step does"; docs/method.md for the terms):
+:class:`Trainer` drives one run, fresh or resumed: it builds the model and,
+for each step, runs :class:`~segeig.train.step.TrainStep` (the forward pass:
+frozen backbone → kernel over the batch → head → NeuralEF loss), averages its
+statistics over processes, stops on a NaN loss or exploding outputs, takes
+the Adam step with lr cosine-annealed per iteration to ``lr_min``, logs, and
+saves the resume state and checkpoints at their intervals; then it fits the
+centroids and writes the final checkpoint (docs/training.md).
 
-1. A batch of augmented crops (uint8) and their pixel-validity masks.
-2. Backbone forward (frozen, no grad; autocast on CUDA).
-3. Kernel κ in float32 outside autocast, over the *valid* patches only: a patch
-   made mostly of crop padding (the rescaled image was smaller than the crop)
-   would otherwise join a spurious "black" cluster. The pixel graph uses the
-   same augmented crop the backbone saw (after photometric jitter): the graph
-   must describe the image the features came from, and the jitter is global
-   (brightness/contrast/hue), so colour *distances* within a crop barely move.
-4. Head forward (autocast), Gumbel-softmax of the flattened logits with a
-   per-step seeded generator and τ cosine-annealed per iteration, rows of the
-   valid patches → NeuralEF loss in float32.
-5. Adam step; lr cosine-annealed per iteration to ``lr_min``.
-
-The transformer head attends over all patches of a crop, padded ones included
-(they are only removed from the graph and the loss).
-
-Multi-process: DistributedDataParallel averages gradients. With
-``global_graph`` the kernel features, crops and masks of all ranks are gathered
-(no grad) and each rank builds the kernel of the global batch; the Gumbel
-probabilities are gathered with a differentiable all-gather, so every rank
-computes the same global loss and the averaged gradient is exactly its
-gradient (see :meth:`segeig.train.runtime.DistContext.all_gather_grad`).
+Multi-process: DistributedDataParallel averages gradients; see
+:mod:`segeig.train.step` for ``global_graph``.
 """
 
 from __future__ import annotations
@@ -33,7 +19,6 @@ import math
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from segeig.backbone import Backbone
@@ -41,20 +26,13 @@ from segeig.checkpoint import CHECKPOINT_NAME, save_checkpoint
 from segeig.config import to_dict
 from segeig.data import SegDataset
 from segeig.feature_cache import FeatureCache, remove_cache_dir
-from segeig.head import gumbel_probs, tau_at
-from segeig.kernel import build_kernel
+from segeig.head import tau_at
 from segeig.model import SegEigModel, build_model, resolve_device
-from segeig.objective import neuralef_loss
 from segeig.train.cached_crops import cache_root, describe, open_training_cache
 from segeig.train.centroids import EigenvalueMeter, centroid_methods, fit_centroids
 from segeig.train.config import TrainConfig, config_differences
-from segeig.train.loader import (
-    build_train_dataset,
-    make_train_loader,
-    steps_per_epoch,
-    token_validity,
-)
-from segeig.train.runtime import DistContext, autocast, full_precision, resolve_amp
+from segeig.train.loader import build_train_dataset, make_train_loader, steps_per_epoch
+from segeig.train.runtime import DistContext, resolve_amp
 from segeig.train.state import (
     LOG_NAME,
     STATE_NAME,
@@ -64,6 +42,7 @@ from segeig.train.state import (
     restore_rng,
     save_train_state,
 )
+from segeig.train.step import TrainStep
 
 logger = logging.getLogger(__name__)
 
@@ -84,11 +63,6 @@ def lr_at(step: int, total: int, lr: float, lr_min: float) -> float:
     """Cosine schedule per iteration: ``lr`` at step 0 → ``lr_min`` at ``total``."""
     progress = min(max(step / max(total, 1), 0.0), 1.0)
     return lr_min + 0.5 * (lr - lr_min) * (1 + math.cos(math.pi * progress))
-
-
-def noise_seed(seed: int, step: int) -> int:
-    """Seed of the Gumbel noise of the global batch at ``step``."""
-    return int(np.random.SeedSequence([seed, step, 0x6E015E]).generate_state(1)[0])
 
 
 class Trainer:
@@ -230,62 +204,6 @@ class Trainer:
         )
 
     # -- the loop ---------------------------------------------------------
-    def _inputs(self, batch: tuple[torch.Tensor, torch.Tensor]
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, bool]:
-        """``(head input B×3D×h×w, kernel features, pixel-graph colours, valid B×h×w,
-        colours on the patch grid)`` of a batch, from the backbone or the cache.
-
-        Colours: the crops as uint8 pixels, or the cached float16 grid colours
-        (both travel small when gathered across processes).
-        """
-        device = self.device
-        if self.cache is not None:
-            tokens, valid = batch
-            tokens = tokens.to(device, non_blocking=True)
-            stacked, kfeat, colours = self.cache.split(tokens)
-            return stacked.float(), kfeat.float(), colours, valid.to(device), True
-        crops, valid_px = batch
-        crops = crops.to(device, non_blocking=True)
-        valid = token_validity(valid_px.to(device), self.model.backbone.patch_size,
-                               self.config.min_valid)
-        with autocast(device, self.amp_dtype):
-            features = self.model.backbone(crops.float().div_(255))
-        return features.stacked, features.kernel.float(), crops, valid, False
-
-    def _step(self, batch: tuple[torch.Tensor, torch.Tensor], step: int,
-              generator: torch.Generator, head: torch.nn.Module
-              ) -> tuple[torch.Tensor, int, torch.Tensor]:
-        """Loss of one step (before backward), the number of graph nodes, and the
-        largest head logit in magnitude (0-d tensor: the outputs' spread)."""
-        c, dist, device = self.config, self.dist, self.device
-        stacked, kfeat, colours, valid, on_grid = self._inputs(batch)
-        kvalid = valid
-        if c.global_graph and dist.active:
-            kfeat, kvalid = dist.all_gather(kfeat), dist.all_gather(valid)
-            colours = dist.all_gather(colours)
-        kimages = colours.float() if on_grid else colours.float().div_(255)
-        with full_precision(device):
-            # Cached colours are on the padded patch grid already: no padding.
-            kernel = build_kernel(kfeat, kimages, c.kernel, valid=kvalid,
-                                  patch=None if on_grid else self.model.backbone.patch_size,
-                                  pad_colour=self.model.backbone.mean)
-        with autocast(device, self.amp_dtype):
-            logits, _ = head(stacked)
-        with full_precision(device):
-            flat = logits.float().flatten(2).transpose(1, 2).reshape(-1, c.head.k)
-            tau = tau_at(step, self.total, c.head.tau_max, c.head.tau_min)
-            # Noise is drawn for the global batch and sliced, so a patch gets the
-            # same noise whatever the number of processes.
-            n = flat.shape[0]
-            noise = torch.empty(n * dist.world_size, c.head.k, device=device)
-            noise = noise.exponential_(generator=generator)[dist.rank * n : (dist.rank + 1) * n]
-            probs = gumbel_probs(flat, tau, noise=noise)
-            if c.global_graph and dist.active:
-                probs = dist.all_gather_grad(probs)
-            out = neuralef_loss(probs[kvalid.reshape(-1)], kernel,
-                                c.objective.beta_for(c.head.k), c.objective.t)
-        return out, int(kvalid.sum()), logits.detach().float().abs().amax()
-
     def _train(self) -> None:
         c, p = self.config, self.progress
         head = self.model.head
@@ -299,15 +217,15 @@ class Trainer:
                                    world_size=self.dist.world_size, start_step=p.step,
                                    total_steps=self.total, pin_memory=self.device.type == "cuda",
                                    pad_colour=tuple(self.model.backbone.mean), cache=self.cache)
-        generator = torch.Generator(device=self.device)
+        forward = TrainStep(c, self.model.backbone, head, total=self.total, device=self.device,
+                            amp_dtype=self.amp_dtype, dist=self.dist, cache=self.cache)
         last_time, last_step = self.log.elapsed(), p.step
         for step, batch in zip(range(p.step, self.total), loader, strict=True):
             epoch = step // self.spe
             lr = lr_at(step, self.total, c.lr, c.lr_min)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            generator.manual_seed(noise_seed(c.seed, step))
-            out, tokens, spread = self._step(batch, step, generator, head)
+            out, tokens, spread = forward(batch, step)
             stats = torch.cat([out.loss.detach()[None], out.trace[None], out.penalty[None],
                                spread[None], out.eigenvalues])
             stats = self.dist.all_reduce_mean(stats).cpu().double()

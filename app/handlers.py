@@ -1,4 +1,5 @@
-"""Event handlers of the web demo: thin adapters from Gradio values to :mod:`segeig.app.logic`.
+"""Event handlers of the web demo: thin adapters from Gradio values to :mod:`segeig.app.logic`
+(and :mod:`segeig.app.uploads`, :mod:`segeig.app.legend`).
 
 Every handler is wrapped by :func:`guard` when wired up, which turns any
 failure into a short ``gr.Error`` toast: the user never sees a stack trace or
@@ -23,7 +24,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 from PIL import Image
-from segeig.app import logic
+from segeig.app import legend, logic, uploads
 
 from segeig.checkpoint import UNASSIGNED
 from segeig.evaluation import format_names
@@ -145,7 +146,7 @@ class DemoHandlers:
         for i, path in enumerate(paths):
             progress((i, len(paths)), desc=f"segmenting {logic.display_name(path)}")
             try:
-                image, notice = logic.read_upload(path, self.max_side)
+                image, notice = uploads.read_upload(path, self.max_side)
             except logic.UserError as err:
                 failed.append(str(err))
                 continue
@@ -185,16 +186,16 @@ class DemoHandlers:
             if i == index:
                 current = (result, view, str(overlay_png))
         result, view, overlay_png = current
-        entries, hidden = logic.legend_for(view)
+        entries, hidden = legend.legend_for(view)
         if any(logic.has_classes(self.seg, r.method) for r in results):
             # Class label maps are only readable with their names (and colours).
             files.append(_write_text(folder / "classes.txt",
                                      "".join(f"{n}\n" for n in self.seg.class_map.names)))
-            files.append(self.downloads.save(folder, "legend.png", logic.legend_picture(entries)))
+            files.append(self.downloads.save(folder, "legend.png", legend.legend_picture(entries)))
         views = folder / "view"
         views.mkdir()
-        table = logic.segment_table(view.merged)
-        choices = [(logic.caption(view, *row), row[0]) for row in table]
+        table = legend.segment_table(view.merged)
+        choices = [(legend.caption(view, *row), row[0]) for row in table]
         count = sum(1 for row in table if not (view.classes and row[0] == UNASSIGNED))
         kind = ("class" if count == 1 else "classes") if view.classes else (
             "segment" if count == 1 else "segments")
@@ -210,7 +211,7 @@ class DemoHandlers:
         return (
             "\n\n".join(lines),
             (self.downloads.save(views, "before.png", result.image), overlay_png),
-            logic.legend_html(entries),
+            legend.legend_html(entries),
             gallery,
             files,
             overlay_png,

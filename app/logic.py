@@ -3,17 +3,15 @@
 Every function takes numpy arrays / a :class:`segeig.predictor.Segmenter` and
 returns numpy arrays, text or file paths; :mod:`segeig.app.ui` only wires them to
 Gradio components. Errors meant for the user are raised as :class:`UserError`
-with a message that never names a server path.
+with a message that never names a server path. Reading uploads lives in
+:mod:`segeig.app.uploads`, captions and legends in :mod:`segeig.app.legend`.
 """
 
 from __future__ import annotations
 
-import html
 import logging
 import re
-import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +20,12 @@ from PIL import Image
 
 from segeig.checkpoint import MAX_NAME_CHARS, UNASSIGNED
 from segeig.cluster import MergeResult, merge_label_map, segment_profiles
-from segeig.imageio import ImageReadError, image_size, read_image
 from segeig.labelmaps import save_segments
 from segeig.predictor import Segmenter
-from segeig.viz import eigenfunction_grid, legend_image, make_palette, overlay
+from segeig.viz import eigenfunction_grid, make_palette, overlay
 
 logger = logging.getLogger(__name__)
 
-#: Refuse uploads with more pixels than this before decoding them (~67 MP).
-MAX_PIXELS = 1 << 26
-#: At most this many segments get a legend entry (the largest ones).
-LEGEND_ENTRIES = 24
 #: Preferred order of methods in the UI; the paper's best row first.
 METHOD_ORDER = ("eigen+kmeans", "eigen", "kmeans")
 
@@ -74,101 +67,7 @@ def safe_stem(name: str, limit: int = 60) -> str:
     return stem[:limit]
 
 
-# -- inputs -------------------------------------------------------------------
-class PixelBudget:
-    """Bounds the pixels that the demo's request threads decode at once.
-
-    Decoding needs memory in proportion to the pixels decoded (about 7 bytes
-    per pixel at the peak of :func:`segeig.imageio.read_image`), so the server
-    bounds its memory with one budget shared by all requests.
-    A single image larger than the whole budget still gets decoded, alone.
-
-    Args:
-        max_pixels: pixels that may be in decoding at once (>= 1).
-
-    Example::
-
-        budget = PixelBudget(2**27)
-        with budget.hold(width * height, timeout=30):
-            image = read_image(path)
-    """
-
-    def __init__(self, max_pixels: int) -> None:
-        if max_pixels < 1:
-            raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
-        self.max_pixels = int(max_pixels)
-        self.in_use = 0
-        self._cond = threading.Condition()
-
-    @contextmanager
-    def hold(self, pixels: int, timeout: float | None = None) -> Iterator[None]:
-        """Hold ``pixels`` of the budget for the ``with`` block.
-
-        Raises:
-            TimeoutError: the pixels did not become free within ``timeout`` seconds.
-        """
-        want = min(max(int(pixels), 1), self.max_pixels)
-        with self._cond:
-            if not self._cond.wait_for(lambda: self.in_use + want <= self.max_pixels, timeout):
-                raise TimeoutError(f"{want} pixels of decoding budget not free within "
-                                   f"{timeout} s ({self.in_use} of {self.max_pixels} in use)")
-            self.in_use += want
-        try:
-            yield
-        finally:
-            with self._cond:
-                self.in_use -= want
-                self._cond.notify_all()
-
-
-#: Pixels decoded at once by all requests together. Decoding holds ~7 bytes per
-#: pixel until the image is downscaled, so two 67 MP PNG bombs arriving together
-#: take turns instead of needing ~1 GB at once; JPEGs decode at reduced size.
-DECODE_BUDGET = PixelBudget(MAX_PIXELS)
-#: A request waiting longer than this for the decoding budget is turned away.
-DECODE_WAIT_S = 60.0
-
-
-def read_upload(path: str | Path, max_side: int,
-                budget: PixelBudget | None = None) -> tuple[np.ndarray, str | None]:
-    """Read an uploaded image, downscaled so its longer side is at most ``max_side``.
-
-    The image is decoded straight to that size where the format allows (JPEG)
-    and otherwise reduced right after decoding, while holding its pixels of
-    ``budget`` (default :data:`DECODE_BUDGET`, shared by all requests).
-
-    Returns:
-        ``(image H×W×3 uint8, notice)``; ``notice`` says how the image was
-        downscaled, or is None when it was not.
-
-    Raises:
-        UserError: the file is not a readable image (the message names the
-            upload by its own name only), or the server is too busy decoding.
-    """
-    name = display_name(path)
-    budget = budget or DECODE_BUDGET
-    try:
-        width, height = image_size(path)
-        if width * height > MAX_PIXELS:  # refused from the header, before any decoding
-            raise UserError(f"{name}: {width}×{height} pixels is more than this demo reads "
-                            f"({MAX_PIXELS} pixels); downscale it first")
-        with budget.hold(width * height, timeout=DECODE_WAIT_S):
-            image = read_image(path, max_pixels=MAX_PIXELS, max_side=max_side)
-    except ImageReadError as err:
-        raise UserError(f"{name}: {safe_message(err.reason)}") from err
-    except TimeoutError:
-        raise UserError(f"{name}: the server is busy reading other images; try again in a "
-                        "minute.") from None
-    small_h, small_w = image.shape[:2]
-    if (small_w > small_h) != (width > height) and width != height:
-        width, height = height, width  # EXIF orientation turned it
-    if max(height, width) <= max_side:
-        return image, None
-    notice = (f"{name} was downscaled from {width}×{height} to "
-              f"{small_w}×{small_h} (max side {max_side} px)")
-    return image, notice
-
-
+# -- methods -----------------------------------------------------------------
 def available_methods(seg: Segmenter) -> list[str]:
     """The checkpoint's methods, in :data:`METHOD_ORDER`."""
     return [m for m in METHOD_ORDER if m in seg.methods]
@@ -296,61 +195,6 @@ def render_overlay(result: SegmentedImage, view: LabelMapView, opacity: float) -
     alpha = float(np.clip(opacity, 0.0, 1.0))
     return overlay(result.image, view.merged.labels, view.palette, alpha=alpha,
                    ignore_index=UNASSIGNED if view.classes else None)
-
-
-def segment_table(merged: MergeResult) -> list[tuple[int, float, int]]:
-    """``(segment id, fraction of the image, number of merged ids)``, largest first."""
-    ids, counts = np.unique(merged.labels, return_counts=True)
-    total = merged.labels.size
-    rows = [(int(i), c / total, len(merged.members.get(int(i), [i])))
-            for i, c in zip(ids, counts, strict=True)]
-    return sorted(rows, key=lambda r: (-r[1], r[0]))
-
-
-def _share(fraction: float) -> str:
-    return f"{fraction:.0%}" if fraction >= 0.01 else "<1%"
-
-
-def segment_caption(seg_id: int, fraction: float, merged_count: int) -> str:
-    """``"segment 12 · 34%"`` (``"(+2 merged)"`` appended when merged)."""
-    text = f"segment {seg_id} · {_share(fraction)}"
-    return text + (f" (+{merged_count - 1} merged)" if merged_count > 1 else "")
-
-
-def caption(view: LabelMapView, seg_id: int, fraction: float, merged_count: int) -> str:
-    """``"sky · 34%"`` in a class view, else :func:`segment_caption`."""
-    if view.classes:
-        return f"{view.name(seg_id)} · {_share(fraction)}"
-    return segment_caption(seg_id, fraction, merged_count)
-
-
-def legend_for(view: LabelMapView, max_entries: int = LEGEND_ENTRIES
-               ) -> tuple[list[tuple[str, np.ndarray]], int]:
-    """``(caption, RGB colour)`` of the largest segments or classes (unassigned pixels,
-    drawn uncoloured, are left out), and how many smaller ones it leaves out."""
-    rows = [r for r in segment_table(view.merged) if not (view.classes and r[0] == UNASSIGNED)]
-    shown = rows[:max_entries]
-    return [(caption(view, *row), view.palette[row[0]]) for row in shown], len(rows) - len(shown)
-
-
-def legend_html(entries: list[tuple[str, np.ndarray]]) -> str:
-    """The legend as HTML: a colour swatch and a caption per entry (captions escaped:
-    class names come from a checkpoint and are untrusted)."""
-    items = []
-    for text, (r, g, b) in entries:
-        swatch = (f'<span style="display:inline-block;width:14px;height:14px;'
-                  f'background:#{int(r):02x}{int(g):02x}{int(b):02x};margin-right:6px;'
-                  f'vertical-align:middle;border:1px solid #8888"></span>')
-        items.append(f'<li style="list-style:none;margin:2px 10px 2px 0;display:inline-block">'
-                     f'{swatch}<span class="legend-name">{html.escape(text)}</span></li>')
-    return f'<ul class="segeig-legend" style="padding:0;margin:0">{"".join(items)}</ul>'
-
-
-def legend_picture(entries: list[tuple[str, np.ndarray]]) -> np.ndarray:
-    """The legend as an ``H×W×3`` uint8 picture (for downloads)."""
-    if not entries:
-        return legend_image(["(none)"], np.zeros((1, 3), np.uint8))
-    return legend_image([e[0] for e in entries], np.array([e[1] for e in entries]), max_rows=12)
 
 
 def clean_name(text: str | None) -> str:

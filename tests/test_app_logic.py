@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from segeig.app import logic
+from segeig.app import legend, logic, uploads
 
 from segeig.labelmaps import read_segments
 from segeig.predictor import Segmenter
@@ -43,10 +43,10 @@ def test_safe_stem_never_escapes():
 
 def test_read_upload_downscales_with_notice(tmp_path, rng):
     path = write_image(tmp_path / "big.png", random_image(rng, 200, 300))
-    image, notice = logic.read_upload(path, max_side=100)
+    image, notice = uploads.read_upload(path, max_side=100)
     assert image.shape == (67, 100, 3)
     assert notice == "big.png was downscaled from 300×200 to 100×67 (max side 100 px)"
-    same, none = logic.read_upload(path, max_side=300)
+    same, none = uploads.read_upload(path, max_side=300)
     assert same.shape == (200, 300, 3) and none is None
 
 
@@ -54,7 +54,7 @@ def test_read_upload_corrupt_file_names_upload_only(tmp_path):
     path = tmp_path / "bad.jpg"
     path.write_bytes(b"this is not a jpeg")
     with pytest.raises(logic.UserError) as info:
-        logic.read_upload(path, 512)
+        uploads.read_upload(path, 512)
     message = str(info.value)
     assert message.startswith("bad.jpg: ")
     assert "not a recognised image" in message
@@ -107,17 +107,17 @@ def test_render_overlay_opacity(seg, result):
 
 def test_legend_lists_largest_segments(seg, result):
     view = logic.view_of(seg, result, 0)
-    table = logic.segment_table(view.merged)
+    table = legend.segment_table(view.merged)
     fractions = [row[1] for row in table]
     assert fractions == sorted(fractions, reverse=True)
     assert abs(sum(fractions) - 1) < 1e-9
-    entries, hidden = logic.legend_for(view, max_entries=2)
-    assert [e[0] for e in entries] == [logic.segment_caption(*row) for row in table[:2]]
+    entries, hidden = legend.legend_for(view, max_entries=2)
+    assert [e[0] for e in entries] == [legend.segment_caption(*row) for row in table[:2]]
     np.testing.assert_array_equal(entries[0][1], view.palette[table[0][0]])
     assert hidden == len(table) - 2
-    picture = logic.legend_picture(entries)
+    picture = legend.legend_picture(entries)
     assert picture.ndim == 3 and picture.dtype == np.uint8
-    html = logic.legend_html(entries)
+    html = legend.legend_html(entries)
     r, g, b = view.palette[table[0][0]]
     assert entries[0][0] in html and f"#{r:02x}{g:02x}{b:02x}" in html
 
@@ -140,11 +140,11 @@ def test_class_view_names_colours_and_unassigned(seg, result):
     np.testing.assert_array_equal(view.merged.labels, table[result.labels])
     assert view.merged.members[0] == sorted(present[:2])
     assert view.merged.members[255] == present[3:]
-    entries, _ = logic.legend_for(view)
+    entries, _ = legend.legend_for(view)
     captions = [e[0] for e in entries]
     assert any(c.startswith("sky · ") for c in captions)
     assert not any(c.startswith("unassigned") for c in captions)  # drawn uncoloured
-    html = logic.legend_html(entries)
+    html = legend.legend_html(entries)
     assert "&lt;b&gt;road&lt;/b&gt;" in html and "<b>road" not in html  # escaped
     shown = logic.render_overlay(result, view, 1.0)
     unassigned = view.merged.labels == 255
@@ -176,8 +176,8 @@ def test_clean_name():
 
 
 def test_segment_caption():
-    assert logic.segment_caption(12, 0.344, 1) == "segment 12 · 34%"
-    assert logic.segment_caption(3, 0.001, 3) == "segment 3 · <1% (+2 merged)"
+    assert legend.segment_caption(12, 0.344, 1) == "segment 12 · 34%"
+    assert legend.segment_caption(3, 0.001, 3) == "segment 3 · <1% (+2 merged)"
 
 
 def test_write_downloads_roundtrip(tmp_path, seg, result):
@@ -310,10 +310,10 @@ def test_concurrent_uploads_take_turns_decoding(tmp_path, rng, monkeypatch):
             active[0] -= 1
         return read_image(path, **kwargs)
 
-    monkeypatch.setattr(logic, "read_image", slow_read)
+    monkeypatch.setattr(uploads, "read_image", slow_read)
     paths = [write_image(tmp_path / f"{i}.png", random_image(rng, 100, 120)) for i in range(2)]
-    budget = logic.PixelBudget(100 * 120 * 3 // 2)  # room for one of them at a time
-    threads = [threading.Thread(target=logic.read_upload, args=(p, 64, budget)) for p in paths]
+    budget = uploads.PixelBudget(100 * 120 * 3 // 2)  # room for one of them at a time
+    threads = [threading.Thread(target=uploads.read_upload, args=(p, 64, budget)) for p in paths]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -324,17 +324,17 @@ def test_concurrent_uploads_take_turns_decoding(tmp_path, rng, monkeypatch):
 def test_read_upload_refuses_too_many_pixels_from_the_header(tmp_path, monkeypatch):
     from PIL import Image
 
-    monkeypatch.setattr(logic, "MAX_PIXELS", 5000)
+    monkeypatch.setattr(uploads, "MAX_PIXELS", 5000)
     Image.new("RGBA", (100, 80)).save(tmp_path / "bomb.png")
     with pytest.raises(logic.UserError, match="bomb.png: 100×80 pixels is more than"):
-        logic.read_upload(tmp_path / "bomb.png", 64)
+        uploads.read_upload(tmp_path / "bomb.png", 64)
 
 
 def test_read_upload_decodes_jpegs_at_the_display_size(tmp_path, monkeypatch):
     from PIL import Image
 
     Image.new("RGB", (1600, 1200), (9, 99, 199)).save(tmp_path / "photo.jpg")
-    image, notice = logic.read_upload(tmp_path / "photo.jpg", 200)
+    image, notice = uploads.read_upload(tmp_path / "photo.jpg", 200)
     assert image.shape == (150, 200, 3) and image.flags.writeable
     assert notice == "photo.jpg was downscaled from 1600×1200 to 200×150 (max side 200 px)"
 
@@ -342,7 +342,7 @@ def test_read_upload_decodes_jpegs_at_the_display_size(tmp_path, monkeypatch):
 def test_pixel_budget_serialises_large_decodes():
     import threading
 
-    budget = logic.PixelBudget(10)
+    budget = uploads.PixelBudget(10)
     with budget.hold(6):
         with pytest.raises(TimeoutError), budget.hold(6, timeout=0.05):
             pass

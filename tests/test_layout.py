@@ -44,14 +44,18 @@ def _sources() -> list[tuple[str, Path]]:
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
-    """Every segeig module a file imports, lazy imports inside functions included."""
+    """Every segeig module a file imports, lazy imports inside functions included.
+
+    ``from package import name`` counts as importing the submodule when
+    ``name`` is one, else the package itself.
+    """
     found = []
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "segeig":  # from segeig import train
-                found += [(node.lineno, f"segeig.{a.name}") for a in node.names]
-            elif node.module.startswith("segeig."):
-                found.append((node.lineno, node.module))
+            if node.module == "segeig" or node.module.startswith("segeig."):
+                for alias in node.names:
+                    sub = f"{node.module}.{alias.name}"
+                    found.append((node.lineno, sub if _module_node(sub) else node.module))
         elif isinstance(node, ast.Import):
             found += [(node.lineno, a.name) for a in node.names if a.name.startswith("segeig")]
     return found
@@ -130,13 +134,12 @@ def _module_node(module: str) -> str | None:
 
 
 def _import_graph() -> dict[str, set[str]]:
-    """module → the segeig modules it imports (anywhere in the file).
+    """module → the segeig modules it imports (anywhere in the file, see :func:`_imports`).
 
-    ``from package import name`` is an edge to the submodule when ``name`` is
-    one, else to the package's ``__init__``. The root package's lazy
-    ``__getattr__`` (``segeig.load``) is left out: every module's parent
-    package is imported before the module, so a name taken from the root can
-    never close a cycle at import time, and the root imports nothing eagerly.
+    The root package's lazy ``__getattr__`` (``segeig.load``) is left out:
+    every module's parent package is imported before the module, so a name
+    taken from the root can never close a cycle at import time, and the root
+    imports nothing eagerly.
     """
     modules = {name for name, _ in _sources()}
     modules |= {name.removesuffix(".__init__") for name in modules}
@@ -146,19 +149,10 @@ def _import_graph() -> dict[str, set[str]]:
         edges = graph.setdefault(node, set())
         if node == "segeig":
             continue
-        for tree_node in ast.walk(ast.parse(path.read_text())):
-            targets: list[str] = []
-            if isinstance(tree_node, ast.ImportFrom) and tree_node.module and \
-                    tree_node.level == 0 and tree_node.module.startswith("segeig"):
-                for alias in tree_node.names:
-                    sub = f"{tree_node.module}.{alias.name}"
-                    targets.append(sub if _module_node(sub) else tree_node.module)
-            elif isinstance(tree_node, ast.Import):
-                targets = [a.name for a in tree_node.names if a.name.startswith("segeig")]
-            for target in targets:
-                target_node = _module_node(target)
-                if target_node and target_node != node and target_node in modules:
-                    edges.add(target_node)
+        for _, target in _imports(path):
+            target_node = _module_node(target)
+            if target_node and target_node != node and target_node in modules:
+                edges.add(target_node)
     return graph
 
 
@@ -209,7 +203,7 @@ def test_cycle_check_sees_lazy_imports(tmp_path):
     assert _cycles(graph) == [["segeig.a", "segeig.b"]]
     source = tmp_path / "lazy.py"
     source.write_text("def f():\n    from segeig.crf import refine\n")
-    assert _imports(source) == [(2, "segeig.crf")]
+    assert _imports(source) == [(2, "segeig.crf.refine")]
 
 
 def test_data_reads_datasets_only():

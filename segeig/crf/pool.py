@@ -9,6 +9,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from types import TracebackType
 
 import numpy as np
+import torch
 
 from segeig.crf.params import CRFParams
 from segeig.crf.refine import crf_labels, resolve_backend
@@ -38,8 +39,6 @@ def _crf_worker(
 def _one_thread() -> None:
     # A torch CRF per worker process: one thread each, or N workers × all
     # cores of threads fight over the same cores.
-    import torch
-
     torch.set_num_threads(1)
 
 

@@ -47,6 +47,7 @@ from safetensors.torch import save
 
 from segeig.atomic import atomic_write
 from segeig.data.synthetic import PRETRAIN_CLASS_OFFSET, render_sample
+from segeig.data.textures import PRETRAIN_TEXTURE_OFFSET, render_texture_sample
 
 logger = logging.getLogger("make_proxy_backbone")
 
@@ -54,16 +55,26 @@ logger = logging.getLogger("make_proxy_backbone")
 PROXY_BACKBONE = "deit_tiny_patch16_224"
 
 
-def default_proxy_path() -> Path:
-    """``$XDG_CACHE_HOME/segeig/proxy/deit_tiny_proxy.safetensors`` (``~/.cache`` by default)."""
+#: Pretraining image families: the texture-statistics classes of
+#: :mod:`segeig.data.textures` (the benchmark's proxy) or the older
+#: colour-and-texture classes of :mod:`segeig.data.synthetic`.
+FAMILIES = {"texture": (render_texture_sample, PRETRAIN_TEXTURE_OFFSET),
+            "colour": (render_sample, PRETRAIN_CLASS_OFFSET)}
+
+
+def default_proxy_path(family: str = "texture") -> Path:
+    """``$XDG_CACHE_HOME/segeig/proxy/deit_tiny_<family>_proxy.safetensors`` (``~/.cache``)."""
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(cache) / "segeig" / "proxy" / "deit_tiny_proxy.safetensors"
+    return Path(cache) / "segeig" / "proxy" / f"deit_tiny_{family}_proxy.safetensors"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="texture",
+                        help="pretraining images: texture-statistics classes (the benchmark's "
+                             "proxy, default) or the older colour-and-texture classes")
     parser.add_argument("--out", type=Path, default=None,
-                        help=f"output file (default {default_proxy_path()})")
+                        help=f"output file (default {default_proxy_path()} for texture)")
     parser.add_argument("--force", action="store_true", help="rebuild even if --out exists")
     parser.add_argument("--steps", type=int, default=900, help="optimisation steps")
     parser.add_argument("--batch", type=int, default=16, help="images per step")
@@ -72,7 +83,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--zoom", type=float, nargs=2, default=(0.5, 2.0),
                         help="range of the random zoom applied to the rendered image")
     parser.add_argument("--classes", type=int, default=64,
-                        help=f"pretraining classes (appearance ids {PRETRAIN_CLASS_OFFSET} on)")
+                        help="pretraining classes (appearance ids from the family's pretraining "
+                             f"offset: {PRETRAIN_TEXTURE_OFFSET} texture, "
+                             f"{PRETRAIN_CLASS_OFFSET} colour)")
     parser.add_argument("--lr", type=float, default=5e-4, help="AdamW peak learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
@@ -89,7 +102,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def make_batch(rng: np.random.Generator, batch: int, size: int, classes: int,
-               zoom: tuple[float, float], patch: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+               zoom: tuple[float, float], patch: int = 16,
+               family: str = "texture") -> tuple[torch.Tensor, torch.Tensor]:
     """Render ``batch`` zoomed synthetic images and their per-patch class fractions.
 
     Returns:
@@ -102,8 +116,8 @@ def make_batch(rng: np.random.Generator, batch: int, size: int, classes: int,
     for _ in range(batch):
         factor = math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1])))
         side = max(16, round(size / factor))
-        image, label = render_sample(rng, (side, side), classes,
-                                     class_offset=PRETRAIN_CLASS_OFFSET)
+        render, offset = FAMILIES[family]
+        image, label = render(rng, (side, side), classes, class_offset=offset)
         shrink = side > size
         images.append(cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if shrink
                                  else cv2.INTER_LINEAR))
@@ -158,7 +172,8 @@ def train_proxy(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict
     vit.train()
     started, recent = time.perf_counter(), []
     for step in range(args.steps):
-        x, targets = make_batch(rng, args.batch, args.size, args.classes, tuple(args.zoom))
+        x, targets = make_batch(rng, args.batch, args.size, args.classes, tuple(args.zoom),
+                                family=args.family)
         logits = patch_logits(vit, classifier, x, mean, std)
         loss = F.cross_entropy(logits.flatten(0, 2), targets.flatten(0, 2))
         for group in optimizer.param_groups:
@@ -177,7 +192,8 @@ def train_proxy(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict
     with torch.no_grad():
         held = []
         for _ in range(4):
-            x, targets = make_batch(held_rng, args.batch, args.size, args.classes, (1.0, 1.0))
+            x, targets = make_batch(held_rng, args.batch, args.size, args.classes, (1.0, 1.0),
+                                    family=args.family)
             held.append(accuracy(patch_logits(vit, classifier, x, mean, std), targets))
     stats = {"train_patch_accuracy": float(np.mean(recent)),
              "heldout_patch_accuracy": float(np.mean(held)),
@@ -188,7 +204,7 @@ def train_proxy(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    out = args.out or default_proxy_path()
+    out = args.out or default_proxy_path(args.family)
     if out.exists() and not args.force:
         print(f"{out} exists (use --force to rebuild)")
         return 0
@@ -197,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     state, stats = train_proxy(args)
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "force", "log_every")}
     metadata = {"format": "pt", "segeig_proxy": json.dumps(
-        {"backbone": PROXY_BACKBONE, "class_offset": PRETRAIN_CLASS_OFFSET,
+        {"backbone": PROXY_BACKBONE, "family": args.family,
+         "class_offset": FAMILIES[args.family][1],
          "settings": settings, "torch_threads": torch.get_num_threads(), **stats})}
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = save(state, metadata=metadata)

@@ -41,7 +41,7 @@ from segeig.atomic import atomic_write
 logger = logging.getLogger(__name__)
 
 __all__ = ["PRETRAIN_CLASS_OFFSET", "TEXTURES", "class_names", "make_synthetic_dataset",
-           "render_sample"]
+           "random_shape", "render_sample", "save_png"]
 
 TEXTURES = ("flat", "stripes", "checker", "dots", "grain", "gradient")
 _GOLDEN = 0.618033988749895
@@ -91,12 +91,20 @@ def _texture(c: int, shape: tuple[int, int], rng: np.random.Generator) -> np.nda
     return np.zeros(shape, np.float32)
 
 
-def _random_shape(mask: np.ndarray, rng: np.random.Generator) -> None:
-    """Draw one filled ellipse, rectangle or triangle (value 1) into ``mask``."""
+def random_shape(mask: np.ndarray, rng: np.random.Generator,
+                 radius: tuple[float, float] | None = None) -> None:
+    """Draw one filled ellipse, rectangle or triangle (value 1) into ``mask``.
+
+    ``radius``: ``(ry, rx)`` half-extents in pixels; ``None`` draws each in
+    ``[side/10, side/3)``.
+    """
     h, w = mask.shape
     cy, cx = int(rng.integers(0, h)), int(rng.integers(0, w))
-    ry = int(rng.integers(max(2, h // 10), max(3, h // 3)))
-    rx = int(rng.integers(max(2, w // 10), max(3, w // 3)))
+    if radius is None:
+        ry = int(rng.integers(max(2, h // 10), max(3, h // 3)))
+        rx = int(rng.integers(max(2, w // 10), max(3, w // 3)))
+    else:
+        ry, rx = max(2, round(radius[0])), max(2, round(radius[1]))
     kind = int(rng.integers(0, 3))
     if kind == 0:
         cv2.ellipse(mask, (cx, cy), (rx, ry), float(rng.uniform(0, 180)), 0, 360, 1, -1)
@@ -139,7 +147,7 @@ def render_sample(rng: np.random.Generator, size: tuple[int, int], n_classes: in
     label[:] = np.where(yy < horizon, top, bottom)
     for _ in range(int(rng.integers(n_objects[0], n_objects[1] + 1))):
         mask = np.zeros((h, w), np.uint8)
-        _random_shape(mask, rng)
+        random_shape(mask, rng)
         label[mask.astype(bool)] = rng.integers(0, n_classes)
     image = np.zeros((h, w, 3), np.float32)
     for c in np.unique(label):
@@ -160,7 +168,7 @@ def render_sample(rng: np.random.Generator, size: tuple[int, int], n_classes: in
     return image, label
 
 
-def _save_png(array: np.ndarray, path: Path) -> None:
+def save_png(array: np.ndarray, path: Path) -> None:
     # Atomic: a reader (or a crashed run) never sees a half-written file.
     atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
@@ -217,8 +225,8 @@ def make_synthetic_dataset(
         image, label = render_sample(rng, shape, n_classes, ignore_width=ignore_width,
                                      class_offset=class_offset)
         name = f"synth_{i:05d}.png"
-        _save_png(image, root / "images" / split / name)
-        _save_png(label, root / "annotations" / split / name)
+        save_png(image, root / "images" / split / name)
+        save_png(label, root / "annotations" / split / name)
     logger.info("wrote %d train and %d val synthetic images (%d classes) to %s",
                 n_train, n_val, n_classes, root)
     return root

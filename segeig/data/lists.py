@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_LIST_BYTES", "MAX_MAT_BYTES", "ListFileError", "read_id_list",
+__all__ = ["ID_PATTERN", "MAX_LIST_BYTES", "MAX_MAT_BYTES", "ListFileError", "read_id_list",
            "read_mat_array"]
 
 #: Largest id list read (COCO-Stuff's curated train list is ~0.6 MB).
@@ -25,8 +25,8 @@ MAX_LIST_BYTES = 16 << 20
 #: Largest ``.mat`` file read (a Potsdam tile is ~160 kB).
 MAX_MAT_BYTES = 64 << 20
 
-# One id: letters, digits, "_", "-", "."; no separators, so an id never leaves its folder.
-_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
+#: One id: letters, digits, "_", "-", "."; no separators, so an id never leaves its folder.
+ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 
 class ListFileError(ValueError):
@@ -79,7 +79,7 @@ def read_id_list(path: str | os.PathLike[str], *, what: str = "id list",
         item = line.strip()
         if not item:
             continue
-        if not _ID.fullmatch(item) or item in (".", ".."):
+        if not ID_PATTERN.fullmatch(item) or item in (".", ".."):
             shown = item if len(item) <= 60 else item[:57] + "..."
             raise ListFileError(f"{what} '{path}', line {number}: {shown!r} is not an image "
                                 "id (one id per line: letters, digits, '_', '-', '.')")

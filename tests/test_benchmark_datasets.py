@@ -241,3 +241,19 @@ def test_protocol_rows_and_presets(dataset, classes):
     config = default_config(dataset, "/data")
     assert config.kmeans_k == classes and config.resolution == 320 and config.crop == 320
     assert config.head.k > classes
+
+
+def test_key_is_the_path_under_the_split_image_folder(tmp_path):
+    for split in ("train", "val"):
+        for rel in ("a/b/photo_1.jpg", "top.png"):
+            path = tmp_path / "images" / split / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+            label = tmp_path / "annotations" / split / rel
+            label.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(np.zeros((4, 4), np.uint8)).save(label.with_suffix(".png"))
+    ds = build_dataset("custom", tmp_path, "val", num_classes=1)
+    assert [ds.key(i) for i in range(len(ds))] == ["a/b/photo_1", "top"]
+    assert ds[0].name == "val/a/b/photo_1"  # names keep the split; keys do not
+    folder = build_dataset("folder", tmp_path / "images")
+    assert folder.key(0) == folder[0].name == "train/a/b/photo_1"

@@ -38,9 +38,11 @@ class Sample:
         name: id relative to the dataset's image folder, without extension and
             with "/" separators (e.g. ``"validation/ADE_val_00000001"``,
             PASCAL-Context ``"2008_000002"``, Cityscapes
-            ``"val/frankfurt/frankfurt_000000_000294"``); unique within a
+            ``"val/frankfurt/frankfurt_000000_000294"``, COCO-Stuff
+            ``"val2017/000000000139"``, Potsdam the list id); unique within a
             dataset and safe to use as an output file stem (a folder dataset
-            keeps the extension of files whose stems clash).
+            keeps the extension of files whose stems clash). Saved predictions
+            are matched by :meth:`SegDataset.key` instead, which has no split prefix.
         path: the image file.
     """
 

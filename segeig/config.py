@@ -37,9 +37,11 @@ DEFAULT_MAX_SIDE = 1024
 CENTROID_METRICS = ("euclidean", "cosine")
 
 #: Dataset layouts segeig reads (``segeig.data.DATASETS``); ``folder`` has no labels.
-DATASET_NAMES = ("ade20k", "pascal_context", "cityscapes", "custom", "folder")
+DATASET_NAMES = ("ade20k", "pascal_context", "cityscapes", "cocostuff27", "cityscapes27",
+                 "potsdam3", "custom", "folder")
 #: The labelled ones, which ``segeig evaluate`` scores.
-LABELLED_DATASETS = ("pascal_context", "ade20k", "cityscapes", "custom")
+LABELLED_DATASETS = ("pascal_context", "ade20k", "cityscapes", "cocostuff27", "cityscapes27",
+                     "potsdam3", "custom")
 #: Evaluation protocols (docs/evaluation.md, "Protocols"; ``segeig.evaluation.protocols``).
 PROTOCOL_NAMES = ("stego", "full", "native")
 

@@ -38,9 +38,11 @@ class Sample:
         name: id relative to the dataset's image folder, without extension and
             with "/" separators (e.g. ``"validation/ADE_val_00000001"``,
             PASCAL-Context ``"2008_000002"``, Cityscapes
-            ``"val/frankfurt/frankfurt_000000_000294"``); unique within a
+            ``"val/frankfurt/frankfurt_000000_000294"``, COCO-Stuff
+            ``"val2017/000000000139"``, Potsdam the list id); unique within a
             dataset and safe to use as an output file stem (a folder dataset
-            keeps the extension of files whose stems clash).
+            keeps the extension of files whose stems clash). Saved predictions
+            are matched by :meth:`SegDataset.key` instead, which has no split prefix.
         path: the image file.
     """
 
@@ -227,6 +229,9 @@ class SegDataset(Dataset):
     name: ClassVar[str] = "base"
     #: Split names accepted by the constructor (before aliasing).
     splits: ClassVar[tuple[str, ...]] = ("train", "val")
+    #: Splits with (partly) unlabelled images: ``verify_layout`` checks them
+    #: without labels (Potsdam's train split holds IIC's unlabelled tiles).
+    label_free_splits: ClassVar[frozenset[str]] = frozenset()
     ignore_index: int = IGNORE_INDEX
 
     def __init__(
@@ -239,9 +244,13 @@ class SegDataset(Dataset):
         class_names: Sequence[str] | None = None,
         palette: np.ndarray | None = None,
         transform: Transform | None = None,
+        image_dir: Path | None = None,
     ):
         self.root = Path(root)
         self.split = split
+        #: The split's image folder, which :meth:`key` is relative to (None: keys
+        #: are the sample names).
+        self.image_dir: Path | None = Path(image_dir) if image_dir is not None else None
         self.items: list[Item] = list(items)
         self.with_labels = with_labels
         self.class_names: list[str] | None = list(class_names) if class_names else None
@@ -287,6 +296,20 @@ class SegDataset(Dataset):
             if label.shape != image.shape[:2]:
                 image = self._match_orientation(item, image, label)
         return Sample(image=image, label=label, name=item.name, path=item.image)
+
+    def key(self, index: int) -> str:
+        """Image ``index``'s path relative to the split's image folder, without its
+        extension and with "/" separators: COCO ``"000000000139"``, Cityscapes
+        ``"frankfurt/frankfurt_000000_000294_leftImg8bit"``, Potsdam the list id.
+
+        Saved predictions of any method are looked up by this key
+        (``KEY.png``). Unlike :attr:`Sample.name` it carries no split prefix and
+        no renaming. Datasets without an image folder use the sample name.
+        """
+        item = self.items[index]
+        if self.image_dir is None:
+            return item.name
+        return stem_name(item.image, self.image_dir)
 
     def file_identity(self, index: int) -> str:
         """Who image ``index`` is, as of now: ``"name|file size|mtime ns"`` (just the

@@ -1,4 +1,4 @@
-"""Cityscapes (fine annotations), 27 or 19 classes.
+"""Cityscapes (fine annotations), 27 or 19 classes; ``cityscapes27`` is the 27-class one.
 
 * ``num_classes=27`` (default; STEGO "stego" protocol): labelIds 7..33 -> 0..26
   (``labelId - 7``); void ids 0..6 and the license plate (-1, stored as 255)
@@ -120,7 +120,7 @@ class Cityscapes(SegDataset):
             else (CITYSCAPES_19_CLASSES, CITYSCAPES_19_PALETTE)
         )
         super().__init__(base, sub, items, with_labels=with_labels, class_names=names,
-                         palette=palette, transform=transform)
+                         palette=palette, transform=transform, image_dir=img_dir)
 
     def _label_path(self, gt_dir: Path, stem: str) -> Path:
         if self._n == 19:
@@ -138,3 +138,29 @@ class Cityscapes(SegDataset):
         if item.label.name.endswith(_TRAINIDS_SUFFIX):
             return _LUT_TRAINIDS[raw]
         return _LUT_IDS_TO_19[raw]
+
+
+class Cityscapes27(Cityscapes):
+    """Cityscapes-27, the benchmark of STEGO and its successors: :class:`Cityscapes`
+    with ``num_classes=27`` (labelIds 7..33 -> 0..26, everything else 255).
+
+    Same layout and splits (val: 500 images). Keys (:meth:`SegDataset.key`) look
+    like ``"frankfurt/frankfurt_000000_000294_leftImg8bit"``.
+    """
+
+    name = "cityscapes27"
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        *,
+        with_labels: bool = True,
+        num_classes: int | None = None,
+        transform: Transform | None = None,
+    ):
+        if num_classes not in (None, 27):
+            raise ValueError(f"cityscapes27 has 27 classes, got num_classes={num_classes} "
+                             "(the 19 trainIds are dataset 'cityscapes' with num_classes=19)")
+        super().__init__(root, split, with_labels=with_labels, num_classes=27,
+                         transform=transform)

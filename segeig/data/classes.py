@@ -110,3 +110,49 @@ ADE20K_PALETTE = voc_colormap(len(ADE20K_CLASSES) + 1)[1:]
 PASCAL_CONTEXT_59_PALETTE = voc_colormap(len(PASCAL_CONTEXT_59_CLASSES) + 1)[1:]
 PASCAL_CONTEXT_60_PALETTE = voc_colormap(len(PASCAL_CONTEXT_60_CLASSES))
 
+
+# COCO-Stuff-27: the 27 coarse classes of the stuffthingmaps_trainval2017 fine ids
+# (0..181, 0-based: things 0..90, stuff 91..181; 255 unlabelled). Names in coarse-id
+# order: things 0..11, then stuff 12..26 (two names repeat across the two groups,
+# as in every STEGO-family repository).
+COCOSTUFF_27_CLASSES: tuple[str, ...] = (
+    "electronic", "appliance", "food", "furniture", "indoor", "kitchen", "accessory",
+    "animal", "outdoor", "person", "sports", "vehicle",
+    "ceiling", "floor", "food", "furniture", "rawmaterial", "textile", "wall", "window",
+    "building", "ground", "plant", "sky", "solid", "structural", "water",
+)
+#: First coarse COCO-Stuff-27 id that is a stuff class (stuff = 12..26).
+COCOSTUFF_FIRST_STUFF = 12
+
+#: Fine stuffthingmaps id (index 0..181) -> coarse COCO-Stuff-27 id. The fixed map of
+#: IIC (its ``fine_to_coarse_dict.pickle``, from COCO-Stuff's cocostuff-labelhierarchy)
+#: that STEGO, HP, SmooSeg, CAUSE, EAGLE and the others copy verbatim as
+#: ``fine_to_coarse`` in their COCO dataset classes; any fine id outside it is ignored.
+COCOSTUFF_FINE_TO_27: tuple[int, ...] = (
+    9, 11, 11, 11, 11, 11, 11, 11, 11, 8, 8, 8, 8, 8, 8, 7,  # 0-15
+    7, 7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6,  # 16-31
+    6, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10, 5, 5, 5, 5, 5,  # 32-47
+    5, 5, 5, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3,  # 48-63
+    3, 3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0, 1, 1, 1,  # 64-79
+    1, 1, 1, 4, 4, 4, 4, 4, 4, 4, 4, 17, 17, 22, 20, 20,  # 80-95
+    22, 15, 25, 16, 13, 12, 12, 17, 17, 23, 15, 15, 17, 15, 21, 15,  # 96-111
+    25, 13, 13, 13, 13, 13, 22, 26, 14, 14, 15, 22, 21, 21, 24, 20,  # 112-127
+    22, 15, 17, 16, 15, 22, 24, 21, 17, 25, 16, 21, 17, 22, 16, 21,  # 128-143
+    21, 25, 21, 26, 21, 24, 20, 17, 14, 21, 26, 15, 23, 20, 21, 24,  # 144-159
+    15, 24, 22, 25, 15, 20, 17, 17, 22, 14, 18, 18, 18, 18, 18, 18,  # 160-175
+    18, 26, 26, 19, 19, 24,  # 176-181
+)
+COCOSTUFF_27_PALETTE = voc_colormap(len(COCOSTUFF_27_CLASSES) + 1)[1:]
+
+# Potsdam-3 (IIC's release of ISPRS Potsdam): the stored gt ids 0..5 and the three
+# classes they merge into (STEGO's ``fine_to_coarse``: roads and cars, buildings and
+# clutter, vegetation and trees).
+POTSDAM_FINE_CLASSES: tuple[str, ...] = (
+    "road", "building", "low vegetation", "tree", "car", "clutter",
+)
+POTSDAM_3_CLASSES: tuple[str, ...] = (
+    "roads and cars", "buildings and clutter", "trees and vegetation",
+)
+#: Fine Potsdam gt id (index 0..5) -> Potsdam-3 class.
+POTSDAM_FINE_TO_3: tuple[int, ...] = (0, 1, 2, 2, 0, 1)
+POTSDAM_3_PALETTE = np.array([(170, 170, 170), (0, 0, 255), (0, 200, 0)], dtype=np.uint8)

@@ -30,6 +30,7 @@ from segeig.data.classes import (
     PASCAL_CONTEXT_60_CLASSES,
     PASCAL_CONTEXT_60_PALETTE,
 )
+from segeig.data.lists import read_id_list
 
 LAYOUT = """\
   ROOT/VOCdevkit/VOC2010/           (ROOT may also be VOCdevkit/ or VOC2010/)
@@ -56,8 +57,9 @@ def resolve_root(root: Path) -> Path:
 
 
 def read_split_file(path: Path) -> list[str]:
-    """Image ids listed in an ImageSets split file (blank lines ignored)."""
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    """Image ids listed in an ImageSets split file (blank lines ignored; a bounded,
+    checked read: :func:`segeig.data.lists.read_id_list`)."""
+    return read_id_list(path, what="split file")
 
 
 class PascalContext(SegDataset):
@@ -124,7 +126,7 @@ class PascalContext(SegDataset):
             else (PASCAL_CONTEXT_60_CLASSES, PASCAL_CONTEXT_60_PALETTE)
         )
         super().__init__(base, sub, items, with_labels=with_labels, class_names=names,
-                         palette=palette, transform=transform)
+                         palette=palette, transform=transform, image_dir=base / "JPEGImages")
 
     def convert_label(self, raw: np.ndarray) -> np.ndarray:
         return self._lut[raw]

@@ -6,6 +6,8 @@
 * :func:`convert_pascal_context` builds ``SegmentationClassContext`` PNGs and
   the split lists from VOC2010 + ``trainval_merged.json`` with the Detail API,
   reproducing the mmsegmentation conversion (59 classes, 0 = background).
+* :func:`regenerate_curated_lists` rebuilds COCO-Stuff-27's curated lists
+  from the stuffthingmaps annotations with IIC's rule (:func:`is_curated`).
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from segeig.atomic import write_text
+from segeig.data.classes import COCOSTUFF_FINE_TO_27, COCOSTUFF_FIRST_STUFF
+from segeig.data.cocostuff import CURATED_LISTS, curated_list_path
+from segeig.data.lists import ID_PATTERN
 from segeig.data.registry import verify_layout
+from segeig.labelmaps import read_label
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +36,22 @@ EXPECTED_COUNTS: dict[str, dict[str, int]] = {
     "ade20k": {"train": 20210, "val": 2000},
     "pascal_context": {"train": 4996, "val": 5104},
     "cityscapes": {"train": 2975, "val": 500},
+    "cityscapes27": {"train": 2975, "val": 500},
+    # IIC's curated val list; the train list's size depends on the release used.
+    "cocostuff27": {"val": 2175},
+    # labelled_train 4,545 + unlabelled_train 3,150; labelled_test 855.
+    "potsdam3": {"train": 7695, "val": 855},
 }
+
+#: IIC's COCO-Stuff curation rule: the fraction of all pixels that must be stuff
+#: and the smallest side, in pixels.
+CURATED_MIN_STUFF = 0.75
+CURATED_MIN_SIDE = 360
+
+#: 256-entry table: True for the fine stuffthingmaps ids whose coarse class is a
+#: stuff class (12..26), i.e. 91..181; read off the map, not hard-coded.
+_IS_STUFF = np.zeros(256, dtype=bool)
+_IS_STUFF[[i for i, c in enumerate(COCOSTUFF_FINE_TO_27) if c >= COCOSTUFF_FIRST_STUFF]] = True
 
 #: The 60 ids in the 459-category Detail/PASCAL-Context label space that make
 #: up the 59-class benchmark plus background (0), as used by mmsegmentation's
@@ -175,4 +197,61 @@ def convert_pascal_context(
         (list_dir / f"{split}.txt").write_text("".join(n + "\n" for n in sorted(names)))
         counts[split] = len(names)
         logger.info("pascal_context %s: wrote %d labels", split, len(names))
+    return counts
+
+
+def is_curated(fine: np.ndarray, *, min_stuff: float = CURATED_MIN_STUFF,
+               min_side: int = CURATED_MIN_SIDE) -> bool:
+    """IIC's curation rule for one stuffthingmaps annotation.
+
+    Args:
+        fine: [H, W] uint8 fine ids (0..181, 255 unlabelled).
+        min_stuff: smallest fraction of **all** H·W pixels (unlabelled ones
+            included, as IIC counts) whose fine id is a stuff class.
+        min_side: both H and W must be at least this.
+    """
+    h, w = fine.shape[:2]
+    if h < min_side or w < min_side:
+        return False
+    return int(_IS_STUFF[fine].sum()) >= h * w * min_stuff
+
+
+def regenerate_curated_lists(
+    root: str | Path,
+    *,
+    progress: Callable[[Iterable[Any]], Iterable[Any]] | None = None,
+) -> dict[str, int]:
+    """Write COCO-Stuff-27's curated lists under ``ROOT/curated/`` from the annotations.
+
+    Every ``annotations/<split>/<id>.png`` is tested with :func:`is_curated`;
+    the kept ids, sorted, are written (atomically, one per line) to
+    ``curated/train2017/Coco164kFull_Stuff_Coarse.txt`` and
+    ``curated/val2017/Coco164kFull_Stuff_Coarse_7.txt``. Deterministic: the
+    same annotations always give the same files.
+
+    Args:
+        root: the COCO-Stuff root (holding ``annotations/{train2017,val2017}``).
+        progress: optional wrapper for progress display (e.g. ``tqdm``).
+
+    Returns:
+        ``{"train2017": kept, "val2017": kept}``.
+
+    Raises:
+        FileNotFoundError: an annotation folder is missing.
+    """
+    root = Path(root)
+    counts: dict[str, int] = {}
+    for split in CURATED_LISTS:
+        ann_dir = root / "annotations" / split
+        if not ann_dir.is_dir():
+            raise FileNotFoundError(f"'{ann_dir}' does not exist; unzip "
+                                    "stuffthingmaps_trainval2017.zip into ROOT/annotations")
+        paths = sorted((p for p in ann_dir.iterdir()
+                        if p.suffix == ".png" and ID_PATTERN.fullmatch(p.stem)),
+                       key=lambda p: p.stem)
+        kept = [p.stem for p in (progress(paths) if progress else paths)
+                if is_curated(read_label(p))]
+        write_text(curated_list_path(root, split), "".join(i + "\n" for i in kept))
+        counts[split] = len(kept)
+        logger.info("cocostuff27 %s: %d of %d images kept", split, len(kept), len(paths))
     return counts

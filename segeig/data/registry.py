@@ -6,10 +6,12 @@ from pathlib import Path
 
 from segeig.data.ade20k import ADE20K
 from segeig.data.base import SegDataset, Transform
-from segeig.data.cityscapes import Cityscapes
+from segeig.data.cityscapes import Cityscapes, Cityscapes27
+from segeig.data.cocostuff import CocoStuff27
 from segeig.data.custom import CustomDataset
 from segeig.data.folder import ImageFolder
 from segeig.data.pascal_context import PascalContext
+from segeig.data.potsdam import Potsdam3
 
 #: Registry: dataset name -> class. Every class takes
 #: ``(root, split, *, with_labels, num_classes, transform)``.
@@ -17,6 +19,9 @@ DATASETS: dict[str, type[SegDataset]] = {
     "ade20k": ADE20K,
     "pascal_context": PascalContext,
     "cityscapes": Cityscapes,
+    "cocostuff27": CocoStuff27,
+    "cityscapes27": Cityscapes27,
+    "potsdam3": Potsdam3,
     "custom": CustomDataset,
     "folder": ImageFolder,
 }
@@ -42,10 +47,12 @@ def build_dataset(
 
     Args:
         name: one of :data:`DATASETS` ("ade20k", "pascal_context", "cityscapes",
-            "custom", "folder"); "-" is accepted for "_".
+            "cocostuff27", "cityscapes27", "potsdam3", "custom", "folder"); "-" is
+            accepted for "_".
         root: dataset root (see each class for the accepted layouts).
-        split: "train"/"val" (ADE20K and Cityscapes also accept their on-disk
-            names; Cityscapes also "test"); ignored for "folder".
+        split: "train"/"val" (ADE20K, Cityscapes and COCO-Stuff also accept their
+            on-disk names; Cityscapes also "test"; Potsdam also "labelled_train"
+            and "all"); ignored for "folder".
         with_labels: read labels. **Training must pass False** so labels are
             never even opened. Always False for "folder" (coerced).
         num_classes: protocol choice, see the module docstring; None = default.
@@ -67,7 +74,8 @@ def verify_layout(name: str, root: str | Path, *, with_labels: bool = True) -> d
 
     Returns:
         ``{split: number_of_samples}`` for each split in ``DATASETS[name].splits``
-        (Cityscapes: train and val; folder: "all").
+        (Cityscapes: train and val; folder: "all"). Splits in the class's
+        ``label_free_splits`` (Potsdam's train) are checked without labels.
 
     Raises:
         DatasetLayoutError: a split is missing, empty, or (with ``with_labels``)
@@ -76,4 +84,5 @@ def verify_layout(name: str, root: str | Path, *, with_labels: bool = True) -> d
     """
     cls = _lookup(name)
     with_labels = with_labels and cls is not ImageFolder
-    return {s: len(cls(root, s, with_labels=with_labels)) for s in cls.splits}
+    return {s: len(cls(root, s, with_labels=with_labels and s not in cls.label_free_splits))
+            for s in cls.splits}

@@ -24,7 +24,10 @@ Classes per protocol: ``stego`` uses Pascal Context 59 (background ignored)
 and Cityscapes 27; ``full`` and ``native`` use Pascal Context 60 (background
 kept), Cityscapes 19 trainIds; ADE20K is always 150 (its ``stego`` row is a
 segeig choice: the paper evaluates ADE20K only with ``full``). ``custom`` takes
-its classes from the dataset (classes.txt or a label scan).
+its classes from the dataset (classes.txt or a label scan). The unsupervised
+benchmarks ``cocostuff27``, ``cityscapes27`` and ``potsdam3`` (27 / 27 / 3
+classes) default to ``stego`` (Potsdam's 200 px tiles are upsampled to 320)
+and also offer ``native``; they have no ``full`` row.
 """
 
 from __future__ import annotations
@@ -114,7 +117,13 @@ class Protocol:
 #: The paper's rows: Pascal Context and Cityscapes under stego, ADE20K under
 #: full; custom sets at their own resolution.
 DEFAULT_PROTOCOL = {"pascal_context": "stego", "cityscapes": "stego", "ade20k": "full",
+                    "cocostuff27": "stego", "cityscapes27": "stego", "potsdam3": "stego",
                     "custom": "native"}
+
+#: The unsupervised-segmentation benchmarks (docs/evaluation.md, "Datasets"): their
+#: classes under ``stego`` (their table protocol) and ``native``; no ``full`` row,
+#: since no paper reports one for them.
+_STEGO_BENCHMARKS = {"cocostuff27": 27, "cityscapes27": 27, "potsdam3": 3}
 
 _FULL_CLASSES = {"pascal_context": 60, "ade20k": 150, "cityscapes": 19, "custom": None}
 
@@ -133,6 +142,11 @@ def _table() -> dict[tuple[str, str], Protocol]:
                                           short_side=short, window=window, stride=stride,
                                           score_at_original=True, working_resolution=True)
     for dataset, classes in _FULL_CLASSES.items():
+        table["native", dataset] = Protocol("native", dataset, classes,
+                                            max_side=DEFAULT_MAX_SIDE, score_at_original=True,
+                                            working_resolution=True)
+    for dataset, classes in _STEGO_BENCHMARKS.items():
+        table["stego", dataset] = Protocol("stego", dataset, classes, short_side=320, crop=320)
         table["native", dataset] = Protocol("native", dataset, classes,
                                             max_side=DEFAULT_MAX_SIDE, score_at_original=True,
                                             working_resolution=True)
@@ -156,6 +170,10 @@ def resolve_protocol(name: str | None, dataset: str) -> Protocol:
     name = name or DEFAULT_PROTOCOL[key]
     if name not in PROTOCOL_NAMES:
         raise ValueError(f"unknown protocol {name!r}; valid: {', '.join(PROTOCOL_NAMES)}")
+    if (name, key) not in PROTOCOLS:
+        valid = [p for p in PROTOCOL_NAMES if (p, key) in PROTOCOLS]
+        raise ValueError(f"protocol {name!r} is not defined for {key}; valid: "
+                         f"{', '.join(valid)}")
     return PROTOCOLS[name, key]
 
 

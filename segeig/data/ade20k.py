@@ -73,7 +73,8 @@ class ADE20K(SegDataset):
         sub = split_alias(split, _SPLITS, self.name)
         items = images_and_annotations(self.name, base, sub, LAYOUT, with_labels)
         super().__init__(base, sub, items, with_labels=with_labels,
-                         class_names=ADE20K_CLASSES, palette=ADE20K_PALETTE, transform=transform)
+                         class_names=ADE20K_CLASSES, palette=ADE20K_PALETTE, transform=transform,
+                         image_dir=base / "images" / sub)
 
     def convert_label(self, raw: np.ndarray) -> np.ndarray:
         return _LUT[raw]

@@ -239,8 +239,11 @@ class SegDataset(Dataset):
         class_names: Sequence[str] | None = None,
         palette: np.ndarray | None = None,
         transform: Transform | None = None,
+        image_dir: Path | None = None,
     ):
         self.root = Path(root)
+        #: The split's image folder (what :meth:`key` is relative to), or None.
+        self.image_dir: Path | None = Path(image_dir) if image_dir is not None else None
         self.split = split
         self.items: list[Item] = list(items)
         self.with_labels = with_labels
@@ -276,6 +279,20 @@ class SegDataset(Dataset):
         if item.label is None:
             raise RuntimeError(f"{self.name}: no label path recorded for {item.name}")
         return self.convert_label(read_label(item.label))
+
+    def key(self, index: int) -> str:
+        """Public per-image key: the image's path relative to the split's image
+        folder, without its extension, with "/" separators (COCO ``000000000139``,
+        Cityscapes ``frankfurt/frankfurt_000000_000294_leftImg8bit``).
+
+        Other tools name their saved predictions this way (``KEY.png``). A
+        dataset that does not record its image folder falls back to the
+        sample name.
+        """
+        item = self.items[index]
+        if self.image_dir is None:
+            return item.name
+        return stem_name(item.image, self.image_dir)
 
     def load(self, index: int) -> Sample:
         """Read sample ``index`` from disk, without the transform."""

@@ -120,7 +120,7 @@ class Cityscapes(SegDataset):
             else (CITYSCAPES_19_CLASSES, CITYSCAPES_19_PALETTE)
         )
         super().__init__(base, sub, items, with_labels=with_labels, class_names=names,
-                         palette=palette, transform=transform)
+                         palette=palette, transform=transform, image_dir=img_dir)
 
     def _label_path(self, gt_dir: Path, stem: str) -> Path:
         if self._n == 19:

@@ -87,7 +87,7 @@ class CustomDataset(SegDataset):
         self._num_classes: int | None = len(names) if names is not None else num_classes
         self._palette: np.ndarray | None = None
         super().__init__(base, sub, items, with_labels=with_labels, class_names=names,
-                         transform=transform)
+                         transform=transform, image_dir=base / "images" / sub)
 
     @property
     def num_classes(self) -> int | None:

@@ -124,7 +124,8 @@ class PascalContext(SegDataset):
             else (PASCAL_CONTEXT_60_CLASSES, PASCAL_CONTEXT_60_PALETTE)
         )
         super().__init__(base, sub, items, with_labels=with_labels, class_names=names,
-                         palette=palette, transform=transform)
+                         palette=palette, transform=transform,
+                         image_dir=base / "JPEGImages")
 
     def convert_label(self, raw: np.ndarray) -> np.ndarray:
         return self._lut[raw]

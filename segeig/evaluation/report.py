@@ -129,7 +129,7 @@ def format_table(result: EvaluationResult, per_class_limit: int = 40) -> str:
         *([f"stored class map: {map_origin(result)}"] if result.match == "fixed" else []),
         *([f"predictions: {predictions_origin(result)}"] if result.predictions else []),
         "",
-        _table(("stated", "value"), statement_rows(result.report_fields())),
+        *(f"{name + ':':<22}{value}" for name, value in statement_rows(result.report_fields())),
         "",
         _table(("metric", "no CRF", "CRF"), _rows(result)),
         "",

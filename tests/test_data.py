@@ -316,3 +316,21 @@ def test_layout_error_pickles(tmp_path):
 
     e = DatasetLayoutError("ade20k", tmp_path, "problem", "  ROOT/x")
     assert str(pickle.loads(pickle.dumps(e))) == str(e)
+
+
+# ------------------------------------------------------------ image keys
+def test_key_is_the_path_under_the_split_image_folder(ade_root, pc_root, city_root,
+                                                      custom_root):
+    """``SegDataset.key``: what other tools name saved predictions by (KEY.png)."""
+    city = build_dataset("cityscapes", city_root, "val")
+    assert [city.key(i) for i in range(len(city))] == [
+        "frankfurt/frankfurt_000000_000019_leftImg8bit",
+        "lindau/lindau_000000_000019_leftImg8bit"]
+    assert city.items[0].name == "val/frankfurt/frankfurt_000000_000019"  # names unchanged
+    ade = build_dataset("ade20k", ade_root, "val")
+    assert ade.key(0) == "ADE_val_00000001"
+    assert build_dataset("pascal_context", pc_root, "val").key(0) == "2008_000007"
+    custom = build_dataset("custom", custom_root, "train")
+    assert sorted(custom.key(i) for i in range(len(custom))) == ["a", "sub/b"]
+    folder = build_dataset("folder", custom_root / "images" / "train")
+    assert sorted(folder.key(i) for i in range(len(folder))) == ["a", "sub/b"]

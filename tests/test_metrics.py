@@ -253,3 +253,21 @@ def test_auto_match_resolves_by_shape():
     assert evaluate_confusion(wide, "auto")["match"] == "majority"
     assert evaluate_confusion(wide, "auto")["pixel_acc"] == pytest.approx(100.0)
     assert evaluate_confusion(wide, "hungarian")["pixel_acc"] < 100.0
+
+
+def test_per_image_hungarian_matches_present_clusters_to_present_classes():
+    from segeig.evaluation.metrics import PerImageHungarian, per_image_hungarian_match
+
+    # 5 clusters, 4 classes; the image shows classes 1 and 3 and uses clusters 0, 2, 4.
+    conf = np.zeros((5, 4), np.int64)
+    conf[0, 1], conf[2, 3], conf[2, 1], conf[4, 3] = 10, 7, 2, 3
+    assert per_image_hungarian_match(conf).tolist() == [1, -1, 3, -1, -1]
+    assert per_image_hungarian_match(np.zeros((3, 2), np.int64)).tolist() == [-1, -1, -1]
+    # Two images whose clusters swap meaning: per image both are perfect, while one
+    # dataset-level matching gets only half right.
+    acc = PerImageHungarian(2, 2)
+    gt = np.array([[0, 1]], np.uint8)
+    assert acc.update(np.array([[0, 1]]), gt).tolist() == [0, 1]
+    assert acc.update(np.array([[1, 0]]), gt).tolist() == [1, 0]
+    assert np.array_equal(acc.class_conf, [[2, 0, 0], [0, 2, 0]])
+    assert scores(acc.class_conf)["miou"] == 100.0

@@ -222,3 +222,21 @@ def test_sliding_window_covers_partial_last_patch(tiny_model, rng):
     assert scores.shape[1] == 33
     last = segmenter.patch_scores(image[48:], max_side=None)
     torch.testing.assert_close(scores[:, 30:], last[:, 27:])
+
+
+@pytest.mark.parametrize("size", [(427, 640), (640, 427), (480, 640), (1024, 2048), (200, 200),
+                                  (375, 500), (333, 500), (321, 999), (33, 47)])
+def test_stego_sizes_like_the_reference_code(size):
+    """stego = STEGO's torchvision ``Resize(320, NEAREST)`` + ``CenterCrop(320)`` on PIL
+    images, pixel for pixel, for the image and the label alike (odd crop offsets,
+    truncated long sides, downsampling and Potsdam's 200 → 320 upsampling)."""
+    import torchvision.transforms as T
+
+    rng = np.random.default_rng(size[0])
+    image = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+    label = rng.integers(0, 30, size, dtype=np.uint8)
+    reference = T.Compose([T.Resize(320, T.InterpolationMode.NEAREST), T.CenterCrop(320)])
+    out = prepare(Sample(image, label, "x", Path("x.png")), PROTOCOLS["stego", "custom"])
+    assert np.array_equal(out.image, np.asarray(reference(Image.fromarray(image))))
+    assert np.array_equal(out.label, np.asarray(reference(Image.fromarray(label))))
+    assert out.label.shape == (320, 320)

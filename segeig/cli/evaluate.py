@@ -1,4 +1,5 @@
-"""``segeig evaluate``: mIoU and pixel accuracy of a checkpoint, with and without CRF."""
+"""``segeig evaluate``: mIoU and pixel accuracy of a checkpoint (with and without CRF) or of
+saved label maps (``--predictions DIR``)."""
 
 from __future__ import annotations
 
@@ -21,13 +22,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from segeig.config import LABELLED_DATASETS, PROTOCOL_NAMES
 
     parser = subparsers.add_parser(
-        "evaluate", help="score a checkpoint on a labelled dataset (mIoU, pixel accuracy)",
-        description="Score a checkpoint on a labelled dataset under a named protocol. One run "
-                    "reports scores without and with dense CRF, each with its own "
-                    "cluster-to-class mapping. See docs/evaluation.md.",
+        "evaluate", help="score a checkpoint or saved predictions on a labelled dataset "
+                         "(mIoU, pixel accuracy)",
+        description="Score a checkpoint, or any method's saved label maps (--predictions), on "
+                    "a labelled dataset under a named protocol. A checkpoint run reports "
+                    "scores without and with dense CRF, each with its own cluster-to-class "
+                    "mapping. See docs/evaluation.md.",
     )
-    parser.add_argument("--checkpoint", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint",
                         help="checkpoint.safetensors or the directory holding it")
+    source.add_argument("--predictions", metavar="DIR",
+                        help="score saved label maps instead of a checkpoint: DIR holds "
+                             "KEY.png per listed image (KEY = the image's path relative to the "
+                             "split's image folder, without extension) or is a `segeig "
+                             "segment` output (its labels/ is used). Single-channel PNGs "
+                             "(uint8, uint16 or palette indices) at the image's size, or for "
+                             "stego already at the 320x320 crop. No CRF")
     parser.add_argument("--dataset", required=True, choices=LABELLED_DATASETS)
     parser.add_argument("--root", required=True, help="dataset root (standard layout)")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
@@ -37,17 +48,27 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", default=None,
                         choices=("eigen", "eigen+kmeans", "kmeans", "spectral",
                                  "spectral-dataset"),
-                        help="default: the checkpoint's default (eigen, or its baseline without "
+                        help="default: under --protocol stego the first of eigen+kmeans, "
+                             "kmeans, spectral, eigen with one segment per class; otherwise "
+                             "the checkpoint's default (eigen, or its baseline without "
                              "a head). spectral-dataset: exact spectral clustering of all "
                              "evaluated images as one graph (any checkpoint; small sets only)")
-    parser.add_argument("--match", choices=("auto", "hungarian", "majority", "fixed"),
+    parser.add_argument("--match",
+                        choices=("auto", "hungarian", "majority", "hungarian-per-image",
+                                 "fixed"),
                         default="auto",
                         help="cluster-to-class matching: auto (default: hungarian when the "
                              "method predicts as many segments as there are classes, else "
-                             "majority), hungarian (one-to-one), majority (many-to-one), or "
+                             "majority), hungarian (one dataset-level one-to-one matching), "
+                             "majority (many-to-one), hungarian-per-image (one matching per "
+                             "image, the zero-shot papers' protocol: inflates scores), or "
                              "fixed: the map stored by `segeig label` instead of a refit")
-    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
-                        help="also score CRF-refined predictions (default: on)")
+    parser.add_argument("--segments", type=int, default=None, metavar="S",
+                        help="with --predictions: segment ids the maps use (0..S-1; default: "
+                             "the number of classes); a larger id is an error")
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                        help="also score CRF-refined predictions (default: on; not available "
+                             "with --predictions)")
     add_crf_backend_argument(parser)
     parser.add_argument("--max-images", type=int, default=None, metavar="N",
                         help="evaluate only the first N images")
@@ -89,7 +110,62 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+def _run_predictions(args: argparse.Namespace) -> int:
+    from segeig.evaluation import (
+        format_table,
+        load_eval_dataset,
+        resolve_protocol,
+        write_json,
+        write_report,
+    )
+    from segeig.evaluation.predictions import evaluate_predictions
+
+    given = [flag for flag, value in (
+        ("--method", args.method), ("--crf", args.crf), ("--resolution", args.resolution),
+        ("--backbone-weights", args.backbone_weights),
+        ("--spectral-clusters", args.spectral_clusters), ("--max-tokens", args.max_tokens),
+        ("--feature-cache", args.feature_cache_dir)) if value not in (None, False)]
+    if given:
+        raise ValueError(f"{', '.join(given)} appl{'ies' if len(given) == 1 else 'y'} to "
+                         "--checkpoint only: saved label maps are scored as they are, "
+                         "without a model or CRF")
+    protocol = resolve_protocol(args.protocol, args.dataset)
+    dataset = load_eval_dataset(protocol, args.root, args.split)
+    bars = ProgressBars(disable=args.quiet)
+    result = evaluate_predictions(
+        dataset, protocol, args.predictions, match=args.match, segments=args.segments,
+        max_images=args.max_images, n_examples=args.examples,
+        progress=lambda iterable, total: bars.wrap(iterable, total, "evaluate"))
+    print(format_table(result))
+    meta = {"root": str(args.root)}  # the folder is in the result's "predictions"
+    if args.json:
+        print(f"JSON: {write_json(args.json, {**meta, **result.to_dict()})}")
+    if args.report_dir:
+        paths = write_report(result, args.report_dir, meta=meta, n_examples=args.examples)
+        print(f"report: {paths['report']}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    for name in ("max_images", "examples", "batch_size", "workers", "crf_workers", "threads",
+                 "spectral_clusters", "max_tokens"):
+        value = getattr(args, name)
+        minimum = 0 if name in ("examples", "workers", "crf_workers") else 1
+        if value is not None and value < minimum:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}")
+    if args.crf_max_labels < 1:
+        raise ValueError("--crf-max-labels must be >= 1")
+    if args.segments is not None and args.segments < 1:
+        raise ValueError("--segments must be >= 1")
+    if args.predictions is not None:
+        return _run_predictions(args)
+    if args.segments is not None:
+        raise ValueError("--segments applies to --predictions only (a checkpoint knows how "
+                         "many segments each method predicts)")
+    return _run_checkpoint(args)
+
+
+def _run_checkpoint(args: argparse.Namespace) -> int:
     import torch
 
     from segeig.crf import resolve_backend
@@ -103,14 +179,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from segeig.predictor import load
 
-    for name in ("max_images", "examples", "batch_size", "workers", "crf_workers", "threads",
-                 "spectral_clusters", "max_tokens"):
-        value = getattr(args, name)
-        minimum = 0 if name in ("examples", "workers", "crf_workers") else 1
-        if value is not None and value < minimum:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= {minimum}")
-    if args.crf_max_labels < 1:
-        raise ValueError("--crf-max-labels must be >= 1")
+    args.crf = True if args.crf is None else args.crf
     protocol = resolve_protocol(args.protocol, args.dataset)
     dataset = load_eval_dataset(protocol, args.root, args.split)
     segmenter = load(args.checkpoint, device=args.device, backbone_weights=args.backbone_weights)

@@ -5,7 +5,9 @@ Modules: ``evaluator`` (:func:`evaluate`: one pass, with and without CRF),
 ``protocols`` (how each dataset is prepared: stego / full / native),
 ``scoring`` (confusion matrices over a grid of settings, results),
 ``metrics`` (matching clusters to classes, mIoU), ``report`` (JSON, Markdown
-and pictures), ``labelling`` (cluster → class maps stored in checkpoints).
+and pictures), ``statement`` (the protocol statement every report carries),
+``predictions`` (:func:`evaluate_predictions`: any method's saved label maps),
+``labelling`` (cluster → class maps stored in checkpoints).
 """
 
 from segeig.evaluation.evaluator import evaluate
@@ -15,6 +17,7 @@ from segeig.evaluation.labelling import (
     format_names,
     parse_names,
 )
+from segeig.evaluation.predictions import PredictionError, evaluate_predictions
 from segeig.evaluation.protocols import Protocol, load_eval_dataset, resolve_protocol
 from segeig.evaluation.report import format_table, write_json, write_report
 from segeig.evaluation.scoring import EvaluationResult, Scores
@@ -22,10 +25,12 @@ from segeig.evaluation.spectral_dataset import evaluate_spectral_dataset
 
 __all__ = [
     "EvaluationResult",
+    "PredictionError",
     "Protocol",
     "Scores",
     "class_map_from_names",
     "evaluate",
+    "evaluate_predictions",
     "evaluate_spectral_dataset",
     "fit_class_map",
     "format_names",

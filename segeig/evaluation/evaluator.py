@@ -25,6 +25,7 @@ from segeig.checkpoint import UNASSIGNED
 from segeig.config import WorkingResolution, to_dict
 from segeig.crf import CRFParams, CRFPool, resolve_backend
 from segeig.data import SegDataset
+from segeig.evaluation.metrics import PER_IMAGE
 from segeig.evaluation.protocols import Prepared, Protocol, prepare, resolve_protocol
 from segeig.evaluation.scoring import (
     EvaluationResult,
@@ -37,12 +38,18 @@ from segeig.workers import ordered_map
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MATCHES", "check_crf_available", "check_dataset", "check_segments", "evaluate",
-           "prepared_samples", "stored_mapping"]
+__all__ = ["MATCHES", "check_crf_available", "check_dataset", "check_segments",
+           "default_method", "evaluate", "prepared_samples", "stored_mapping"]
 
 #: ``auto``: hungarian when segments equal classes, else majority
-#: (:func:`segeig.evaluation.metrics.resolve_match`); ``fixed``: the checkpoint's stored map.
-MATCHES = ("auto", "hungarian", "majority", "fixed")
+#: (:func:`segeig.evaluation.metrics.resolve_match`); ``hungarian-per-image``: one
+#: matching per image (zero-shot papers; inflated); ``fixed``: the checkpoint's stored map.
+MATCHES = ("auto", "hungarian", "majority", PER_IMAGE, "fixed")
+
+#: Under ``stego``, the first of these methods that predicts exactly as many
+#: segments as there are classes is the default: the head's output clustered
+#: by k-means (fitted on the train split, no labels) into the class count.
+_STEGO_PREFERENCE = ("eigen+kmeans", "kmeans", "spectral", "eigen")
 
 
 class _PreparedView:
@@ -125,6 +132,25 @@ def check_segments(method: str, n_segments: int, n_classes: int, match: str) -> 
             f"--match majority (or auto) or more segments (K >= {n_classes})")
 
 
+def default_method(segmenter: Segmenter, protocol: Protocol, n_classes: int) -> str:
+    """The method evaluated when none is named.
+
+    Under ``stego``: the first of ``eigen+kmeans``, ``kmeans``, ``spectral``,
+    ``eigen`` that the checkpoint has with exactly ``n_classes`` segments (the
+    protocol's one-to-one setting); else, and under other protocols, the
+    checkpoint's default method.
+    """
+    if protocol.name == "stego":
+        for method in _STEGO_PREFERENCE:
+            if method in segmenter.methods and segmenter.num_segments(method) == n_classes:
+                return method
+        logger.warning("no method of this checkpoint predicts %d segments (the stego "
+                       "protocol's setting: the class count); evaluating its default method. "
+                       "Fit class-count centroids (train --kmeans-k %d) for the protocol's "
+                       "numbers", n_classes, n_classes)
+    return segmenter.methods[0]
+
+
 def stored_mapping(segmenter: Segmenter, method: str, class_names: list[str]
                    ) -> tuple[list[int], dict[str, Any]]:
     """The checkpoint's stored cluster → class map of ``method``, in the dataset's class order.
@@ -190,11 +216,13 @@ def evaluate(
             (:func:`segeig.evaluation.protocols.load_eval_dataset` builds the right one).
         protocol: a :class:`Protocol`, a protocol name, or None for the
             dataset's default (see :mod:`segeig.evaluation.protocols`).
-        method: ``eigen``, ``eigen+kmeans`` or ``kmeans``; default: the
-            checkpoint's default (``kmeans`` for a head-less checkpoint).
+        method: ``eigen``, ``eigen+kmeans`` or ``kmeans``; default:
+            :func:`default_method` (under ``stego`` a method with one segment
+            per class, else the checkpoint's default).
         match: ``auto`` (default: ``hungarian`` when the method predicts as
             many segments as there are classes, else ``majority``),
-            ``hungarian`` (one-to-one), ``majority`` (many-to-one), or
+            ``hungarian`` (one-to-one), ``majority`` (many-to-one),
+            ``hungarian-per-image`` (one matching per image: inflated), or
             ``fixed``: the checkpoint's stored class map (:func:`stored_mapping`)
             instead of one fitted on these predictions.
         crf: also score CRF-refined predictions.
@@ -227,8 +255,8 @@ def evaluate(
     start = time.perf_counter()
     if not isinstance(protocol, Protocol):
         protocol = resolve_protocol(protocol, dataset.name)
-    method = method or segmenter.methods[0]
     n_classes = check_dataset(dataset, protocol, match)
+    method = method or default_method(segmenter, protocol, n_classes)
     if method not in segmenter.methods:
         raise ValueError(f"method {method!r} is not in this checkpoint; it has "
                          f"{', '.join(segmenter.methods)}")
@@ -263,7 +291,8 @@ def evaluate(
     with CRFPool(crf_workers if crf else 0, crf_params, max_labels=None, backend=crf_backend,
                  device=segmenter.device) as pool:
         scorer = GridScorer(n_segments, n_classes, patch, timer, pool if crf else None,
-                            crf_workers, crf_max_labels, n_examples, crf_side)
+                            crf_workers, crf_max_labels, n_examples, crf_side,
+                            per_image=match == PER_IMAGE)
         for batch in _batched(timer.timed(samples, "data"), batch_size, single_pass):
             with timer("forward"):
                 if len(batch) == 1:

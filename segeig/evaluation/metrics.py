@@ -40,17 +40,24 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "FITTED_MATCHES",
+    "PER_IMAGE",
     "ConfusionAccumulator",
+    "PerImageHungarian",
     "class_confusion",
     "evaluate_confusion",
     "hungarian_match",
     "majority_match",
+    "per_image_hungarian_match",
     "resolve_match",
     "scores",
 ]
 
 #: Matchings fitted on a confusion matrix; ``auto`` picks one of them (:func:`resolve_match`).
 FITTED_MATCHES = ("hungarian", "majority")
+#: One Hungarian matching per image (the zero-shot papers' protocol: DiffSeg,
+#: DiffCut). Each image gets the best one-to-one map for itself, so scores are
+#: higher than under one dataset-level matching; never compare the two.
+PER_IMAGE = "hungarian-per-image"
 
 
 def _check_integer(name: str, arr: np.ndarray) -> None:
@@ -218,6 +225,56 @@ def majority_match(conf: np.ndarray) -> np.ndarray:
     mapping = iou.argmax(axis=1).astype(np.int64)
     mapping[cluster_tot[:, 0] == 0] = -1
     return mapping
+
+
+def per_image_hungarian_match(conf: np.ndarray) -> np.ndarray:
+    """One-to-one mapping for **one image**: the clusters it predicts to the classes it shows.
+
+    Only clusters predicted on the image's valid pixels and classes present in
+    its ground truth take part (any numbers of each: the smaller side is
+    matched completely); the matching maximises the matched pixel count
+    (``linear_sum_assignment``). Other clusters map to ``-1`` (wrong).
+
+    Args:
+        conf: ``(n_clusters, n_classes)`` counts of a single image.
+
+    Returns:
+        int64 ``(n_clusters,)`` mapping, ``-1`` = unmatched.
+    """
+    conf = _as_conf(conf)
+    mapping = np.full(conf.shape[0], -1, dtype=np.int64)
+    rows = np.flatnonzero(conf.sum(axis=1))
+    cols = np.flatnonzero(conf.sum(axis=0))
+    if rows.size and cols.size:
+        r, c = linear_sum_assignment(conf[np.ix_(rows, cols)].astype(np.float64), maximize=True)
+        mapping[rows[r]] = cols[c]
+    return mapping
+
+
+class PerImageHungarian:
+    """Class confusion under per-image Hungarian matching (:data:`PER_IMAGE`).
+
+    Each :meth:`update` matches one image's clusters to its classes
+    (:func:`per_image_hungarian_match`) and adds the image's class confusion
+    to a dataset total, from which :func:`scores` reads mIoU as usual.
+
+    Args:
+        n_clusters, n_classes: as :class:`ConfusionAccumulator`.
+    """
+
+    def __init__(self, n_clusters: int, n_classes: int) -> None:
+        self.n_clusters, self.n_classes = int(n_clusters), int(n_classes)
+        #: int64 ``(n_classes, n_classes + 1)``, as :func:`class_confusion`.
+        self.class_conf = np.zeros((self.n_classes, self.n_classes + 1), dtype=np.int64)
+
+    def update(self, pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
+        """Add one image (``pred``/``gt`` as :meth:`ConfusionAccumulator.update`);
+        returns the image's int64 ``(n_clusters,)`` mapping."""
+        image = ConfusionAccumulator(self.n_clusters, self.n_classes)
+        image.update(pred, gt)
+        mapping = per_image_hungarian_match(image.matrix)
+        self.class_conf += class_confusion(image.matrix, mapping)
+        return mapping
 
 
 def resolve_match(match: str, n_clusters: int, n_classes: int) -> str:

@@ -3,9 +3,12 @@
 Three protocols (docs/evaluation.md, "Protocols"); always report which one a
 number comes from.
 
-* ``stego`` (STEGO/ReCo style): resize the short side to 320, centre-crop
-  320×320, one forward pass. The label is resized with nearest neighbour and
-  cropped identically, and scoring happens on the 320×320 crop.
+* ``stego`` (STEGO/ReCo style): image, label and any saved prediction are
+  resized so the short side is 320 with nearest neighbour and centre-cropped
+  to 320×320, exactly as the reference code's torchvision
+  ``Resize(320, NEAREST)`` + ``CenterCrop(320)`` on PIL images do (long side
+  truncated, crop offset rounded; ``resample="nearest"``); one forward pass,
+  scoring on the 320×320 crop.
 * ``full`` (Segmenter/mmseg style): resize the short side to the dataset's
   size — the checkpoint's working resolution when it has one (the benchmark
   presets' working resolutions are exactly these sizes) — slide a window over
@@ -36,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from segeig.config import DEFAULT_MAX_SIDE, LABELLED_DATASETS, PROTOCOL_NAMES, WorkingResolution
@@ -51,7 +55,9 @@ __all__ = [
     "Protocol",
     "load_eval_dataset",
     "prepare",
+    "reference_size",
     "resolve_protocol",
+    "size_label",
 ]
 
 
@@ -76,6 +82,10 @@ class Protocol:
             resolution.
         working_resolution: images are resized to the checkpoint's working
             resolution when it has one (instead of ``short_side``).
+        resample: ``"smooth"``: images shrink with area and grow with bilinear
+            interpolation, labels use nearest neighbour (:mod:`segeig.transforms`);
+            ``"nearest"``: image, label and prediction all nearest neighbour with the
+            reference code's geometry (see :func:`reference_size`).
     """
 
     name: str
@@ -88,6 +98,7 @@ class Protocol:
     max_side: int | None = None
     score_at_original: bool = False
     working_resolution: bool = False
+    resample: str = "smooth"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings."""
@@ -100,7 +111,8 @@ class Protocol:
             fallback = f", else short side {self.short_side}" if self.short_side else ""
             parts.append(f"at the checkpoint's working resolution{fallback}")
         elif self.short_side:
-            parts.append(f"short side {self.short_side}")
+            how = ", nearest neighbour" if self.resample == "nearest" else ""
+            parts.append(f"short side {self.short_side}{how}")
         if self.crop:
             parts.append(f"centre crop {self.crop}")
         if self.window:
@@ -132,7 +144,8 @@ def _table() -> dict[tuple[str, str], Protocol]:
     table: dict[tuple[str, str], Protocol] = {}
     stego_classes = {"pascal_context": 59, "ade20k": 150, "cityscapes": 27, "custom": None}
     for dataset, classes in stego_classes.items():
-        table["stego", dataset] = Protocol("stego", dataset, classes, short_side=320, crop=320)
+        table["stego", dataset] = Protocol("stego", dataset, classes, short_side=320, crop=320,
+                                           resample="nearest")
     # (short side, window, stride) of the full protocol (the table in docs/evaluation.md,
     # "Protocols"); custom gets ADE20K-like settings.
     full = {"pascal_context": (520, 480, 320), "ade20k": (512, 512, 512),
@@ -213,6 +226,59 @@ class Prepared:
         return self.label.shape[0], self.label.shape[1]
 
 
+def reference_size(height: int, width: int, short: int) -> tuple[int, int]:
+    """``(H, W)`` after torchvision's ``Resize(short)``: the short side becomes ``short``
+    and the long side ``int(short * long / short_side)`` (truncated, not rounded)."""
+    if height <= width:
+        return short, int(short * width / height)
+    return int(short * height / width), short
+
+
+def _resize(array: np.ndarray, protocol: Protocol, label: bool) -> np.ndarray:
+    short = int(protocol.short_side or 0)
+    if protocol.resample != "nearest":
+        return resize_short_side(array, short, label=label)
+    size = reference_size(array.shape[0], array.shape[1], short)
+    if size == array.shape[:2]:
+        return array
+    # INTER_NEAREST_EXACT samples pixel centres like PIL's NEAREST (cv2's plain
+    # INTER_NEAREST is shifted by half a pixel).
+    return cv2.resize(array, (size[1], size[0]), interpolation=cv2.INTER_NEAREST_EXACT)
+
+
+def _crop(array: np.ndarray, protocol: Protocol) -> np.ndarray:
+    size = int(protocol.crop or 0)
+    if protocol.resample != "nearest":
+        return center_crop(array, size)
+    # torchvision's CenterCrop: offsets int(round((side - size) / 2)).
+    height, width = array.shape[:2]
+    top = max(0, int(round((height - size) / 2.0)))
+    left = max(0, int(round((width - size) / 2.0)))
+    return array[top : top + size, left : left + size]
+
+
+def size_label(label: np.ndarray, protocol: Protocol) -> np.ndarray:
+    """A map of ids at the original image size (ground truth or a saved prediction),
+    sized as the protocol scores it.
+
+    Args:
+        label: ``H×W`` integer ids (any integer dtype), the image's original size.
+        protocol: the protocol.
+
+    Returns:
+        ``label`` itself when the protocol scores at the original resolution,
+        else the resized (nearest neighbour, never blending ids) and cropped
+        map, same dtype.
+    """
+    if protocol.score_at_original:
+        return label
+    if protocol.short_side is not None:
+        label = _resize(label, protocol, label=True)
+    if protocol.crop is not None:
+        label = _crop(label, protocol)
+    return label
+
+
 def prepare(sample: Sample, protocol: Protocol,
             resolution: WorkingResolution | None = None) -> Prepared:
     """Size a dataset sample for a protocol (see module docstring).
@@ -232,16 +298,15 @@ def prepare(sample: Sample, protocol: Protocol,
     image, label = sample.image, sample.label
     if protocol.working_resolution and resolution is not None and resolution.short > 0:
         return Prepared(sample.name, to_working_resolution(image, resolution), image, label)
-    if protocol.short_side is not None:
-        resized = resize_short_side(image, protocol.short_side)
-        if protocol.score_at_original:
-            return Prepared(sample.name, resized, image, label)
-        image = resized
-        # Same geometry as the image: cv2 computes the output size from the
-        # input size alone, and nearest neighbour never blends ids.
-        label = resize_short_side(label, protocol.short_side, label=True)
-    if protocol.crop is not None:
-        image, label = center_crop(image, protocol.crop), center_crop(label, protocol.crop)
     if protocol.score_at_original:
-        return Prepared(sample.name, image, sample.image, label)
-    return Prepared(sample.name, image, image, label)
+        # Labels are never resized: the network input is, the scores are sampled
+        # back at every original pixel.
+        net = _resize(image, protocol, label=False) if protocol.short_side else image
+        return Prepared(sample.name, net, image, label)
+    # Same geometry for image and label: the output size depends on the input
+    # size alone, and nearest neighbour never blends ids.
+    if protocol.short_side is not None:
+        image = _resize(image, protocol, label=False)
+    if protocol.crop is not None:
+        image = _crop(image, protocol)
+    return Prepared(sample.name, image, image, size_label(label, protocol))

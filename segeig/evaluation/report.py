@@ -17,11 +17,13 @@ import numpy as np
 from PIL import Image
 
 from segeig.atomic import atomic_write
+from segeig.evaluation.metrics import PER_IMAGE
 from segeig.evaluation.scoring import EvaluationResult, Scores
+from segeig.evaluation.statement import statement_rows
 from segeig.viz import colorize, comparison_grid, confusion_plot, legend_image
 
-__all__ = ["REPORT_FILES", "format_table", "map_origin", "match_description", "write_json",
-           "write_report"]
+__all__ = ["REPORT_FILES", "format_table", "map_origin", "match_description",
+           "predictions_origin", "write_json", "write_report"]
 
 #: File names written by :func:`write_report` inside its directory.
 REPORT_FILES = {
@@ -68,6 +70,8 @@ def match_description(result: EvaluationResult) -> str:
     used = result.match_used or result.match
     if result.match == "fixed":
         return "fixed (stored class map)"
+    if used == PER_IMAGE:
+        return f"{PER_IMAGE} (one matching per image: inflated scores)"
     return f"auto → {used}" if result.match == "auto" else used
 
 
@@ -80,6 +84,8 @@ def _match_rows(result: EvaluationResult) -> list[tuple[str, ...]]:
         pairs = {"fixed": (result.scores, result.scores_crf), **pairs}
     for match, pair in pairs.items():
         name = f"{match} (used)" if match == used else match
+        if match == PER_IMAGE:
+            name += " [inflated: one matching per image]"
         if pair is None:
             rows.append((name, "n/a: fewer segments than classes", "", "", ""))
             continue
@@ -121,6 +127,9 @@ def format_table(result: EvaluationResult, per_class_limit: int = 40) -> str:
         f"{match_description(result)} matching",
         f"protocol {p.describe()}",
         *([f"stored class map: {map_origin(result)}"] if result.match == "fixed" else []),
+        *([f"predictions: {predictions_origin(result)}"] if result.predictions else []),
+        "",
+        *(f"{name + ':':<22}{value}" for name, value in statement_rows(result.report_fields())),
         "",
         _table(("metric", "no CRF", "CRF"), _rows(result)),
         "",
@@ -152,9 +161,12 @@ def _shrink(image: np.ndarray, nearest: bool) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_NEAREST if nearest else cv2.INTER_AREA)
 
 
-def _paint(result: EvaluationResult, scores: Scores, clusters: np.ndarray) -> np.ndarray:
+def _paint(result: EvaluationResult, scores: Scores, clusters: np.ndarray,
+           mapping: np.ndarray | None) -> np.ndarray:
     # Unmatched clusters map to -1, which colorize paints black like ignore.
-    return colorize(scores.map(clusters), result.palette)
+    # Per-image matching: the image's own map.
+    classes = scores.map(clusters) if mapping is None else np.asarray(mapping)[clusters]
+    return colorize(classes, result.palette)
 
 
 def _example_rows(result: EvaluationResult, n: int) -> tuple[list[list[np.ndarray]], list[str]]:
@@ -164,9 +176,10 @@ def _example_rows(result: EvaluationResult, n: int) -> tuple[list[list[np.ndarra
     rows = []
     for ex in result.examples[:n]:
         row = [_shrink(ex.image, False), _shrink(colorize(ex.label, result.palette), True),
-               _shrink(_paint(result, result.scores, ex.pred), True)]
+               _shrink(_paint(result, result.scores, ex.pred, ex.mapping), True)]
         if result.scores_crf is not None and ex.pred_crf is not None:
-            row.append(_shrink(_paint(result, result.scores_crf, ex.pred_crf), True))
+            row.append(_shrink(_paint(result, result.scores_crf, ex.pred_crf, ex.mapping_crf),
+                               True))
         rows.append(row)
     return rows, titles
 
@@ -217,6 +230,8 @@ def _markdown(result: EvaluationResult, meta: dict[str, Any], paths: dict[str, P
                 ("method", f"{result.method} ({result.n_segments} segments)"),
                 ("matching", match_description(result)), ("images", str(result.n_images)),
                 ("classes", str(result.num_classes))]
+    if result.predictions:
+        settings.append(("predictions", predictions_origin(result)))
     settings += [(k, f"`{v}`") for k, v in meta.items()]
     per = [(str(i), name, _fmt(iou), _fmt(crf.per_class_iou[i]) if crf else "off")
            for i, (name, iou) in enumerate(zip(result.class_names,
@@ -224,13 +239,17 @@ def _markdown(result: EvaluationResult, meta: dict[str, Any], paths: dict[str, P
     parts = [
         f"# Evaluation: {p.dataset} / {p.name} / {result.method}", "",
         _md_table(("setting", "value"), settings), "",
+        "## Protocol statement", "",
+        _md_table(("stated", "value"), statement_rows(result.report_fields())), "",
         "## Scores", "",
         _scores_note(result), "",
         _md_table(("metric", "no CRF", "CRF"), _rows(result)), "",
         "## Scores under each matching", "",
         "The same predictions matched one-to-one (hungarian: clusters beyond the number of "
         "classes count as wrong) and many-to-one (majority: each cluster goes to the class "
-        "it overlaps most, by IoU).", "",
+        "it overlaps most, by IoU). hungarian-per-image, when it was asked for, matches "
+        "every image on its own (DiffSeg, DiffCut): it inflates scores, so compare it only "
+        "with numbers under the same matching.", "",
         _md_table(_MATCH_HEADER, _match_rows(result)), "",
         "## Per-class IoU", "",
         "`-` = class neither present in the ground truth nor predicted (left out of the mean).",
@@ -255,6 +274,14 @@ def _markdown(result: EvaluationResult, meta: dict[str, Any], paths: dict[str, P
     return "\n".join(parts)
 
 
+def predictions_origin(result: EvaluationResult) -> str:
+    """Where an ``evaluate --predictions`` run's label maps came from, in words."""
+    info = result.predictions or {}
+    return (f"saved label maps in {info.get('dir', '?')} ({info.get('original_size', 0)} at "
+            f"the image's size, {info.get('prepared_size', 0)} already at the protocol's "
+            f"size; {info.get('ignored', 0)} PNGs of unlisted images ignored)")
+
+
 def map_origin(result: EvaluationResult) -> str:
     """Where a ``fixed`` evaluation's stored map came from, in words ("" otherwise)."""
     if result.match != "fixed":
@@ -273,5 +300,8 @@ def _scores_note(result: EvaluationResult) -> str:
     if result.match == "fixed":
         return ("Both columns use the checkpoint's stored cluster→class map, not refitted on "
                 f"these predictions: {map_origin(result)}.")
+    if (result.match_used or result.match) == PER_IMAGE:
+        return ("Matching: " + match_description(result) + ". Every image of each column "
+                "has its own cluster→class mapping, fitted on that image alone.")
     return ("Matching: " + match_description(result) + ". Each column has its own "
             "cluster→class mapping, fitted on its own predictions.")

@@ -25,12 +25,15 @@ from segeig.crf import CRF_SIDE, CRFPool, prepare_crf
 from segeig.data import SegDataset
 from segeig.evaluation.metrics import (
     FITTED_MATCHES,
+    PER_IMAGE,
     ConfusionAccumulator,
+    PerImageHungarian,
     class_confusion,
     evaluate_confusion,
     scores,
 )
 from segeig.evaluation.protocols import Prepared, Protocol
+from segeig.evaluation.statement import report_fields
 from segeig.resample import pixel_argmax
 from segeig.viz import make_palette
 
@@ -52,10 +55,14 @@ class Scores:
         pixel_acc: pixel accuracy in [0, 100].
         per_class_iou: ``C`` IoUs in [0, 100], NaN for classes never present
             nor predicted.
-        mapping: ``S`` ints, cluster → class (``-1`` = unmatched, always wrong).
+        mapping: ``S`` ints, cluster → class (``-1`` = unmatched, always wrong);
+            empty under ``hungarian-per-image`` (each image has its own).
         confusion: int64 ``S×C`` cluster × class pixel counts.
         match: the matching that gave ``mapping``: ``hungarian``, ``majority``
-            (fitted on ``confusion``) or ``fixed`` (given, e.g. a checkpoint's map).
+            (fitted on ``confusion``), ``fixed`` (given, e.g. a checkpoint's map)
+            or ``hungarian-per-image``.
+        per_image_confusion: int64 ``C×(C+1)`` class confusion summed over
+            images matched one by one (``hungarian-per-image`` only), else None.
     """
 
     miou: float
@@ -64,6 +71,7 @@ class Scores:
     mapping: list[int]
     confusion: np.ndarray
     match: str = ""
+    per_image_confusion: np.ndarray | None = None
 
     @classmethod
     def from_confusion(cls, confusion: np.ndarray, match: str) -> Scores:
@@ -81,9 +89,19 @@ class Scores:
         return cls(found["miou"], found["pixel_acc"], found["per_class_iou"],
                    [int(m) for m in mapping], np.array(confusion, dtype=np.int64), match)
 
+    @classmethod
+    def per_image(cls, confusion: np.ndarray, per_image_confusion: np.ndarray) -> Scores:
+        """Scores under ``hungarian-per-image`` (:class:`PerImageHungarian`'s totals)."""
+        found = scores(per_image_confusion)
+        return cls(found["miou"], found["pixel_acc"], found["per_class_iou"], [],
+                   np.array(confusion, dtype=np.int64), PER_IMAGE,
+                   np.array(per_image_confusion, dtype=np.int64))
+
     @property
     def class_confusion(self) -> np.ndarray:
         """int64 ``C×(C+1)`` class confusion (rows ground truth, last column unmatched)."""
+        if self.per_image_confusion is not None:
+            return self.per_image_confusion
         return class_confusion(self.confusion, np.asarray(self.mapping, dtype=np.int64))
 
     def map(self, clusters: np.ndarray) -> np.ndarray:
@@ -101,6 +119,8 @@ class Example:
         label: ``H×W`` uint8 ground truth (255 ignore).
         pred: ``H×W`` int32 cluster ids.
         pred_crf: ``H×W`` int32 CRF-refined cluster ids, or None without CRF.
+        mapping, mapping_crf: int64 ``S`` cluster → class maps of this image alone
+            (``hungarian-per-image``), else None (the result's mapping applies).
     """
 
     name: str
@@ -108,16 +128,20 @@ class Example:
     label: np.ndarray
     pred: np.ndarray
     pred_crf: np.ndarray | None = None
+    mapping: np.ndarray | None = None
+    mapping_crf: np.ndarray | None = None
 
 
 @dataclass
 class EvaluationResult:
     """Everything one evaluation produced. :meth:`to_dict` is the JSON form.
 
-    ``match`` is the matching asked for (``auto``, ``hungarian``, ``majority``
-    or ``fixed``), ``match_used`` the one that gave the scores (``auto``
-    resolved); ``class_map`` describes the stored map a ``fixed`` evaluation
-    used (its ``source``), else None.
+    ``match`` is the matching asked for (``auto``, ``hungarian``, ``majority``,
+    ``hungarian-per-image`` or ``fixed``), ``match_used`` the one that gave the
+    scores (``auto`` resolved); ``class_map`` describes the stored map a
+    ``fixed`` evaluation used (its ``source``), else None; ``predictions``
+    describes the saved predictions an ``evaluate --predictions`` run scored
+    (folder, counts), else None.
     """
 
     protocol: Protocol
@@ -137,10 +161,18 @@ class EvaluationResult:
     resolution: dict[str, int] | None = None
     match_used: str = ""
     class_map: dict[str, Any] | None = None
+    predictions: dict[str, Any] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def report_fields(self) -> dict[str, Any]:
+        """The protocol statement (:func:`segeig.evaluation.statement.report_fields`)."""
+        return report_fields(self.protocol, self.n_segments, self.match_used or self.match,
+                             self.scores_crf is not None,
+                             working_resolution=self.resolution,
+                             predictions=self.predictions is not None)
 
     def by_match(self) -> dict[str, tuple[Scores, Scores | None] | None]:
         """The same confusion matrices scored under every fitted matching.
@@ -148,8 +180,12 @@ class EvaluationResult:
         Returns:
             ``{"hungarian": (scores, CRF scores or None), "majority": (...)}``;
             ``hungarian`` is None when there are fewer segments than classes.
+            A ``hungarian-per-image`` evaluation adds its own scores under that
+            key (they cannot be recomputed from the dataset-level counts).
         """
         out: dict[str, tuple[Scores, Scores | None] | None] = {}
+        if self.scores.match == PER_IMAGE:
+            out[PER_IMAGE] = (self.scores, self.scores_crf)
         for match in FITTED_MATCHES:
             if match == "hungarian" and self.n_segments < self.num_classes:
                 out[match] = None
@@ -169,16 +205,18 @@ class EvaluationResult:
                 "miou_crf": _num(pair[1].miou) if pair[1] else None,
                 "pixel_acc_crf": _num(pair[1].pixel_acc) if pair[1] else None}
             for match, pair in self.by_match().items()}
+        per_image = self.scores.match == PER_IMAGE
         return {
             "dataset": self.protocol.dataset,
             "split": self.split,
-            "protocol": self.protocol.name,
+            **self.report_fields(),
             "protocol_settings": self.protocol.to_dict(),
             "working_resolution": self.resolution,
             "method": self.method,
             "match": self.match,
             "match_used": self.match_used or self.match,
             "class_map": self.class_map,
+            "predictions": self.predictions,
             "n_images": self.n_images,
             "n_segments": self.n_segments,
             "num_classes": self.num_classes,
@@ -191,8 +229,8 @@ class EvaluationResult:
             "per_class_iou_crf": (dict(zip(names, map(_num, crf.per_class_iou), strict=True))
                                   if crf else None),
             "by_match": by_match,
-            "mapping": list(self.scores.mapping),
-            "mapping_crf": list(crf.mapping) if crf else None,
+            "mapping": None if per_image else list(self.scores.mapping),
+            "mapping_crf": list(crf.mapping) if crf and not per_image else None,
             "confusion": self.scores.confusion.tolist(),
             "confusion_crf": crf.confusion.tolist() if crf else None,
             "timing": {k: round(v, 4) for k, v in self.timing.items()},
@@ -251,13 +289,17 @@ class GridScorer:
         crf_max_labels: segments per image passed to the CRF.
         n_examples: keep the first N samples (with predictions) for pictures.
         crf_side: the CRF's working short side (None: the label resolution).
+        per_image: also match every image on its own (``hungarian-per-image``).
     """
 
     def __init__(self, n_segments: int, n_classes: int, patch: int, timer: StageTimer,
                  pool: CRFPool | None, crf_workers: int, crf_max_labels: int,
-                 n_examples: int, crf_side: int | None = CRF_SIDE) -> None:
+                 n_examples: int, crf_side: int | None = CRF_SIDE,
+                 per_image: bool = False) -> None:
         self.acc = ConfusionAccumulator(n_segments, n_classes)
         self.acc_crf = ConfusionAccumulator(n_segments, n_classes) if pool else None
+        self.per = PerImageHungarian(n_segments, n_classes) if per_image else None
+        self.per_crf = PerImageHungarian(n_segments, n_classes) if per_image and pool else None
         self.patch, self.timer, self.pool = patch, timer, pool
         self.queue_limit = 2 * max(crf_workers, 1)
         self.crf_max_labels, self.n_examples = crf_max_labels, n_examples
@@ -270,12 +312,7 @@ class GridScorer:
         timer = self.timer
         with timer("upsample"):
             pred = pixel_argmax(grid, self.patch, sample.in_size, sample.out_size).cpu().numpy()
-        with timer("metrics"):
-            self.acc.update(pred, sample.label)
-        example = None
-        if len(self.examples) < self.n_examples:
-            example = Example(sample.name, sample.eval_image, sample.label, pred.astype(np.int32))
-            self.examples.append(example)
+        example = self.add_labels(sample, pred)
         if self.pool is not None:
             with timer("crf_inputs"):
                 image, probs, ids = prepare_crf(sample.eval_image, grid, self.patch,
@@ -285,6 +322,19 @@ class GridScorer:
                 future = self.pool.submit(image, probs, ids, out_size=sample.out_size)
             self.pending.append((future, sample.label, example, probs.nbytes))
             self.drain(self.queue_limit)
+
+    def add_labels(self, sample: Prepared, pred: np.ndarray) -> Example | None:
+        """Score one sample's predicted cluster ids (``H×W`` integers at the label's
+        size); returns its :class:`Example` when it is kept for pictures."""
+        with self.timer("metrics"):
+            self.acc.update(pred, sample.label)
+            mapping = self.per.update(pred, sample.label) if self.per else None
+        if len(self.examples) >= self.n_examples:
+            return None
+        example = Example(sample.name, sample.eval_image, sample.label, pred.astype(np.int32),
+                          mapping=mapping)
+        self.examples.append(example)
+        return example
 
     def drain(self, limit: int = 0) -> None:
         """Collect finished CRF results; wait until at most ``limit`` are pending."""
@@ -296,8 +346,10 @@ class GridScorer:
                 refined = future.result()  # segment ids (the pool maps planes back)
             with self.timer("metrics"):
                 self.acc_crf.update(refined, label)
+                mapping = self.per_crf.update(refined, label) if self.per_crf else None
             if example is not None:
                 example.pred_crf = refined.astype(np.int32)
+                example.mapping_crf = mapping
 
     def result(self, dataset: SegDataset, protocol: Protocol, method: str, match: str,
                n_images: int, start: float, mapping: Sequence[int] | None = None,
@@ -316,19 +368,24 @@ class GridScorer:
         palette = dataset.palette if dataset.palette is not None else make_palette(n_classes)
         crf = self.acc_crf
 
-        def score(confusion: np.ndarray) -> Scores:
+        def score(confusion: np.ndarray, per: PerImageHungarian | None) -> Scores:
+            if match == PER_IMAGE:
+                if per is None:
+                    raise ValueError("per-image scores need a GridScorer built with "
+                                     "per_image=True")
+                return Scores.per_image(confusion, per.class_conf)
             if match == "fixed":
                 if mapping is None:
                     raise ValueError("match 'fixed' needs the mapping to score with")
                 return Scores.from_mapping(confusion, mapping)
             return Scores.from_confusion(confusion, match)
 
-        raw = score(self.acc.matrix.copy())
+        raw = score(self.acc.matrix.copy(), self.per)
         return EvaluationResult(
             protocol=protocol, split=dataset.split, method=method, match=match,
             class_names=names, palette=np.asarray(palette, dtype=np.uint8),
             n_images=n_images, n_segments=self.acc.matrix.shape[0],
-            scores=raw, scores_crf=score(crf.matrix.copy()) if crf else None,
+            scores=raw, scores_crf=score(crf.matrix.copy(), self.per_crf) if crf else None,
             timing=timing, seconds=seconds, examples=self.examples,
             match_used=raw.match, class_map=class_map,
         )

@@ -39,6 +39,7 @@ from segeig.evaluation.evaluator import (
     check_segments,
     prepared_samples,
 )
+from segeig.evaluation.metrics import PER_IMAGE
 from segeig.evaluation.protocols import Protocol, resolve_protocol
 from segeig.evaluation.scoring import EvaluationResult, GridScorer, StageTimer
 from segeig.feature_cache import View, prepare_feature_cache
@@ -199,7 +200,8 @@ def evaluate_spectral_dataset(
     with CRFPool(crf_workers if crf else 0, crf_params, max_labels=None, backend=crf_backend,
                  device=device) as pool:
         scorer = GridScorer(n_clusters, n_classes, patch, timer, pool if crf else None,
-                            crf_workers, crf_max_labels, n_examples, crf_side)
+                            crf_workers, crf_max_labels, n_examples, crf_side,
+                            per_image=match == PER_IMAGE)
         for s, grid in zip(images(), grids, strict=True):
             scorer.add(s, grid / CENTROID_TEMPERATURE)
         scorer.drain(0)

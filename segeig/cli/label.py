@@ -64,7 +64,7 @@ def _methods(args: argparse.Namespace, available: list[str], default: str) -> li
 
 def _from_names(args: argparse.Namespace):
     from segeig.checkpoint import UNASSIGNED, read_config, segment_counts
-    from segeig.evaluation import class_map_from_names, parse_names
+    from segeig.evaluation import class_map_from_names, read_names
 
     counts = segment_counts(args.checkpoint)
     methods = _methods(args, list(counts), read_config(args.checkpoint)["methods"][0])
@@ -72,11 +72,7 @@ def _from_names(args: argparse.Namespace):
         raise ValueError("a names file names the clusters of one method: pass one --method")
     method = methods[0]
     path = Path(args.names)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"cannot read the names file {path}: {err.strerror or err}") from None
-    names = parse_names(data, counts[method], what=f"names file {path.name}")
+    names = read_names(path, counts[method])
     class_map = class_map_from_names(names, counts[method], method, {"file": path.name})
     table = class_map.maps[method]
     print(f"{method}: {len(names)} of {len(table)} clusters named, "

@@ -14,6 +14,7 @@ from segeig.evaluation.labelling import (
     fit_class_map,
     format_names,
     parse_names,
+    read_names,
 )
 from segeig.evaluation.protocols import Protocol, load_eval_dataset, resolve_protocol
 from segeig.evaluation.report import format_table, write_json, write_report
@@ -32,6 +33,7 @@ __all__ = [
     "format_table",
     "load_eval_dataset",
     "parse_names",
+    "read_names",
     "resolve_protocol",
     "write_json",
     "write_report",

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from segeig.cli.common import check_out_dir
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from segeig.config import LABELLED_DATASETS, PROTOCOL_NAMES
@@ -119,6 +121,7 @@ def _from_dataset(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from segeig.checkpoint import class_map_destination, save_class_map
 
+    check_out_dir(args.out, allow_file_suffix=".safetensors")
     class_map_destination(args.checkpoint, args.out, args.overwrite)  # fail before fitting
     if args.names:
         if args.dataset or args.root:

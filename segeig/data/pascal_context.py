@@ -30,6 +30,7 @@ from segeig.data.classes import (
     PASCAL_CONTEXT_60_CLASSES,
     PASCAL_CONTEXT_60_PALETTE,
 )
+from segeig.data.files import read_list_file
 
 LAYOUT = """\
   ROOT/VOCdevkit/VOC2010/           (ROOT may also be VOCdevkit/ or VOC2010/)
@@ -55,9 +56,17 @@ def resolve_root(root: Path) -> Path:
     )
 
 
+#: Largest split file read (PASCAL-Context's train.txt is ~50 kB).
+MAX_SPLIT_FILE_BYTES = 64 << 20
+
+
 def read_split_file(path: Path) -> list[str]:
-    """Image ids listed in an ImageSets split file (blank lines ignored)."""
-    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    """Image ids listed in an ImageSets split file (blank lines ignored).
+
+    Raises:
+        ValueError: not a regular file, over :data:`MAX_SPLIT_FILE_BYTES`, or not UTF-8.
+    """
+    return read_list_file(path, MAX_SPLIT_FILE_BYTES, "split list")
 
 
 class PascalContext(SegDataset):

@@ -166,7 +166,8 @@ def open_append(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> I
         raise UserFileError(f"refusing to write {path}: its folder resolves to {folder}, "
                             f"outside {base} (a symlinked folder?)")
     target = folder / path.name
-    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _NONBLOCK | _CLOEXEC
+    # Read-write: the last byte is read to know whether a newline is missing.
+    flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | _NOFOLLOW | _NONBLOCK | _CLOEXEC
     if not _NOFOLLOW and target.is_symlink():  # no O_NOFOLLOW (Windows): check the name
         raise UserFileError(f"refusing to write through the symbolic link {target}")
     try:

@@ -49,6 +49,7 @@ from safetensors import safe_open
 
 from segeig.atomic import write_safetensors, write_text
 from segeig.config import to_dict
+from segeig.safeio import open_append
 from segeig.train.config import TrainConfig, train_config_from_dict
 
 STATE_NAME = "train_state.safetensors"
@@ -223,7 +224,7 @@ class JsonlLog:
         self.enabled = enabled
         self.start = time.perf_counter()
         if enabled and fresh:
-            self.path.write_text("")
+            write_text(self.path, "")  # replaces (never writes through) a link there
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -232,8 +233,9 @@ class JsonlLog:
         if not self.enabled:
             return
         record = {"event": event, "time": round(self.elapsed(), 3), **fields}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        # Never through a link out of the folder; after a crash, on a fresh line.
+        with open_append(self.path, self.path.parent) as handle:
+            handle.write((json.dumps(record) + "\n").encode("utf-8"))
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (work redone after a resume), atomically."""

@@ -43,7 +43,7 @@ def test_json_with_a_repeated_key_or_deep_nesting_is_refused_by_name(tmp_path):
     with pytest.raises(UserFileError, match="doc: the key 'a' appears more than once"):
         parse_json(b'{"b": {"a": 1, "a": 2}}', "doc")
     assert parse_json('{"a": {"a": 1}}', "doc") == {"a": {"a": 1}}
-    with pytest.raises(UserFileError, match="doc is not UTF-8"):
+    with pytest.raises(UserFileError, match="doc is not valid JSON: it is not UTF-8"):
         parse_json(b'{"a": "\xff"}', "doc")
     deep = tmp_path / "deep.json"
     deep.write_text("[" * 200_000)

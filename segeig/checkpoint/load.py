@@ -71,7 +71,8 @@ def load_model(
             be obtained.
     """
     path = resolve_checkpoint_path(path)
-    document = check_checkpoint(path, backbone_weights)
+    # The class map is checked by Segmenter against the built model (class_map_of).
+    document = check_checkpoint(path, backbone_weights, classes=False)
     backbone = _build_backbone(path, document["backbone"], backbone_weights)
     head = _build_head(path, document.get("head"), backbone)
     model = SegEigModel(backbone, head, spectral=_spectral_settings(document.get("spectral")))
@@ -82,8 +83,8 @@ def load_model(
     return model.to(device).eval(), document
 
 
-def check_checkpoint(path: str | os.PathLike, backbone_weights: str | None = None
-                     ) -> dict[str, Any]:
+def check_checkpoint(path: str | os.PathLike, backbone_weights: str | None = None, *,
+                     classes: bool = True) -> dict[str, Any]:
     """Every check :func:`load_model` (and :class:`segeig.Segmenter`) makes that needs
     no model built: what ``segeig info`` runs, so it refuses exactly what they refuse.
 
@@ -91,7 +92,13 @@ def check_checkpoint(path: str | os.PathLike, backbone_weights: str | None = Non
     backbone name (``hf-hub:`` only with ``backbone_weights="hub"``), the head
     section, every listed method having its weights, the working resolution,
     and the ``classes`` section against the methods' cluster counts (read from
-    the tensors' shapes; no tensor is loaded).
+    the tensors' shapes; no tensor is loaded) as :class:`segeig.Segmenter` checks it.
+
+    Args:
+        path: checkpoint file or directory.
+        backbone_weights: as :func:`load_model`'s.
+        classes: also check the ``classes`` section (``load_model`` leaves that
+            to :class:`segeig.Segmenter`, which checks it with the same function).
 
     Returns:
         The checkpoint's JSON description.
@@ -110,7 +117,8 @@ def check_checkpoint(path: str | os.PathLike, backbone_weights: str | None = Non
         missing = [m for m in document["methods"] if m not in counts]
         if missing:
             raise CheckpointError(f"lists methods {missing} but holds no weights for them")
-        class_map_of(document, counts)
+        if classes:
+            class_map_of(document, counts)
     except (CheckpointError, ValueError, TypeError) as err:
         message = str(err)
         raise CheckpointError(message if message.startswith(str(path))

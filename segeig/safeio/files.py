@@ -79,7 +79,7 @@ def open_regular(path: str | os.PathLike[str], what: str = "file", *,
         if err.errno == errno.ELOOP and not follow_symlinks:
             raise UserFileError(f"{what} {path} is a symbolic link; refusing to follow it",
                                 err.errno) from None
-        raise UserFileError(f"cannot read {what} {path}: {err.strerror or err}",
+        raise UserFileError(f"cannot read the {what} {path}: {err.strerror or err}",
                             err.errno) from None
     try:
         info = os.fstat(fd)

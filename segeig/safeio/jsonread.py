@@ -48,8 +48,8 @@ def parse_json(data: bytes | str, what: str) -> Any:
         try:
             data = data.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise UserFileError(f"{what} is not UTF-8 text (byte {err.start} is "
-                                f"0x{data[err.start]:02x})") from None
+            raise UserFileError(f"{what} is not valid JSON: it is not UTF-8 text (byte "
+                                f"{err.start} is 0x{data[err.start]:02x})") from None
     try:
         return json.loads(data, object_pairs_hook=_unique_pairs)
     except _DuplicateKeyError as dup:

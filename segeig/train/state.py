@@ -49,7 +49,7 @@ from safetensors import safe_open
 
 from segeig.atomic import write_safetensors, write_text
 from segeig.config import to_dict
-from segeig.safeio import open_append
+from segeig.safeio import open_append, parse_json
 from segeig.train.config import TrainConfig, train_config_from_dict
 
 STATE_NAME = "train_state.safetensors"
@@ -170,7 +170,7 @@ def load_train_state(path: str | os.PathLike) -> TrainState:
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})[_KEY])
+            meta = parse_json((handle.metadata() or {})[_KEY], f"{path}: its metadata")
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
         raise ValueError(f"{path} is not a readable segeig training state ({err}); "

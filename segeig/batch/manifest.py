@@ -120,7 +120,7 @@ class Manifest:
 def _entry(line: bytes, where: str) -> dict[str, Any] | None:
     """One manifest line as a record of either kind, or None (with a warning)."""
     try:
-        entry = parse_json(line, where)
+        entry = parse_json(line, "the line")
         if not isinstance(entry, dict):
             raise ValueError("not a JSON object")
         if "key" in entry:

@@ -105,8 +105,8 @@ def model_summary(seg: Segmenter, how: str | None = None) -> str:
         f"{m} ({seg.num_segments(m)} segments)" for m in logic.available_methods(seg)))
     if seg.class_map is not None:
         names = seg.class_map.names
-        shown = ", ".join(names[:8]) + (", …" if len(names) > 8 else "")
-        parts.append(f"{len(names)} named classes ({logic.md_escape(shown)}) for "
+        shown = ", ".join(map(logic.md_escape, names[:8])) + (", …" if len(names) > 8 else "")
+        parts.append(f"{len(names)} named classes ({shown}) for "
                      f"{', '.join(seg.class_map.methods)}")
     if how:
         parts.append(how)

@@ -50,10 +50,25 @@ def safe_message(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: ASCII characters other than letters, digits and spaces: each becomes an HTML
+#: character reference in :func:`md_escape`.
+_MD_PUNCTUATION = re.compile(r"[!-/:-@\[-`{-~]")
+
+
 def md_escape(text: str) -> str:
-    """``text`` with Markdown and HTML punctuation backslash-escaped, shown literally
-    (class names come from a checkpoint: no links, no markup)."""
-    return re.sub(r"([\\`*_{}\[\]()#+\-.!|~<>&])", r"\\\1", text)
+    """``text`` as Markdown that renders as exactly that text: no markup, no HTML, no link.
+
+    Class names come from a checkpoint or a user: every ASCII punctuation
+    character becomes a numeric character reference (``.`` → ``&#46;``), so
+    nothing can start emphasis, a heading, a tag or an explicit link, and no
+    renderer can autolink a URL, ``www.`` name, bare domain or e-mail address
+    in it (``http://2130706433/login`` no longer contains ``://``, ``www.`` or
+    a dot for a linkifier to find; a Markdown renderer turns the references
+    back into the characters only when writing HTML). Runs of whitespace
+    become one space, so a name cannot open a new block.
+    """
+    text = " ".join(text.split())
+    return _MD_PUNCTUATION.sub(lambda m: f"&#{ord(m.group())};", text)
 
 
 def display_name(path: str | Path) -> str:

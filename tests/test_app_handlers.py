@@ -134,7 +134,7 @@ def test_classes_from_a_labelled_checkpoint(h, seg, tmp_path, rng):
     assert Path(files[-2]).read_text().splitlines() == ["sky", "grass & soil"]
     assert set(np.unique(read_segments(files[0])).tolist()) <= {0, 1, 255}
     assert any(label.startswith("sky · ") for label, _ in choice.choices)
-    assert r"named classes (sky, grass \& soil) for eigen" in handlers.model_summary(seg)
+    assert "named classes (sky, grass &#38; soil) for eigen" in handlers.model_summary(seg)
     text = h.explain(state, 0, 0, 0)[1]
     assert text.startswith("**sky** covers")
     with pytest.raises(logic.UserError, match="already names the classes"):

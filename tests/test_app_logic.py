@@ -152,7 +152,7 @@ def test_class_view_names_colours_and_unassigned(seg, result):
     assert (shown[unassigned] == result.image[unassigned]).all(axis=1).mean() > 0.5
     assert (shown[~unassigned] == result.image[~unassigned]).all(axis=1).mean() < 0.05
     text = logic.explain_segment(seg, result, view, 1)
-    assert text.startswith("**\\<b\\>road\\</b\\>** covers")
+    assert text.startswith("**&#60;b&#62;road&#60;&#47;b&#62;** covers")
     assert "map to this class" in text
     assert "have no class" in logic.explain_segment(seg, result, view, 255)
 

@@ -15,7 +15,16 @@ of N, so processes never write one file), JSON lines of two kinds::
 
 A producer is named by the hash of everything that decides the outputs
 (checkpoint hash, method, CRF, ...). Readers merge all manifest files, the
-latest ``t`` winning per key; a line cut short by a crash is ignored.
+latest ``t`` winning per key.
+
+The manifest lives in the output folder, which may hold anything: it is
+appended to through :func:`segeig.safeio.open_append` (never through a symbolic
+link, never outside the folder, each run starting on a fresh line even after a
+crash cut the last line short) and read as a stream of lines; a line that is
+not UTF-8 JSON of one of the two kinds is skipped with a warning naming the
+file and line. A key whose producer record is missing (lost to damage) is
+owned by an unknown producer: it counts as foreign, never as made before
+manifests existed.
 """
 
 from __future__ import annotations
@@ -29,9 +38,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from segeig.safeio import UserFileError, iter_lines, open_append, parse_json
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["Manifest", "Producer", "manifest_path", "producer_of", "read_manifest"]
+
+#: Longest manifest line read (a producer record is a few hundred bytes).
+MAX_LINE_BYTES = 1 << 20
 
 
 def manifest_path(out_dir: str | os.PathLike[str], shard: tuple[int, int] = (0, 1)) -> Path:
@@ -89,32 +103,68 @@ class Manifest:
     owners: dict[str, str] = field(default_factory=dict)
 
     def owner(self, key: str) -> Producer | None:
-        """The producer of ``key``'s outputs, or None when no manifest names it."""
+        """The producer of ``key``'s outputs, or None when no manifest names it.
+
+        A key recorded under a producer whose own record is missing (a damaged
+        manifest) gets a stand-in producer with that id and no settings:
+        someone made it, not necessarily with this run's settings.
+        """
         found = self.owners.get(key)
-        return None if found is None else self.producers.get(found)
+        if found is None:
+            return None
+        return self.producers.get(found) or Producer(
+            found, {"path": "<unknown: its record in the manifest is missing>",
+                    "sha256": "?"}, {})
+
+
+def _entry(line: bytes, where: str) -> dict[str, Any] | None:
+    """One manifest line as a record of either kind, or None (with a warning)."""
+    try:
+        entry = parse_json(line, "the line")
+        if not isinstance(entry, dict):
+            raise ValueError("not a JSON object")
+        if "key" in entry:
+            return {"key": str(entry["key"]), "producer": str(entry["producer"]),
+                    "t": float(entry["t"])}
+        if "producer" in entry:
+            return {"producer": str(entry["producer"]), "checkpoint": dict(entry["checkpoint"]),
+                    "settings": dict(entry["settings"])}
+        raise ValueError("neither an output nor a producer record")
+    except (ValueError, KeyError, TypeError) as err:
+        logger.warning("%s: skipping a line that cannot be read (%s)", where, err)
+        return None
 
 
 def read_manifest(out_dir: str | os.PathLike[str]) -> Manifest:
-    """Merge every ``manifest*.jsonl`` of ``out_dir`` (missing folder: empty manifest)."""
+    """Merge every ``manifest*.jsonl`` of ``out_dir`` (missing folder: empty manifest).
+
+    Files are streamed line by line; an unreadable file or line is skipped
+    with a warning naming it (``manifest.jsonl line 12``), never an error.
+    """
     manifest = Manifest()
     stamped: list[tuple[float, str, str]] = []
     for path in sorted(Path(out_dir).glob("manifest*.jsonl")):
         try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as err:
+            for number, line in iter_lines(path, "manifest", max_line_bytes=MAX_LINE_BYTES,
+                                           follow_symlinks=False):
+                where = f"{path} line {number}"
+                if line is None:
+                    logger.warning("%s: skipping a line longer than %d bytes", where,
+                                   MAX_LINE_BYTES)
+                    continue
+                if not line.strip():
+                    continue
+                entry = _entry(line, where)
+                if entry is None:
+                    continue
+                if "key" in entry:
+                    stamped.append((entry["t"], entry["key"], entry["producer"]))
+                else:
+                    manifest.producers[entry["producer"]] = Producer(
+                        entry["producer"], entry["checkpoint"], entry["settings"])
+        except UserFileError as err:
             logger.warning("ignoring unreadable %s: %s", path, err)
             continue
-        for line in lines:
-            try:
-                entry = json.loads(line)
-                if "key" in entry:
-                    stamped.append((float(entry["t"]), str(entry["key"]), str(entry["producer"])))
-                elif "producer" in entry:
-                    manifest.producers[str(entry["producer"])] = Producer(
-                        str(entry["producer"]), dict(entry["checkpoint"]),
-                        dict(entry["settings"]))
-            except (ValueError, KeyError, TypeError, AttributeError):
-                continue  # a line cut short by a crash, or written by hand
     for _, key, producer in sorted(stamped):
         manifest.owners[key] = producer
     return manifest
@@ -126,18 +176,24 @@ class ManifestWriter:
     Args:
         path: :func:`manifest_path` of the run's shard.
         producer: this run's producer (recorded once, when the file is opened).
+        root: the output folder the manifest must stay in (default: its folder).
+
+    Raises:
+        segeig.safeio.UserFileError: the manifest is a symbolic link, or not a
+            regular file, or its folder resolves outside ``root``.
     """
 
-    def __init__(self, path: Path, producer: Producer) -> None:
+    def __init__(self, path: Path, producer: Producer,
+                 root: str | os.PathLike[str] | None = None) -> None:
         self.producer = producer
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._file: IO[str] | None = open(path, "a", encoding="utf-8")  # noqa: SIM115
+        self._file: IO[bytes] | None = open_append(path, path.parent if root is None else root)
         self._line({"producer": producer.id, "checkpoint": producer.checkpoint,
                     "settings": producer.settings})
 
     def _line(self, entry: dict[str, Any]) -> None:
         assert self._file is not None, "manifest already closed"
-        self._file.write(json.dumps(entry, default=str) + "\n")
+        self._file.write((json.dumps(entry, default=str) + "\n").encode("utf-8"))
         self._file.flush()
 
     def record(self, key: str) -> None:

@@ -43,6 +43,7 @@ from segeig.checkpoint import UNASSIGNED, resolve_checkpoint_path
 from segeig.config import to_dict
 from segeig.crf import CRFParams
 from segeig.predictor import Segmenter
+from segeig.safeio import read_json_file
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,9 @@ __all__ = [
 #: Settings that change the outputs; a resumed run must match them.
 _OUTPUT_SETTINGS = ("checkpoint_sha256", "method", "clusters", "crf", "crf_max_labels",
                     "crf_side", "max_side", "overlay_alpha", "working_resolution")
+
+#: Largest ``summary.json`` read back (it lists every failure: ~200 bytes each).
+MAX_SUMMARY_BYTES = 256 << 20
 
 
 def summary_path(out_dir: str | os.PathLike[str], shard: tuple[int, int] = (0, 1)) -> Path:
@@ -159,9 +163,12 @@ def _check_previous(out_dir: Path, settings: dict[str, Any]) -> None:
     """Refuse to mix outputs of different settings in one directory (unless overwriting)."""
     for path in sorted(out_dir.glob("summary*.json")):
         try:
-            previous = json.loads(path.read_text()).get("settings", {})
-        except (OSError, ValueError, AttributeError):
-            logger.warning("ignoring unreadable %s", path)
+            previous = read_json_file(path, MAX_SUMMARY_BYTES, "summary",
+                                      follow_symlinks=False).get("settings", {})
+            if not isinstance(previous, dict):
+                raise ValueError("its settings are not a JSON object")
+        except (ValueError, AttributeError) as err:
+            logger.warning("ignoring unreadable %s: %s", path, err)
             continue
         changed = {k: (previous[k], settings[k]) for k in _OUTPUT_SETTINGS
                    if k in previous and previous[k] != settings.get(k)}
@@ -193,8 +200,9 @@ def _check_owners(out_dir: Path, files: Sequence[InputFile], manifest: Manifest,
     if not foreign:
         return
     parts = []
-    for owner_id, keys in foreign.items():
-        owner = manifest.producers[owner_id]
+    for keys in foreign.values():
+        owner = manifest.owner(keys[0])
+        assert owner is not None  # keys were collected because they have an owner
         if owner.checkpoint.get("sha256") != producer.checkpoint.get("sha256"):
             how = owner.describe()
         else:
@@ -255,6 +263,9 @@ def segment_inputs(
     """
     options = options or SegmentOptions()
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output directory {out} is a file; give a directory (it is "
+                         "created when missing)")
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = resolve_checkpoint_path(checkpoint)
     sha = file_sha256(checkpoint)
@@ -280,8 +291,14 @@ def segment_inputs(
         summary.failed += 1
         summary.failures.append({"input": str(conflict.path), "reason": conflict.reason})
     target = summary_path(out, shard)
-    _write_summary(target, summary)
-    writer = ManifestWriter(manifest_path(out, shard), producer)
+    # The manifest first: one that cannot be appended to safely stops the run
+    # before anything is written.
+    writer = ManifestWriter(manifest_path(out, shard), producer, root=out)
+    try:
+        _write_summary(target, summary)
+    except BaseException:
+        writer.close()
+        raise
 
     def record(result: ImageResult) -> None:
         if result.status == "segmented":

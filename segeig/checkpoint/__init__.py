@@ -4,7 +4,7 @@
   :func:`read_config` (the JSON alone, cheap, for ``segeig info``),
   :func:`segment_counts`;
 * :mod:`segeig.checkpoint.load` — :func:`load_model` rebuilds the model from the
-  file alone;
+  file alone; :func:`check_checkpoint`, its checks that need no model (``segeig info``);
 * :mod:`segeig.checkpoint.schema` — the JSON description's sections and their
   checks (a checkpoint is untrusted input), and :func:`checkpoint_resolution`,
   the working resolution also of checkpoints written before it was recorded;
@@ -24,7 +24,7 @@ from segeig.checkpoint.classmap import (
     save_class_map,
 )
 from segeig.checkpoint.errors import CheckpointError
-from segeig.checkpoint.load import load_model
+from segeig.checkpoint.load import check_checkpoint, load_model
 from segeig.checkpoint.schema import (
     REQUIRED_SECTIONS,
     SECTIONS,
@@ -45,6 +45,6 @@ from segeig.checkpoint.store import (
 
 __all__ = ["CHECKPOINT_NAME", "FORMAT", "FORMAT_VERSION", "MAX_CLASSES", "MAX_NAME_CHARS",
            "REQUIRED_SECTIONS", "SECTIONS", "TENSOR_PREFIXES", "UNASSIGNED", "WEIGHT_SUFFIXES",
-           "CheckpointError", "ClassMap", "checkpoint_resolution", "class_map_destination",
-           "class_map_of", "document_problem", "load_model", "read_config",
+           "CheckpointError", "ClassMap", "check_checkpoint", "checkpoint_resolution",
+           "class_map_destination", "class_map_of", "document_problem", "load_model", "read_config",
            "resolve_checkpoint_path", "save_checkpoint", "save_class_map", "segment_counts"]

@@ -27,6 +27,7 @@ from segeig.checkpoint.store import (
     resolve_checkpoint_path,
     segment_counts_from_shapes,
 )
+from segeig.labelmaps import MAX_SEGMENTS
 
 #: Class index of clusters that map to no class (pixel value in class label maps).
 UNASSIGNED = 255
@@ -117,6 +118,9 @@ class ClassMap:
                     or not np.issubdtype(table.dtype, np.integer)):
                 raise CheckpointError(f"class map of {method!r}: must be a non-empty list of "
                                       "integer class indices, one per cluster")
+            if table.size > MAX_SEGMENTS:
+                raise CheckpointError(f"class map of {method!r}: {table.size} entries, but no "
+                                      f"method has more than {MAX_SEGMENTS} clusters")
             bad = table[((table < 0) | (table >= n)) & (table != UNASSIGNED)]
             if bad.size:
                 raise CheckpointError(f"class map of {method!r}: class index {int(bad[0])} is "

@@ -18,8 +18,15 @@ import torch
 from torch import nn
 
 from segeig.backbone import Backbone, check_backbone_name, create_vit
+from segeig.checkpoint.classmap import class_map_of
 from segeig.checkpoint.errors import CheckpointError
-from segeig.checkpoint.store import read_config, read_tensors, resolve_checkpoint_path
+from segeig.checkpoint.schema import checkpoint_resolution
+from segeig.checkpoint.store import (
+    read_config,
+    read_tensors,
+    resolve_checkpoint_path,
+    segment_counts,
+)
 from segeig.config import BackboneConfig, HeadConfig, KernelConfig, SpectralConfig, from_dict
 from segeig.head import EigenHead
 from segeig.model import SegEigModel
@@ -64,7 +71,8 @@ def load_model(
             be obtained.
     """
     path = resolve_checkpoint_path(path)
-    document = read_config(path)
+    # The class map is checked by Segmenter against the built model (class_map_of).
+    document = check_checkpoint(path, backbone_weights, classes=False)
     backbone = _build_backbone(path, document["backbone"], backbone_weights)
     head = _build_head(path, document.get("head"), backbone)
     model = SegEigModel(backbone, head, spectral=_spectral_settings(document.get("spectral")))
@@ -73,6 +81,49 @@ def load_model(
     if missing:
         raise CheckpointError(f"{path} lists methods {missing} but holds no weights for them")
     return model.to(device).eval(), document
+
+
+def check_checkpoint(path: str | os.PathLike, backbone_weights: str | None = None, *,
+                     classes: bool = True) -> dict[str, Any]:
+    """Every check :func:`load_model` (and :class:`segeig.Segmenter`) makes that needs
+    no model built: what ``segeig info`` runs, so it refuses exactly what they refuse.
+
+    The description's schema (:func:`~segeig.checkpoint.store.read_config`), the
+    backbone name (``hf-hub:`` only with ``backbone_weights="hub"``), the head
+    section, every listed method having its weights, the working resolution,
+    and the ``classes`` section against the methods' cluster counts (read from
+    the tensors' shapes; no tensor is loaded) as :class:`segeig.Segmenter` checks it.
+
+    Args:
+        path: checkpoint file or directory.
+        backbone_weights: as :func:`load_model`'s.
+        classes: also check the ``classes`` section (``load_model`` leaves that
+            to :class:`segeig.Segmenter`, which checks it with the same function).
+
+    Returns:
+        The checkpoint's JSON description.
+
+    Raises:
+        CheckpointError: naming the file and the problem.
+    """
+    path = resolve_checkpoint_path(path)
+    document = read_config(path)
+    _backbone_config(path, document["backbone"], backbone_weights)
+    try:
+        if document.get("head") is not None:
+            from_dict(HeadConfig, document["head"])
+        checkpoint_resolution(document)
+        counts = segment_counts(path)
+        missing = [m for m in document["methods"] if m not in counts]
+        if missing:
+            raise CheckpointError(f"lists methods {missing} but holds no weights for them")
+        if classes:
+            class_map_of(document, counts)
+    except (CheckpointError, ValueError, TypeError) as err:
+        message = str(err)
+        raise CheckpointError(message if message.startswith(str(path))
+                              else f"{path}: {message}") from None
+    return document
 
 
 def _backbone_config(path: Path, recorded: dict[str, Any],

@@ -13,7 +13,6 @@ without touching tensors (cheap, for ``segeig info``);
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -29,24 +28,37 @@ from segeig.checkpoint.errors import CheckpointError
 from segeig.checkpoint.schema import document_problem
 from segeig.config import to_dict
 from segeig.model import CENTROID_METHODS, SegEigModel
+from segeig.safeio import UserFileError, open_regular, parse_json
 
 FORMAT = "segeig"
 FORMAT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.safetensors"
 #: Prefixes of the tensors a checkpoint holds.
 TENSOR_PREFIXES = ("head.", "centroids.", "backbone.")
+#: Longest JSON description read (a class map for 4096 clusters takes ~30 kB).
+MAX_DESCRIPTION_CHARS = 16 << 20
 
 
 def resolve_checkpoint_path(path: str | os.PathLike) -> Path:
-    """Accept a checkpoint file or a training directory holding one."""
+    """Accept a checkpoint file or a training directory holding one.
+
+    Raises:
+        CheckpointError: nothing there, or something that is not a regular file
+            (a FIFO or a device is refused without blocking or reading it).
+    """
     path = Path(path)
     if path.is_dir():
         path = path / CHECKPOINT_NAME
-    if not path.is_file():
+    if not path.exists():
         raise CheckpointError(
             f"no segeig checkpoint at {path}. Train one with `segeig train ... --out DIR` "
             f"(it writes DIR/{CHECKPOINT_NAME}) or pass the file itself."
         )
+    try:
+        fd, _ = open_regular(path, "checkpoint")
+    except UserFileError as err:
+        raise CheckpointError(str(err)) from None
+    os.close(fd)
     return path
 
 
@@ -140,10 +152,15 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(
             f"{path} is a safetensors file but not a segeig checkpoint (no '{FORMAT}' metadata)"
         )
+    text = metadata[FORMAT]
+    if len(text) > MAX_DESCRIPTION_CHARS:
+        raise CheckpointError(f"{path}: its segeig metadata is {len(text)} characters long, more "
+                              f"than the {MAX_DESCRIPTION_CHARS} a checkpoint's description "
+                              "may be")
     try:
-        document = json.loads(metadata[FORMAT])
-    except ValueError as err:
-        raise CheckpointError(f"{path}: its segeig metadata is not valid JSON ({err})") from err
+        document = parse_json(text, f"{path}: its segeig metadata")
+    except UserFileError as err:  # not JSON, duplicate keys, nested too deeply
+        raise CheckpointError(str(err)) from None
     if not isinstance(document, dict):
         raise CheckpointError(f"{path}: malformed segeig metadata (not a JSON object)")
     version = document.get("format_version")

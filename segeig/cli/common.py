@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from segeig.config import DEFAULT_BACKBONE
 
@@ -98,3 +99,19 @@ def add_cache_arguments(parser: argparse._ActionsContainer) -> None:
     parser.add_argument("--feature-cache", dest="feature_cache_dir", metavar="DIR",
                         help="where to keep the feature cache (default: inside the output "
                              "directory)")
+
+
+def check_out_dir(path: str, allow_file_suffix: str | None = None) -> None:
+    """Refuse an ``--out`` that names an existing file, before any work.
+
+    Args:
+        path: the ``--out`` value.
+        allow_file_suffix: a suffix with which ``--out`` names a file to write
+            (``.safetensors`` for ``fit`` and ``label``), not a directory.
+    """
+    if allow_file_suffix and path.endswith(allow_file_suffix):
+        return
+    if os.path.lexists(path) and not os.path.isdir(path):
+        hint = f", or a {allow_file_suffix} path" if allow_file_suffix else ""
+        raise ValueError(f"--out {path} is a file; give a directory{hint} (the directory is "
+                         "created when missing)")

@@ -9,7 +9,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segeig.cli.common import add_backbone_arguments, add_cache_arguments, backbone_config
+from segeig.cli.common import (
+    add_backbone_arguments,
+    add_cache_arguments,
+    backbone_config,
+    check_out_dir,
+)
 from segeig.cli.progress import ProgressBars
 
 
@@ -40,6 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from segeig.train import fit_images
 
+    check_out_dir(args.out, allow_file_suffix=".safetensors")
     images = args.images[0] if len(args.images) == 1 and Path(args.images[0]).is_dir() \
         else args.images
     bars = ProgressBars(disable=args.quiet)

@@ -17,9 +17,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from segeig.checkpoint import checkpoint_resolution, read_config
+    from segeig.checkpoint import check_checkpoint, checkpoint_resolution
 
-    config = read_config(args.checkpoint)
+    # Exactly the loaders' checks: a checkpoint `segeig segment` or the demo would
+    # refuse is refused here too (exit 1, naming the problem), not described.
+    config = check_checkpoint(args.checkpoint)
     if args.json:
         print(json.dumps(config, indent=2))
         return 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from segeig.cli.common import check_out_dir
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from segeig.config import LABELLED_DATASETS, PROTOCOL_NAMES
@@ -64,7 +66,7 @@ def _methods(args: argparse.Namespace, available: list[str], default: str) -> li
 
 def _from_names(args: argparse.Namespace):
     from segeig.checkpoint import UNASSIGNED, read_config, segment_counts
-    from segeig.evaluation import class_map_from_names, parse_names
+    from segeig.evaluation import class_map_from_names, read_names
 
     counts = segment_counts(args.checkpoint)
     methods = _methods(args, list(counts), read_config(args.checkpoint)["methods"][0])
@@ -72,11 +74,7 @@ def _from_names(args: argparse.Namespace):
         raise ValueError("a names file names the clusters of one method: pass one --method")
     method = methods[0]
     path = Path(args.names)
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise ValueError(f"cannot read the names file {path}: {err.strerror or err}") from None
-    names = parse_names(data, counts[method], what=f"names file {path.name}")
+    names = read_names(path, counts[method])
     class_map = class_map_from_names(names, counts[method], method, {"file": path.name})
     table = class_map.maps[method]
     print(f"{method}: {len(names)} of {len(table)} clusters named, "
@@ -123,6 +121,7 @@ def _from_dataset(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from segeig.checkpoint import class_map_destination, save_class_map
 
+    check_out_dir(args.out, allow_file_suffix=".safetensors")
     class_map_destination(args.checkpoint, args.out, args.overwrite)  # fail before fitting
     if args.names:
         if args.dataset or args.root:

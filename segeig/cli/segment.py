@@ -13,6 +13,7 @@ from segeig.cli.common import (
     add_crf_backend_argument,
     add_resolution_argument,
     backbone_config,
+    check_out_dir,
     check_resolution,
 )
 from segeig.cli.progress import ProgressBars
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or args.workers < 0:
         raise ValueError("--batch-size must be >= 1 and --workers >= 0")
     check_resolution(args.resolution)
+    check_out_dir(args.out)
     shard = _shard(args)
     device = _device(args)
     # Only the folders segeig writes images to: `--out .` above the inputs must

@@ -21,7 +21,12 @@ import logging
 import os
 from pathlib import Path
 
-from segeig.cli.common import add_backbone_arguments, add_cache_arguments, backbone_overrides
+from segeig.cli.common import (
+    add_backbone_arguments,
+    add_cache_arguments,
+    backbone_overrides,
+    check_out_dir,
+)
 from segeig.cli.progress import ProgressBars
 from segeig.config import DATASET_NAMES
 
@@ -150,6 +155,7 @@ def distributed_setup(device: str) -> tuple[int, int, str]:
 def run(args: argparse.Namespace) -> int:
     from segeig.train import STATE_NAME, apply_overrides, default_config, load_train_state, train
 
+    check_out_dir(args.out)
     out = Path(args.out)
     overrides = overrides_from_args(args)
     if args.resume:

@@ -24,6 +24,7 @@ from segeig.data.base import (
     images_and_annotations,
 )
 from segeig.data.classes import voc_colormap
+from segeig.data.files import read_list_file
 from segeig.labelmaps import read_label
 
 logger = logging.getLogger(__name__)
@@ -38,9 +39,17 @@ LAYOUT = """\
 _ALT = {"train": "training", "training": "train", "val": "validation", "validation": "val"}
 
 
+#: Largest classes.txt read (255 names of 100 characters fit many times over).
+MAX_CLASSES_FILE_BYTES = 1 << 20
+
+
 def read_classes_file(path: Path) -> list[str]:
-    """Class names from a classes.txt (one per line, stripped, blank lines ignored)."""
-    return [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    """Class names from a classes.txt (one per line, stripped, blank lines ignored).
+
+    Raises:
+        ValueError: not a regular file, over :data:`MAX_CLASSES_FILE_BYTES`, or not UTF-8.
+    """
+    return read_list_file(path, MAX_CLASSES_FILE_BYTES, "class list")
 
 
 class CustomDataset(SegDataset):

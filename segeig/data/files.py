@@ -1,9 +1,12 @@
-"""Which files are images: the extensions segeig reads and a deterministic folder walk."""
+"""Which files are images (the extensions segeig reads, a deterministic folder walk),
+and a dataset's list files (class names, split ids) read safely."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from segeig.safeio import UserFileError, read_bounded
 
 #: File suffixes (lower case, with dot) treated as images; matching is case-insensitive.
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
@@ -49,3 +52,25 @@ def list_images(root: str | os.PathLike[str], recursive: bool = True) -> list[Pa
             Path(dirpath) / f for f in filenames if not f.startswith(".") and is_image_file(f)
         )
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def read_text(path: str | os.PathLike[str], max_bytes: int, what: str) -> str:
+    """A dataset's text file (a list, class names), read as untrusted input.
+
+    It must be a regular file (a FIFO or a device is refused without
+    blocking) of at most ``max_bytes``, checked before reading, in UTF-8 (a
+    byte-order mark is dropped).
+
+    Raises:
+        UserFileError: naming the file and the problem.
+    """
+    data = read_bounded(path, max_bytes, what)
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise UserFileError(f"{what} {path} is not UTF-8 text (byte {err.start})") from None
+
+
+def read_list_file(path: str | os.PathLike[str], max_bytes: int, what: str) -> list[str]:
+    """The non-blank lines of a dataset's list file, stripped (see :func:`read_text`)."""
+    return [ln.strip() for ln in read_text(path, max_bytes, what).splitlines() if ln.strip()]

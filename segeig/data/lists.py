@@ -9,13 +9,16 @@ name the file, the line and what to do.
 
 from __future__ import annotations
 
+import io
 import os
 import re
-import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from segeig.data.files import read_text
+from segeig.safeio import UserFileError, read_bounded
 
 __all__ = ["ID_PATTERN", "MAX_LIST_BYTES", "MAX_MAT_BYTES", "ListFileError", "read_id_list",
            "read_mat_array"]
@@ -29,21 +32,8 @@ MAX_MAT_BYTES = 64 << 20
 ID_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 
-class ListFileError(ValueError):
+class ListFileError(UserFileError):
     """A list or ``.mat`` file is not what its layout promises (message names the file)."""
-
-
-def _check_regular(path: Path, max_bytes: int, what: str) -> int:
-    try:
-        info = os.stat(path)
-    except OSError as e:
-        raise ListFileError(f"{what} '{path}' cannot be read: {e.strerror or e}") from e
-    if not stat.S_ISREG(info.st_mode):
-        raise ListFileError(f"{what} '{path}' is not a regular file")
-    if info.st_size > max_bytes:
-        raise ListFileError(f"{what} '{path}' is {info.st_size} bytes, more than the "
-                            f"{max_bytes} a {what} may hold; is it the right file?")
-    return info.st_size
 
 
 def read_id_list(path: str | os.PathLike[str], *, what: str = "id list",
@@ -64,15 +54,10 @@ def read_id_list(path: str | os.PathLike[str], *, what: str = "id list",
             the message gives the line number.
     """
     path = Path(path)
-    _check_regular(path, max_bytes, what)
-    with open(path, "rb") as handle:  # re-checked: the file may have grown since the stat
-        data = handle.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise ListFileError(f"{what} '{path}' holds more than {max_bytes} bytes")
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise ListFileError(f"{what} '{path}' is not UTF-8 text (byte {e.start})") from e
+        text = read_text(path, max_bytes, what)
+    except UserFileError as e:
+        raise ListFileError(str(e), e.errno) from None
     ids: list[str] = []
     seen: set[str] = set()
     for number, line in enumerate(text.splitlines(), start=1):
@@ -111,9 +96,12 @@ def read_mat_array(path: str | os.PathLike[str], key: str, *,
     from scipy.io import loadmat  # scipy is heavy; only Potsdam needs it
 
     path = Path(path)
-    _check_regular(path, max_bytes, ".mat file")
     try:
-        contents: dict[str, Any] = loadmat(path, variable_names=[key])
+        data = read_bounded(path, max_bytes, ".mat file")
+    except UserFileError as e:
+        raise ListFileError(str(e), e.errno) from None
+    try:
+        contents: dict[str, Any] = loadmat(io.BytesIO(data), variable_names=[key])
     except NotImplementedError as e:  # v7.3 files are HDF5
         raise ListFileError(f".mat file '{path}' is MATLAB v7.3 (HDF5), which segeig does "
                             "not read; re-save it with MATLAB's -v7 option") from e

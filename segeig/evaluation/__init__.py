@@ -16,6 +16,7 @@ from segeig.evaluation.labelling import (
     fit_class_map,
     format_names,
     parse_names,
+    read_names,
 )
 from segeig.evaluation.predictions import PredictionError, evaluate_predictions
 from segeig.evaluation.protocols import Protocol, load_eval_dataset, resolve_protocol
@@ -37,6 +38,7 @@ __all__ = [
     "format_table",
     "load_eval_dataset",
     "parse_names",
+    "read_names",
     "resolve_protocol",
     "write_json",
     "write_report",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -27,12 +28,13 @@ from segeig.evaluation.evaluator import evaluate
 from segeig.evaluation.protocols import Protocol, resolve_protocol
 from segeig.evaluation.scoring import EvaluationResult
 from segeig.predictor import Segmenter
+from segeig.safeio import parse_json, read_bounded
 from segeig.viz import make_palette
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["MAX_NAMES_BYTES", "class_map_from_names", "fit_class_map", "format_names",
-           "parse_names"]
+           "parse_names", "read_names"]
 
 #: Largest names file accepted (a name per cluster for K = 4096 fits many times over).
 MAX_NAMES_BYTES = 1 << 20
@@ -137,15 +139,13 @@ def parse_names(text: str | bytes, n_segments: int, *, what: str = "names file"
         cluster id → name, in the document's order.
 
     Raises:
-        ValueError: with what is wrong and where (bad JSON, not an object,
-            non-integer keys, unknown ids, bad names, more than 255 names).
+        ValueError: with what is wrong and where (bad JSON, an id given twice,
+            not an object, non-integer keys, unknown ids, bad names, more than
+            255 names).
     """
     if len(text) > MAX_NAMES_BYTES:
         raise ValueError(f"{what} is larger than {MAX_NAMES_BYTES} bytes")
-    try:
-        document = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{what} is not valid JSON: {err}") from None
+    document = parse_json(text, what)  # duplicate ids refused, deep nesting named
     if not isinstance(document, dict) or not document:
         raise ValueError(f'{what} must be a non-empty JSON object {{"cluster id": "name"}}, '
                          f'e.g. {{"0": "sky", "3": "road"}}')
@@ -171,6 +171,19 @@ def parse_names(text: str | bytes, n_segments: int, *, what: str = "names file"
         raise ValueError(f"{what}: unknown cluster ids {sorted(unknown)[:10]}; the method "
                          f"predicts {n_segments} clusters (ids 0..{n_segments - 1})")
     return names
+
+
+def read_names(path: str | os.PathLike[str], n_segments: int) -> dict[int, str]:
+    """:func:`parse_names` of a names file a user named.
+
+    The file must be a regular file (a FIFO or a device is refused at once)
+    of at most :data:`MAX_NAMES_BYTES`, checked before reading.
+
+    Raises:
+        ValueError: naming the file and what is wrong.
+    """
+    data = read_bounded(path, MAX_NAMES_BYTES, "names file")
+    return parse_names(data, n_segments, what=f"names file {path}")
 
 
 def class_map_from_names(names: Mapping[int, str], n_segments: int, method: str,

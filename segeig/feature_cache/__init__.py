@@ -20,9 +20,15 @@ directory), ``store`` (the files, their checks, :class:`FeatureCache` reading
 them), ``fill`` (running the backbone to fill parts; :func:`prepare_feature_cache`).
 """
 
-from segeig.feature_cache.fill import DISK_MARGIN, FeatureCacheError, prepare_feature_cache
+from segeig.feature_cache.fill import DISK_MARGIN, prepare_feature_cache
 from segeig.feature_cache.key import FORMAT_VERSION, backbone_fingerprint, cache_key
-from segeig.feature_cache.store import Entry, FeatureCache, estimate_bytes, remove_cache_dir
+from segeig.feature_cache.store import (
+    Entry,
+    FeatureCache,
+    FeatureCacheError,
+    estimate_bytes,
+    remove_cache_dir,
+)
 from segeig.feature_cache.views import ImageSource, View
 
 __all__ = [

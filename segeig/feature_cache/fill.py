@@ -32,7 +32,9 @@ from segeig.backbone import Backbone
 from segeig.config import WorkingResolution
 from segeig.feature_cache.key import cache_key
 from segeig.feature_cache.store import (
+    EXPECTED_REASONS,
     FeatureCache,
+    FeatureCacheError,
     check_part,
     estimate_bytes,
     part_name,
@@ -45,14 +47,10 @@ from segeig.transforms import to_tensor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DISK_MARGIN", "FeatureCacheError", "prepare_feature_cache"]
+__all__ = ["DISK_MARGIN", "prepare_feature_cache"]
 
 #: Free space left untouched on the cache's disk (logs, checkpoints still need room).
 DISK_MARGIN = 512 * 2**20
-
-
-class FeatureCacheError(RuntimeError):
-    """The cache cannot be built: not enough disk, over its size bound, or a write failed."""
 
 
 def _channels(backbone: Backbone) -> tuple[int, int]:
@@ -221,18 +219,28 @@ def prepare_feature_cache(
             (checked before computing anything), or the disk filled up anyway.
     """
     device = torch.device(device)
-    key, description = cache_key(backbone, resolution, views, extra)
+    identities = [source.identity(i) for i in range(len(source))]
+    # The image set is part of the key: two sets sharing one root never rebuild
+    # each other's parts, and a run never reads another set's bytes.
+    key, description = cache_key(backbone, resolution, views, extra, image_set=identities)
     directory = Path(root) / key
     head, kern = _channels(backbone)
     channels = head + kern + 3
-    identities = [source.identity(i) for i in range(len(source))]
     n_views = len(views)
+    patch = backbone.patch_size
+
+    def check(r: int, world: int, verify: bool = True) -> tuple[dict[str, Any] | None, str]:
+        meta, why = check_part(directory, r, world, key, identities, n_views, channels,
+                               verify=verify, patch=patch)
+        if meta is None and why not in EXPECTED_REASONS:
+            logger.warning("feature cache %s: part %d of %d is damaged (%s); it is rebuilt",
+                           directory, r, world, why)
+        return meta, why
 
     def complete(world: int) -> dict[int, dict[str, Any]] | None:
         parts = {}
         for r in range(world):
-            meta, why = check_part(directory, r, world, key, identities, n_views, channels,
-                                   verify=True)
+            meta, why = check(r, world)
             if meta is None:
                 logger.info("feature cache %s: part %d of %d %s", directory, r, world, why)
                 return None
@@ -255,8 +263,7 @@ def prepare_feature_cache(
                 return opened(parts)
     if not fill:
         return None
-    own, why = check_part(directory, rank, world_size, key, identities, n_views, channels,
-                          verify=True)
+    own, why = check(rank, world_size)
     barrier()  # every rank has looked before any rank writes
     if own is None:
         mine = [i for i in range(len(source)) if i % world_size == rank]
@@ -291,7 +298,7 @@ def prepare_feature_cache(
     parts = {}
     for r in range(world_size):
         meta, why = check_part(directory, r, world_size, key, identities, n_views, channels,
-                               verify=r != rank or own is not None)
+                               verify=r != rank or own is not None, patch=patch)
         if meta is None:
             raise FeatureCacheError(f"feature cache part {r} of {world_size} in {directory} "
                                     f"is not usable after filling ({why})")

@@ -1,8 +1,9 @@
 """The cache key: a hash of everything the cached features depend on.
 
 Any change (backbone name, weights, layers, preprocessing, working
-resolution, view set, ``extra``) gives another key, hence another directory,
-so nothing stale is ever read. The description hashed holds settings only —
+resolution, view set, ``extra``, the image set) gives another key, hence
+another directory, so nothing stale is ever read, and two image sets sharing
+one cache root live side by side. The description hashed holds settings only —
 no module or file path — so moving code never invalidates a cache.
 """
 
@@ -43,8 +44,20 @@ def backbone_fingerprint(backbone: Backbone) -> str:
 
 
 def cache_key(backbone: Backbone, resolution: WorkingResolution | None, views: Sequence[View],
-              extra: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-    """``(hex key, the JSON description it hashes)`` of a cache."""
+              extra: dict[str, Any] | None = None, *, image_set: Sequence[str] | None = None
+              ) -> tuple[str, dict[str, Any]]:
+    """``(hex key, the JSON description it hashes)`` of a cache.
+
+    Args:
+        image_set: the images' identities in order
+            (:meth:`~segeig.feature_cache.views.ImageSource.identity`: name,
+            size, mtime); hashed into ``"images"``, so editing, adding or
+            reordering images gives a new directory.
+    """
+    images = None
+    if image_set is not None:
+        images = hashlib.blake2b(json.dumps(list(image_set)).encode(),
+                                 digest_size=16).hexdigest()
     description = {
         "version": FORMAT_VERSION,
         "backbone": backbone.config.name,
@@ -59,6 +72,7 @@ def cache_key(backbone: Backbone, resolution: WorkingResolution | None, views: S
         "views": [asdict(v) for v in views],
         "dtype": "float16",
         "extra": extra or {},
+        "images": images,
     }
     text = json.dumps(description, sort_keys=True)
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest(), description

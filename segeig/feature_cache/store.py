@@ -12,18 +12,20 @@ Files, under ``ROOT/<key>/`` (``key``: :func:`segeig.feature_cache.key.cache_key
   pixel extent and a CRC-32 of its bytes, plus each image's identity (name,
   file size and mtime), written after the ``.bin`` (both atomically).
 
-On opening, file sizes and every CRC are checked (:func:`check_part`: one
-sequential read, which also warms the page cache for training). Reads go
+On opening, the index is checked like any untrusted file (:func:`check_part`:
+read with a bound, its schema, every entry inside the data file, non-empty,
+tiling it exactly) and every CRC is verified (one sequential read, which also
+warms the page cache for training). Reads go
 through ``numpy.memmap``, so memory stays bounded whatever the cache size.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import shutil
+import stat
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,8 +36,10 @@ import numpy as np
 import torch
 
 from segeig.feature_cache.views import ImageSource, View
+from segeig.safeio import UserFileError, read_json_file
 
-__all__ = ["DTYPE", "Entry", "FeatureCache", "check_part", "estimate_bytes", "part_name",
+__all__ = ["DTYPE", "EXPECTED_REASONS", "Entry", "FeatureCache", "FeatureCacheError",
+           "check_part", "estimate_bytes", "part_name",
            "remove_cache_dir", "size_text", "stored_worlds"]
 
 #: What every cached channel is stored as.
@@ -158,45 +162,151 @@ class FeatureCache:
 
 # -- checking -------------------------------------------------------------
 
-def _read_index(path: Path) -> dict[str, Any] | None:
+class FeatureCacheError(RuntimeError):
+    """The cache cannot be built or used: not enough disk, over its size bound, a write
+    failed, or something that is not a cache file sits where one should be."""
+
+
+#: Why a part is rebuilt without a warning: nothing is wrong, it is just not there yet.
+EXPECTED_REASONS = ("missing", "written for other settings", "the images changed")
+
+#: Fields of a part's index and their JSON types.
+_INDEX_FIELDS: dict[str, type] = {"key": str, "channels": int, "tokens": int, "entries": list,
+                                  "identities": dict}
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _index_limit(identities: dict[str, str], n_entries: int) -> int:
+    """Most bytes a genuine index of these entries and identities can take (8 integers
+    per entry, identities possibly escaped 6× by JSON), plus 1 MiB of slack."""
+    return (1 << 20) + n_entries * 200 + sum(6 * len(v) + 32 for v in identities.values())
+
+
+def _refuse(directory: Path, path: Path, what: str) -> FeatureCacheError:
+    return FeatureCacheError(
+        f"the feature cache {directory} holds {what} at {path.name}, where a cache file "
+        f"should be; segeig does not delete it itself: delete the directory {directory} "
+        "and run again")
+
+
+def _present(directory: Path, path: Path) -> bool:
+    """Whether a cache file is there (False: missing); anything but a regular file
+    (a directory, FIFO, device, symbolic link) raises :class:`FeatureCacheError`."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(mode):
+        kind = "a symbolic link" if stat.S_ISLNK(mode) else "a directory" if stat.S_ISDIR(
+            mode) else "a special file"
+        raise _refuse(directory, path, kind)
+    return True
+
+
+def _read_index(path: Path, limit: int) -> tuple[Any, str]:
+    """``(parsed index, "")`` or ``(None, why)`` (too large, not UTF-8 JSON, ...)."""
+    try:
+        return read_json_file(path, limit, "feature cache index", follow_symlinks=False), ""
+    except UserFileError as err:
+        return None, f"damaged index ({err})"
+
+
+def _entries_problem(meta: dict[str, Any], mine: Sequence[int], n_views: int,
+                     patch: int | None) -> str | None:
+    """What is wrong with the ``entries`` of an index whose fields have the right types.
+
+    Every (image, view) of the part exactly once; positive grids and pixel
+    extents (the grid is the extent in patches, rounded up); CRCs of 32 bits;
+    and the entries' token ranges tiling ``[0, tokens)`` without gap or
+    overlap, so every slice is non-empty and inside a data file of the size
+    the index states.
+    """
+    expected = {(i, v) for i in mine for v in range(n_views)}
+    if len(meta["entries"]) != len(expected):
+        return "incomplete"
+    seen: set[tuple[int, int]] = set()
+    spans = []
+    for entry in meta["entries"]:
+        if not (isinstance(entry, list) and len(entry) == 8 and all(map(_is_int, entry))):
+            return f"damaged index (entry {str(entry)[:60]} is not 8 integers)"
+        image, view, offset, gh, gw, ph, pw, crc = entry
+        if (image, view) not in expected or (image, view) in seen:
+            return f"damaged index (unexpected or repeated entry for image {image}, view {view})"
+        seen.add((image, view))
+        if min(gh, gw, ph, pw) < 1 or offset < 0 or not 0 <= crc < 1 << 32:
+            return f"damaged index (entry of image {image}, view {view} is out of range)"
+        if patch and (math.ceil(ph / patch), math.ceil(pw / patch)) != (gh, gw):
+            return (f"damaged index (image {image}, view {view}: a {gh}×{gw} grid for "
+                    f"{ph}×{pw} pixels)")
+        spans.append((offset, gh * gw))
+    position = 0
+    for offset, length in sorted(spans):
+        if offset != position:
+            return f"damaged index (entries leave a gap or overlap at token {position})"
+        position += length
+    if position != meta["tokens"]:
+        return f"damaged index (entries cover {position} tokens, it says {meta['tokens']})"
+    return None
 
 
 def check_part(directory: Path, rank: int, world: int, key: str, identities: list[str],
-               n_views: int, channels: int, verify: bool) -> tuple[dict[str, Any] | None, str]:
+               n_views: int, channels: int, verify: bool, patch: int | None = None
+               ) -> tuple[dict[str, Any] | None, str]:
     """``(index, "")`` when part ``rank`` of ``world`` is complete and intact, else
-    ``(None, why)``.
+    ``(None, why)``; ``why`` not in :data:`EXPECTED_REASONS` means damage.
+
+    The index is untrusted: read with a bound, checked against its schema and
+    against the data file (:func:`_entries_problem`), and with ``verify`` every
+    entry's CRC-32 over its (non-empty) slice of the data file.
 
     Args:
         identities: :meth:`~segeig.feature_cache.views.ImageSource.identity` of
             every image (the part's own must match its index).
         channels: stored channels per token.
         verify: also check the CRC of every (image, view) (reads the data file).
+        patch: the backbone's patch size (grids are checked against pixel extents).
+
+    Raises:
+        FeatureCacheError: a directory, FIFO, device or symbolic link where a
+            part's file should be (refused, naming the directory to delete:
+            rebuilding would mean deleting what the user put there).
     """
     name = part_name(rank, world)
-    meta = _read_index(directory / f"{name}.json")
-    if meta is None:
+    mine = [i for i in range(len(identities)) if i % world == rank]
+    own = {str(i): identities[i] for i in mine}
+    index_path = directory / f"{name}.json"
+    if not _present(directory, index_path):
         return None, "missing"
+    meta, why = _read_index(index_path, _index_limit(own, len(mine) * n_views))
+    if meta is None:
+        return None, why
+    if not isinstance(meta, dict):
+        return None, "damaged index (not a JSON object)"
     if meta.get("key") != key or meta.get("channels") != channels:
         return None, "written for other settings"
-    mine = [i for i in range(len(identities)) if i % world == rank]
-    if meta.get("identities") != {str(i): identities[i] for i in mine}:
+    if meta.get("identities") != own:
         return None, "the images changed"
-    if len(meta.get("entries", [])) != len(mine) * n_views:
-        return None, "incomplete"
+    for field, kind in _INDEX_FIELDS.items():
+        value = meta.get(field)
+        if not isinstance(value, kind) or (kind is int and (not _is_int(value) or value < 0)):
+            return None, f"damaged index ({field!r} is not a {kind.__name__})"
+    if set(meta) != set(_INDEX_FIELDS):
+        return None, f"damaged index (unknown fields {sorted(set(meta) - set(_INDEX_FIELDS))})"
+    problem = _entries_problem(meta, mine, n_views, patch)
+    if problem:
+        return None, problem
     path = directory / f"{name}.bin"
-    expected = int(meta["tokens"]) * channels * 2
-    try:
-        size = path.stat().st_size
-    except OSError:
+    expected = meta["tokens"] * channels * 2
+    if not _present(directory, path):
         return None, "data file missing"
+    size = path.stat().st_size
     if size != expected:
         return None, f"data file has {size} bytes, the index says {expected}"
-    if verify:
-        data = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+    if verify and size:
+        data = np.memmap(path, dtype=np.uint8, mode="r")
         row = channels * 2
         for image, view, offset, gh, gw, _, _, crc in meta["entries"]:
             chunk = data[offset * row : (offset + gh * gw) * row]

@@ -49,6 +49,7 @@ from safetensors import safe_open
 
 from segeig.atomic import write_safetensors, write_text
 from segeig.config import to_dict
+from segeig.safeio import open_append, parse_json
 from segeig.train.config import TrainConfig, train_config_from_dict
 
 STATE_NAME = "train_state.safetensors"
@@ -169,7 +170,7 @@ def load_train_state(path: str | os.PathLike) -> TrainState:
     path = Path(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
-            meta = json.loads((handle.metadata() or {})[_KEY])
+            meta = parse_json((handle.metadata() or {})[_KEY], f"{path}: its metadata")
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}  # noqa: SIM118
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error types
         raise ValueError(f"{path} is not a readable segeig training state ({err}); "
@@ -223,7 +224,7 @@ class JsonlLog:
         self.enabled = enabled
         self.start = time.perf_counter()
         if enabled and fresh:
-            self.path.write_text("")
+            write_text(self.path, "")  # replaces (never writes through) a link there
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -232,8 +233,9 @@ class JsonlLog:
         if not self.enabled:
             return
         record = {"event": event, "time": round(self.elapsed(), 3), **fields}
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(record) + "\n")
+        # Never through a link out of the folder; after a crash, on a fresh line.
+        with open_append(self.path, self.path.parent) as handle:
+            handle.write((json.dumps(record) + "\n").encode("utf-8"))
 
     def truncate_after(self, step: int) -> None:
         """Drop records past ``step`` (work redone after a resume), atomically."""

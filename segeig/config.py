@@ -44,6 +44,12 @@ LABELLED_DATASETS = ("pascal_context", "ade20k", "cityscapes", "cocostuff27", "c
                      "potsdam3", "custom")
 #: Evaluation protocols (docs/evaluation.md, "Protocols"; ``segeig.evaluation.protocols``).
 PROTOCOL_NAMES = ("stego", "full", "native")
+#: Each labelled dataset's default protocol: the rows the papers report (Pascal
+#: Context, Cityscapes and the unsupervised benchmarks under stego, ADE20K under
+#: full); custom sets at their own resolution. ``segeig evaluate --help`` prints it.
+DEFAULT_PROTOCOL = {"pascal_context": "stego", "cityscapes": "stego", "ade20k": "full",
+                    "cocostuff27": "stego", "cityscapes27": "stego", "potsdam3": "stego",
+                    "custom": "native"}
 
 
 @dataclass

@@ -15,6 +15,7 @@ any split and are not even valid images: a reader that opens one fails.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +39,7 @@ class FixtureRoot:
 
 def _image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     # Blocky colours rather than noise, so a tiny model sees some structure.
-    small = rng.integers(0, 256, (max(1, h // 8), max(1, w // 8), 3), dtype=np.uint8)
+    small = rng.integers(0, 256, (-(-h // 8), -(-w // 8), 3), dtype=np.uint8)  # ceil: any size
     return np.kron(small, np.ones((8, 8, 1), np.uint8))[:h, :w].copy()
 
 
@@ -56,16 +57,19 @@ def _decoy(path: Path) -> Path:
 
 
 def write_cocostuff_root(tmp: Path, *, size: tuple[int, int] = (48, 64),
+                         sizes: Sequence[tuple[int, int]] | None = None,
                          seed: int = 0) -> FixtureRoot:
-    """COCO-Stuff-27: 3 listed train and 3 listed val images of ``size`` (H, W).
+    """COCO-Stuff-27: 3 listed train and 3 listed val images of ``size`` (H, W), or
+    the k-th image of each split of ``sizes[k % len(sizes)]`` (COCO mixes landscape
+    and portrait images of many sizes).
 
     The six labels together hold every fine id 0..181 and 255 (plus 200, an id
-    outside the map). Each split also has one unlisted image + annotation of
-    garbage bytes.
+    outside the map) when each image has at least 184 pixels. Each split also has
+    one unlisted image + annotation of garbage bytes.
     """
     root = Path(tmp) / "cocostuff"
     rng = np.random.default_rng(seed)
-    h, w = size
+    sizes = list(sizes or [size])
     values = np.array([*range(182), 200, 255])
     fixture = FixtureRoot(root)
     lists = {"train2017": "Coco164kFull_Stuff_Coarse.txt",
@@ -73,7 +77,8 @@ def write_cocostuff_root(tmp: Path, *, size: tuple[int, int] = (48, 64),
     n = 0
     for split, list_name in lists.items():
         ids = []
-        for _ in range(3):
+        for k in range(3):
+            h, w = sizes[k % len(sizes)]
             image_id = f"{139 + 1000 * n:012d}"
             n += 1
             (root / "images" / split).mkdir(parents=True, exist_ok=True)
@@ -102,21 +107,24 @@ CITYSCAPES_VALUES = np.array([*range(34), 255])
 
 
 def write_cityscapes_root(tmp: Path, *, size: tuple[int, int] = (32, 64),
+                          sizes: Sequence[tuple[int, int]] | None = None,
                           seed: int = 0) -> FixtureRoot:
     """Cityscapes: 3 train images (2 cities) and 2 val images of ``size`` (H, W; the real
-    ones are 1024×2048), ``*_gtFine_labelIds.png`` holding every labelId 0..33 and 255.
+    ones are 1024×2048), or the k-th image of each split of ``sizes[k % len(sizes)]``;
+    ``*_gtFine_labelIds.png`` holding every labelId 0..33 and 255.
 
     Decoys: a ``.png`` without the ``_leftImg8bit`` suffix and a ``*_leftImg8bit.jpg``.
     """
     root = Path(tmp) / "cityscapes"
     rng = np.random.default_rng(seed)
-    h, w = size
+    sizes = list(sizes or [size])
     fixture = FixtureRoot(root)
     plan = {"train": [("aachen", 0), ("aachen", 1), ("bochum", 0)],
             "val": [("frankfurt", 294), ("lindau", 19)]}
     for split, frames in plan.items():
         keys = []
-        for city, frame in frames:
+        for k, (city, frame) in enumerate(frames):
+            h, w = sizes[k % len(sizes)]
             stem = f"{city}_000000_{frame:06d}"
             img_dir = root / "leftImg8bit" / split / city
             gt_dir = root / "gtFine" / split / city

@@ -24,35 +24,12 @@ from tests.dataset_fixtures import (
     write_cocostuff_root,
     write_potsdam_root,
 )
-
-# The fine -> coarse dict as printed in STEGO's, HP's, EAGLE's ... COCO dataset
-# classes (``fine_to_coarse``), kept here as an independent copy to check every id.
-STEGO_FINE_TO_COARSE = {
-    0: 9, 1: 11, 2: 11, 3: 11, 4: 11, 5: 11, 6: 11, 7: 11, 8: 11, 9: 8, 10: 8, 11: 8, 12: 8,
-    13: 8, 14: 8, 15: 7, 16: 7, 17: 7, 18: 7, 19: 7, 20: 7, 21: 7, 22: 7, 23: 7, 24: 7,
-    25: 6, 26: 6, 27: 6, 28: 6, 29: 6, 30: 6, 31: 6, 32: 6, 33: 10, 34: 10, 35: 10, 36: 10,
-    37: 10, 38: 10, 39: 10, 40: 10, 41: 10, 42: 10, 43: 5, 44: 5, 45: 5, 46: 5, 47: 5, 48: 5,
-    49: 5, 50: 5, 51: 2, 52: 2, 53: 2, 54: 2, 55: 2, 56: 2, 57: 2, 58: 2, 59: 2, 60: 2,
-    61: 3, 62: 3, 63: 3, 64: 3, 65: 3, 66: 3, 67: 3, 68: 3, 69: 3, 70: 3, 71: 0, 72: 0,
-    73: 0, 74: 0, 75: 0, 76: 0, 77: 1, 78: 1, 79: 1, 80: 1, 81: 1, 82: 1, 83: 4, 84: 4,
-    85: 4, 86: 4, 87: 4, 88: 4, 89: 4, 90: 4, 91: 17, 92: 17, 93: 22, 94: 20, 95: 20, 96: 22,
-    97: 15, 98: 25, 99: 16, 100: 13, 101: 12, 102: 12, 103: 17, 104: 17, 105: 23, 106: 15,
-    107: 15, 108: 17, 109: 15, 110: 21, 111: 15, 112: 25, 113: 13, 114: 13, 115: 13, 116: 13,
-    117: 13, 118: 22, 119: 26, 120: 14, 121: 14, 122: 15, 123: 22, 124: 21, 125: 21, 126: 24,
-    127: 20, 128: 22, 129: 15, 130: 17, 131: 16, 132: 15, 133: 22, 134: 24, 135: 21, 136: 17,
-    137: 25, 138: 16, 139: 21, 140: 17, 141: 22, 142: 16, 143: 21, 144: 21, 145: 25, 146: 21,
-    147: 26, 148: 21, 149: 24, 150: 20, 151: 17, 152: 14, 153: 21, 154: 26, 155: 15, 156: 23,
-    157: 20, 158: 21, 159: 24, 160: 15, 161: 24, 162: 22, 163: 25, 164: 15, 165: 20, 166: 17,
-    167: 17, 168: 22, 169: 14, 170: 18, 171: 18, 172: 18, 173: 18, 174: 18, 175: 18, 176: 18,
-    177: 26, 178: 26, 179: 19, 180: 19, 181: 24}
-
-
-def _expected(raw: np.ndarray, table: dict[int, int]) -> np.ndarray:
-    out = np.full(raw.shape, 255, np.uint8)
-    for fine, coarse in table.items():
-        out[raw == fine] = coarse
-    return out
-
+from tests.stego_reference import (
+    CITYSCAPES_TO_27,
+    POTSDAM_TO_3,
+    STEGO_FINE_TO_COARSE,
+    map_ids,
+)
 
 # ---------------------------------------------------------------- COCO-Stuff-27
 
@@ -70,7 +47,7 @@ def test_cocostuff_maps_every_fine_id_and_reads_only_listed_images(tmp_path):
                                         / f"{ds.key(i)}.png"))
             seen |= set(np.unique(raw).tolist())
             assert sample.image.shape == (48, 64, 3) and sample.label.dtype == np.uint8
-            np.testing.assert_array_equal(sample.label, _expected(raw, STEGO_FINE_TO_COARSE))
+            np.testing.assert_array_equal(sample.label, map_ids(raw, STEGO_FINE_TO_COARSE))
     assert set(range(182)) | {200, 255} <= seen  # every fine id went through the map
 
 
@@ -142,7 +119,7 @@ def test_list_reads_are_bounded(tmp_path):
 
 def test_cityscapes27_maps_every_label_id_and_keys(tmp_path):
     fx = write_cityscapes_root(tmp_path)
-    table = {i: i - 7 for i in range(7, 34)}
+    table = CITYSCAPES_TO_27
     for split in ("train", "val"):
         ds = build_dataset("cityscapes27", fx.root, split)
         assert ds.num_classes == 27 and ds.class_names[0] == "road"
@@ -152,7 +129,7 @@ def test_cityscapes27_maps_every_label_id_and_keys(tmp_path):
         for i in range(len(ds)):
             raw = np.asarray(Image.open(ds.items[i].label))
             assert set(np.unique(raw).tolist()) >= set(range(34)) | {255}
-            np.testing.assert_array_equal(ds[i].label, _expected(raw, table))
+            np.testing.assert_array_equal(ds[i].label, map_ids(raw, table))
             np.testing.assert_array_equal(ds[i].label, plain[i].label)
     assert build_dataset("cityscapes27", fx.root, "val").key(0) == \
         "frankfurt/frankfurt_000000_000294_leftImg8bit"
@@ -167,14 +144,14 @@ def test_potsdam_splits_rgb_and_three_classes(tmp_path):
     fx = write_potsdam_root(tmp_path)
     val = build_dataset("potsdam3", fx.root, "val")
     assert val.num_classes == 3 and [val.key(i) for i in range(len(val))] == fx.splits["val"]
-    table = {0: 0, 4: 0, 1: 1, 5: 1, 2: 2, 3: 2}
+    table = POTSDAM_TO_3
     for i in range(len(val)):
         sample = val[i]
         stored = loadmat(fx.root / "imgs" / f"{val.key(i)}.mat")["img"]
         np.testing.assert_array_equal(sample.image, stored[:, :, :3])  # IR dropped
         gt = loadmat(fx.root / "gt" / f"{val.key(i)}.mat")["gt"]
         assert set(np.unique(gt).tolist()) == {0, 1, 2, 3, 4, 5, 255}
-        np.testing.assert_array_equal(sample.label, _expected(gt, table))
+        np.testing.assert_array_equal(sample.label, map_ids(gt, table))
         assert sample.name == val.key(i)
     for split in ("train", "labelled_train", "all"):
         ds = build_dataset("potsdam3", fx.root, split, with_labels=False)

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from scipy.optimize import linear_sum_assignment
 
 from segeig.checkpoint import save_checkpoint
 from segeig.cli import main
@@ -21,10 +20,11 @@ from segeig.evaluation.predictions import (
 )
 from segeig.evaluation.protocols import PROTOCOLS, load_eval_dataset
 from tests.conftest import random_image
+from tests.stego_reference import CITYSCAPES_TO_27, expected_scores, map_ids, stego_crop
 
 C = 27  # cityscapes classes under stego
 #: Non-square images of different sizes (H, W); each resizes to short side 320
-#: without a pixel-centre tie (see _nearest), one shrinks, the others grow.
+#: without a pixel-centre tie (see stego_crop), one shrinks, the others grow.
 SIZES = {"frankfurt/frankfurt_000000_000294": (40, 90),
          "frankfurt/frankfurt_000001_000019": (64, 40),
          "lindau/lindau_000000_000019": (400, 480)}
@@ -69,67 +69,14 @@ def city(tmp_path):
     return root, preds
 
 
-# -- the independent computation ---------------------------------------------
-
-def _nearest(a: np.ndarray, oh: int, ow: int) -> np.ndarray:
-    # Pixel-centre nearest neighbour in exact integer arithmetic: source index
-    # floor((2i + 1) * n / (2 * o)).
-    h, w = a.shape
-    ys = (2 * np.arange(oh) + 1) * h // (2 * oh)
-    xs = (2 * np.arange(ow) + 1) * w // (2 * ow)
-    return a[ys][:, xs]
-
-
-def _stego(a: np.ndarray) -> np.ndarray:
-    h, w = a.shape
-    oh, ow = (320, int(320 * w / h)) if h <= w else (int(320 * h / w), 320)
-    r = _nearest(a, oh, ow)
-    top, left = int(round((oh - 320) / 2)), int(round((ow - 320) / 2))
-    return r[top : top + 320, left : left + 320]
-
-
-def _iou(class_conf: np.ndarray) -> float:
-    """mIoU of a C×(C+1) matrix (rows truth, last column = unmatched pixels)."""
-    tp = np.diag(class_conf[:, :C]).astype(float)
-    fp = class_conf[:, :C].sum(0) - tp
-    fn = class_conf.sum(1) - tp
-    union = tp + fp + fn
-    return float(np.mean(tp[union > 0] / union[union > 0]) * 100)
-
-
-def _fold(conf: np.ndarray, mapping: np.ndarray) -> np.ndarray:
-    out = np.zeros((C, C + 1), np.int64)
-    for cluster, cls in enumerate(mapping):
-        out[:, cls if cls >= 0 else C] += conf[cluster]
-    return out
-
+# -- the independent computation (tests/stego_reference.py) --------------------
 
 def _expected(root: Path, preds: dict, match: str, segments: int) -> float:
-    total = np.zeros((segments, C), np.int64)
-    per_image = np.zeros((C, C + 1), np.int64)
+    pairs = []
     for stem in SIZES:
         raw = np.array(Image.open(root / "gtFine" / "val" / f"{stem}_gtFine_labelIds.png"))
-        gt = np.where((raw >= 7) & (raw <= 33), raw.astype(np.int64) - 7, 255)
-        gt, pred = _stego(gt), _stego(preds[f"{stem}_leftImg8bit"])
-        valid = gt != 255
-        conf = np.bincount(pred[valid] * C + gt[valid], minlength=segments * C)
-        conf = conf.reshape(segments, C)
-        total += conf
-        rows, cols = np.flatnonzero(conf.sum(1)), np.flatnonzero(conf.sum(0))
-        r, c = linear_sum_assignment(conf[np.ix_(rows, cols)], maximize=True)
-        mapping = np.full(segments, -1)
-        mapping[rows[r]] = cols[c]
-        per_image += _fold(conf, mapping)
-    if match == "hungarian-per-image":
-        return _iou(per_image)
-    if match == "hungarian":
-        r, c = linear_sum_assignment(total, maximize=True)
-        mapping = np.full(segments, -1)
-        mapping[r] = c
-    else:  # majority: each cluster to the class it has the highest IoU with
-        union = total.sum(1, keepdims=True) + total.sum(0, keepdims=True) - total
-        mapping = np.where(total.sum(1) > 0, (total / np.maximum(union, 1)).argmax(1), -1)
-    return _iou(_fold(total, mapping))
+        pairs.append((map_ids(raw, CITYSCAPES_TO_27), preds[f"{stem}_leftImg8bit"]))
+    return expected_scores(pairs, C, segments, match)[0]
 
 
 def _write(folder: Path, preds: dict, mode: str | None = None) -> Path:
@@ -192,7 +139,7 @@ def test_maps_already_at_the_crop_are_accepted(city, tmp_path):
     root, preds = city
     folder = _write(tmp_path / "preds", preds)
     key = "lindau/lindau_000000_000019_leftImg8bit"
-    _png(folder / f"{key}.png", _stego(preds[key]).astype(np.uint8))
+    _png(folder / f"{key}.png", stego_crop(preds[key]).astype(np.uint8))
     protocol = PROTOCOLS["stego", "cityscapes"]
     result = evaluate_predictions(load_eval_dataset(protocol, root), protocol, folder,
                                   match="hungarian", segments=40)

@@ -18,6 +18,17 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
+def _protocol_defaults() -> str:
+    """``stego for pascal_context, cityscapes, ...; full for ade20k; native for custom``,
+    read from the table :func:`segeig.evaluation.resolve_protocol` uses."""
+    from segeig.config import DEFAULT_PROTOCOL, PROTOCOL_NAMES
+
+    groups = {name: [d for d, p in DEFAULT_PROTOCOL.items() if p == name]
+              for name in PROTOCOL_NAMES}
+    return "; ".join(f"{name} for {', '.join(datasets)}"
+                     for name, datasets in groups.items() if datasets)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from segeig.config import LABELLED_DATASETS, PROTOCOL_NAMES
 
@@ -43,8 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--root", required=True, help="dataset root (standard layout)")
     parser.add_argument("--split", default="val", help="split to evaluate (default: val)")
     parser.add_argument("--protocol", choices=PROTOCOL_NAMES, default=None,
-                        help="default: stego for pascal_context/cityscapes, full for ade20k, "
-                             "native for custom")
+                        help=f"default per dataset: {_protocol_defaults()}")
     parser.add_argument("--method", default=None,
                         choices=("eigen", "eigen+kmeans", "kmeans", "spectral",
                                  "spectral-dataset"),

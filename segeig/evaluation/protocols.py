@@ -42,14 +42,19 @@ from typing import Any
 import cv2
 import numpy as np
 
-from segeig.config import DEFAULT_MAX_SIDE, LABELLED_DATASETS, PROTOCOL_NAMES, WorkingResolution
+from segeig.config import (
+    DEFAULT_MAX_SIDE,
+    DEFAULT_PROTOCOL,
+    LABELLED_DATASETS,
+    PROTOCOL_NAMES,
+    WorkingResolution,
+)
 from segeig.data import SegDataset
 from segeig.data.base import Sample
 from segeig.data.registry import build_dataset
 from segeig.transforms import center_crop, resize_short_side, to_working_resolution
 
 __all__ = [
-    "DEFAULT_PROTOCOL",
     "PROTOCOLS",
     "Prepared",
     "Protocol",
@@ -126,12 +131,6 @@ class Protocol:
 
 
 
-#: The paper's rows: Pascal Context and Cityscapes under stego, ADE20K under
-#: full; custom sets at their own resolution.
-DEFAULT_PROTOCOL = {"pascal_context": "stego", "cityscapes": "stego", "ade20k": "full",
-                    "cocostuff27": "stego", "cityscapes27": "stego", "potsdam3": "stego",
-                    "custom": "native"}
-
 #: The unsupervised-segmentation benchmarks (docs/evaluation.md, "Datasets"): their
 #: classes under ``stego`` (their table protocol) and ``native``; no ``full`` row,
 #: since no paper reports one for them.
@@ -159,7 +158,8 @@ def _table() -> dict[tuple[str, str], Protocol]:
                                             max_side=DEFAULT_MAX_SIDE, score_at_original=True,
                                             working_resolution=True)
     for dataset, classes in _STEGO_BENCHMARKS.items():
-        table["stego", dataset] = Protocol("stego", dataset, classes, short_side=320, crop=320)
+        table["stego", dataset] = Protocol("stego", dataset, classes, short_side=320, crop=320,
+                                           resample="nearest")
         table["native", dataset] = Protocol("native", dataset, classes,
                                             max_side=DEFAULT_MAX_SIDE, score_at_original=True,
                                             working_resolution=True)

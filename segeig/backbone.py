@@ -8,9 +8,12 @@ the final map (or, optionally, the last block's attention keys).
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +26,7 @@ from timm.models import get_pretrained_cfg
 from torch import nn
 
 from segeig.config import BackboneConfig
+from segeig.safeio import UserFileError, open_regular
 
 logger = logging.getLogger(__name__)
 
@@ -164,6 +168,19 @@ def _unwrap_state_dict(checkpoint: dict) -> dict[str, torch.Tensor]:
     return state
 
 
+def _load_safetensors(path: Path, opened: os.stat_result) -> dict[str, torch.Tensor]:
+    """Tensors of ``path`` (memory-mapped by safetensors, which opens it by name), after
+    checking that the name still is the regular file checked through ``opened``."""
+    from safetensors.torch import load_file
+
+    now = os.stat(path)
+    if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino) or not stat.S_ISREG(
+            now.st_mode):
+        raise BackboneWeightsError(f"backbone weights file {path} was replaced while being "
+                                   "opened; run again")
+    return load_file(str(path))
+
+
 def load_local_weights(model: nn.Module, path: str | Path) -> None:
     """Load a local checkpoint into a timm ViT, never unpickling arbitrary objects.
 
@@ -173,22 +190,33 @@ def load_local_weights(model: nn.Module, path: str | Path) -> None:
     are converted by timm's own ``checkpoint_filter_fn`` for the architecture.
 
     Raises:
-        BackboneWeightsError: missing file, unreadable file, or weights that do
+        BackboneWeightsError: missing file, not a regular file (a directory, FIFO or
+            device, refused before a byte is read), unreadable file, or weights that do
             not fit the architecture (the message lists the first offending keys).
     """
     path = Path(path)
-    if not path.is_file():
-        raise BackboneWeightsError(
-            f"backbone weights file not found: {path}. Pass an existing file to "
-            "--backbone-weights, 'hub' to download, or 'random' for a smoke run."
-        )
+    # Opened without blocking and refused unless a regular file: a FIFO would make
+    # torch/safetensors wait forever for a writer, a device would be read endlessly.
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw = load_file(str(path))
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
+        fd, opened = open_regular(path, "backbone weights file")
+    except UserFileError as err:
+        if err.errno == errno.ENOENT:
+            raise BackboneWeightsError(
+                f"backbone weights file not found: {path}. Pass an existing file to "
+                "--backbone-weights, 'hub' to download, or 'random' for a smoke run."
+            ) from None
+        raise BackboneWeightsError(
+            f"{err}. Pass a weights file (safetensors or a torch tensor checkpoint) to "
+            "--backbone-weights, 'hub' to download, or 'random' for a smoke run."
+        ) from None
+    try:
+        with os.fdopen(fd, "rb") as handle:
+            if path.suffix == ".safetensors":
+                raw = _load_safetensors(path, opened)
+            else:  # read from the checked descriptor, not the name again
+                raw = torch.load(handle, map_location="cpu", weights_only=True)
+    except BackboneWeightsError:
+        raise
     except Exception as err:  # noqa: BLE001 - report any decoder failure the same way
         raise BackboneWeightsError(
             f"could not read backbone weights {path}: {err}. Only tensor checkpoints "

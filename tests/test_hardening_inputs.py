@@ -50,14 +50,14 @@ def _error(capsys) -> str:
 
 # -- names files (findings 3 and 9, the nesting message) ----------------------------
 
-#: Run in a child process: `segeig label --names PATH`, timed, its memory growth measured
-#: and capped (address space limited to what it has plus 1 GiB, so a regression fails
-#: with MemoryError instead of exhausting the machine). Prints [exit, stderr, s, bytes].
-_LABEL_CHILD = textwrap.dedent("""
+#: Run in a child process: `segeig ARGV...` (argv as JSON), timed, its memory growth
+#: measured and capped (address space limited to what it has plus 1 GiB, so a regression
+#: fails with MemoryError instead of exhausting the machine). Prints [exit, stderr, s, bytes].
+_CLI_CHILD = textwrap.dedent("""
     import contextlib, io, json, resource, sys, time
     import segeig.checkpoint, segeig.evaluation
     from segeig.cli import main
-    checkpoint, names, out = sys.argv[1:4]
+    argv = json.loads(sys.argv[1])
     pages = int(open("/proc/self/statm").read().split()[0])
     limit = pages * resource.getpagesize() + (1 << 30)
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -65,17 +65,24 @@ _LABEL_CHILD = textwrap.dedent("""
     start = time.perf_counter()
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        code = main(["-q", "label", "--checkpoint", checkpoint, "--names", names, "--out", out])
+        code = main(["-q", *argv])
     grown = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024
     print(json.dumps([code, err.getvalue(), time.perf_counter() - start, grown]))
 """)
 
 
-def _label_in_child(checkpoint: Path, names: Path, out: Path) -> tuple[int, str, float, int]:
-    done = subprocess.run([sys.executable, "-c", _LABEL_CHILD, str(checkpoint), str(names),
-                           str(out)], capture_output=True, text=True, timeout=90, cwd=ROOT)
+def _cli_in_child(argv: list[str]) -> tuple[int, str, float, int]:
+    """``segeig ARGV`` in a child process with a 90 s timeout, so a command that hangs
+    (a FIFO opened for reading) fails the test instead of blocking the suite."""
+    done = subprocess.run([sys.executable, "-c", _CLI_CHILD, json.dumps(argv)],
+                          capture_output=True, text=True, timeout=90, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
     return tuple(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def _label_in_child(checkpoint: Path, names: Path, out: Path) -> tuple[int, str, float, int]:
+    return _cli_in_child(["label", "--checkpoint", str(checkpoint), "--names", str(names),
+                          "--out", str(out)])
 
 
 def test_a_2gb_names_file_is_refused_fast_and_small(checkpoint, tmp_path):
@@ -99,6 +106,28 @@ def test_a_fifo_or_device_names_file_is_refused_without_hanging(checkpoint, tmp_
     code, err, seconds, grown = _label_in_child(checkpoint, names, tmp_path / "o")
     assert code == 2 and ("FIFO" if kind == "fifo" else "character device") in err, err
     assert seconds < 10 and grown < 100 << 20
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "directory"])
+def test_backbone_weights_that_are_no_regular_file_are_refused_at_once(checkpoint, tmp_path,
+                                                                      kind):
+    """--backbone-weights PATH: torch/safetensors opened a FIFO by name and waited for a
+    writer; a directory or device was reported as "not found". Now each is refused
+    before a byte is read, naming the file."""
+    weights = {"device": Path("/dev/zero"), "directory": tmp_path}.get(kind)
+    if kind == "fifo":
+        weights = tmp_path / "weights.safetensors"
+        os.mkfifo(weights)
+    images = tmp_path / "in"
+    images.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(images / "a.png")
+    code, err, seconds, _ = _cli_in_child(
+        ["segment", str(images), "--out", str(tmp_path / "o"), "--checkpoint",
+         str(checkpoint), "--backbone-weights", str(weights), "--device", "cpu"])
+    what = {"fifo": "a FIFO (named pipe)", "device": "a character device",
+            "directory": "a directory"}[kind]
+    assert code == 2 and f"backbone weights file {weights} is {what}" in err, err
+    assert "Traceback" not in err and seconds < 10
 
 
 def test_a_repeated_cluster_id_is_refused(checkpoint, tmp_path, capsys):

@@ -39,6 +39,7 @@ import json
 import logging
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -83,6 +84,15 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, _, value = item.partition("=")
         overrides[key.strip()] = parse_value(value.strip())
     return name, overrides
+
+
+def with_nested(config, nested: dict):
+    """``config`` with ``"section.field"`` overrides (``head.tau_min``, ``objective.beta``)."""
+    for key, value in nested.items():
+        section, name = key.split(".", 1)
+        config = replace(config, **{section: replace(getattr(config, section), **{name: value})})
+    config.validate()
+    return config
 
 
 def val_patches(segmenter: Segmenter, images: list[np.ndarray]):
@@ -141,12 +151,14 @@ def references(args, seed: int, root: Path, backbone: BackboneConfig, k: int,
     protocol = resolve_protocol("native", "custom")
     val = load_eval_dataset(protocol, root, "val")
     config = default_config("custom", root, backbone=backbone, method="kmeans", k=k,
-                            kernel=kernel, workers=0, checkpoint_every=0, seed=seed)
+                            kernel=kernel, workers=0, checkpoint_every=0, seed=seed,
+                            feature_cache_dir=str(workdir / f"cache-{seed}"))
     checkpoint = train(config, workdir / f"kmeans-{seed}", device="cpu", overwrite=True)
     segmenter = load(checkpoint, device="cpu")
     out = {"kmeans": majority(segmenter, val, protocol, "kmeans")}
     exact = evaluate_spectral_dataset(segmenter, val, protocol, n_clusters=k,
-                                      match="majority", crf=False, kernel_config=kernel)
+                                      match="majority", crf=False, kernel_config=kernel,
+                                      seed=seed)
     out["exact"] = exact.scores.miou
     return out
 
@@ -160,8 +172,11 @@ def run_variant(args, name: str, overrides: dict, seed: int, root: Path,
         checkpoint = fit_images(root / "images" / "train", workdir / f"{name}-{seed}",
                                 backbone=backbone, seed=seed, device="cpu", **overrides)
     else:
+        flat = {k: v for k, v in overrides.items() if "." not in k}
         config = default_config("custom", root, backbone=backbone, workers=0,
-                                checkpoint_every=0, seed=seed, **overrides)
+                                checkpoint_every=0, seed=seed,
+                                feature_cache_dir=str(workdir / f"cache-{seed}"), **flat)
+        config = with_nested(config, {k: v for k, v in overrides.items() if "." in k})
         checkpoint = train(config, workdir / f"{name}-{seed}", device="cpu", overwrite=True)
     seconds = time.perf_counter() - start
     segmenter = load(checkpoint, device="cpu")
@@ -252,9 +267,13 @@ def main(argv: list[str] | None = None) -> int:
                              "with fit_images and its overrides)")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--n-train", type=int, default=120)
-    parser.add_argument("--n-val", type=int, default=40)
+    parser.add_argument("--n-val", type=int, default=80)
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--classes", type=int, default=8)
+    parser.add_argument("--nuisance", type=float, default=1.0,
+                        help="within-class appearance variation of the texture set")
+    parser.add_argument("--val-seed", type=int, default=0,
+                        help="one validation set for every seed (-1: the seed's own)")
     parser.add_argument("--k", type=int, default=64, help="K of the references")
     parser.add_argument("--references", action="store_true", help="also compute kmeans/exact")
     parser.add_argument("--kmeans-on-eigen", action="store_true",
@@ -276,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     for seed in [int(s) for s in args.seeds.split(",") if s]:
         root = args.workdir / f"texture-{seed}"
         if not (root / "classes.txt").exists():
-            make_texture_dataset(root, args.n_train, args.n_val, args.size, args.classes, seed)
+            make_texture_dataset(root, args.n_train, args.n_val, args.size, args.classes, seed,
+                                 nuisance=args.nuisance,
+                                 val_seed=None if args.val_seed < 0 else args.val_seed)
         if args.references and not any(r.get("kind") == "reference" and r["seed"] == seed
                                        and r["k"] == args.k for r in done):
             start = time.perf_counter()

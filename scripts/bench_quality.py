@@ -25,6 +25,7 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 from segeig.config import BackboneConfig, KernelConfig
 from segeig.data import build_dataset
 from segeig.data.synthetic import make_synthetic_dataset
+from segeig.data.textures import make_texture_dataset
 from segeig.evaluation import evaluate, load_eval_dataset, resolve_protocol
 from segeig.evaluation.spectral_dataset import evaluate_spectral_dataset, kernel_config_of
 from segeig.kernel import pad_to_grid
@@ -52,17 +53,23 @@ class QualitySettings:
     batch: int = 8
     k_feat: int = 32
     seed: int = 0
-    #: Train this many epochs instead of ``steps`` (0: use ``steps``).
+    #: Train this many epochs instead of ``steps`` (0: use ``steps``; both 0 with
+    #: ``custom_defaults``: the preset's length).
     epochs: int = 0
     #: Train with ``default_config("custom")`` as it is, except K and the length
     #: (``batch``, ``k_feat`` and the crop settings are then the preset's).
     custom_defaults: bool = False
+    #: The texture-statistics set (:mod:`segeig.data.textures`, the proxy
+    #: backbone's) instead of the colour-and-texture one.
+    texture: bool = False
 
 
-#: The evaluation set and training length with the proxy backbone: 8 classes,
-#: 120 train / 40 val images of 224 px, K = 64, 15 epochs (issue 11's reference).
-PROXY_SETTINGS = dict(n_train=120, n_val=40, size=224, classes=8, k=64, epochs=15, batch=8,
-                      k_feat=256)
+#: The evaluation set with the proxy backbone: 8 texture classes, 120 train /
+#: 40 val images of 320 px (the ``custom`` preset's working resolution), K = 64,
+#: trained with the ``custom`` preset as it is. The validation set is the same
+#: for every seed (``val_seed=0``); the seed draws the training set and the run.
+PROXY_SETTINGS = dict(n_train=120, n_val=40, size=320, classes=8, k=64, epochs=0, steps=0,
+                      batch=8, k_feat=256, texture=True, custom_defaults=True)
 
 
 def quality_config(settings: QualitySettings, root: Path, backbone: BackboneConfig, head: str,
@@ -75,7 +82,7 @@ def quality_config(settings: QualitySettings, root: Path, backbone: BackboneConf
     is the class count.
     """
     s = settings
-    length = dict(epochs=s.epochs) if s.epochs > 0 else dict(steps=s.steps)
+    length = dict(epochs=s.epochs) if s.epochs > 0 else dict(steps=s.steps) if s.steps else {}
     common = dict(backbone=backbone, head_kind=head, k=s.k, workers=0, checkpoint_every=0,
                   log_every=50, baseline_centroids=first, spectral_centroids=first,
                   seed=s.seed, **length)
@@ -123,7 +130,8 @@ def kernel_neighbours(s: QualitySettings) -> int:
 
 def training_text(s: QualitySettings) -> str:
     """How the heads were trained, for the table: ``"15 epochs, custom preset"`` etc."""
-    length = f"{s.epochs} epochs" if s.epochs > 0 else f"{s.steps} steps"
+    length = (f"{s.epochs} epochs" if s.epochs > 0 else f"{s.steps} steps" if s.steps
+              else "the preset's length")
     if s.custom_defaults:
         return (f"{length}, 'custom' preset unmodified but K={s.k} "
                 f"(k_feat {kernel_neighbours(s)})")
@@ -178,8 +186,12 @@ def run_quality(settings: QualitySettings, backbone: BackboneConfig, workdir: Pa
                 device: torch.device, heads: tuple[str, ...] = HEADS) -> QualityResult:
     """Train each head, fit centroids at S = classes and S = K, score everything."""
     s = settings
-    root = make_synthetic_dataset(workdir / "synth", s.n_train, s.n_val, s.size, s.classes,
-                                  seed=s.seed)
+    if s.texture:  # one validation set; the seed draws the training set and the run
+        root = make_texture_dataset(workdir / "synth", s.n_train, s.n_val, s.size, s.classes,
+                                    seed=s.seed, val_seed=0)
+    else:
+        root = make_synthetic_dataset(workdir / "synth", s.n_train, s.n_val, s.size,
+                                      s.classes, seed=s.seed)
     protocol = resolve_protocol("native", "custom")
     val = load_eval_dataset(protocol, root, "val")
     train_set = build_dataset("custom", root, "train", with_labels=False)
@@ -215,11 +227,12 @@ def run_quality(settings: QualitySettings, backbone: BackboneConfig, workdir: Pa
                               crf=False)
             out.miou[key, method, "majority"] = result.scores.miou
         if first:
-            exact = evaluate_spectral_dataset(segmenter, val, protocol, n_clusters=s.classes)
+            exact = evaluate_spectral_dataset(segmenter, val, protocol, n_clusters=s.classes,
+                                              seed=s.seed)
             out.miou["-", "spectral-dataset", "hungarian"] = exact.scores.miou
             out.miou["-", "spectral-dataset", "hungarian+crf"] = exact.scores_crf.miou
             exact_k = evaluate_spectral_dataset(segmenter, val, protocol, n_clusters=s.k,
-                                                match="majority", crf=False)
+                                                match="majority", crf=False, seed=s.seed)
             out.miou["-", "spectral-dataset", "majority"] = exact_k.scores.miou
         # How well the learned eigenfunctions' argmax agrees with the exact
         # clustering of the same kernel on the same (validation) patches.

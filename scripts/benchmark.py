@@ -111,8 +111,8 @@ def quality_backbone(args: argparse.Namespace, timing: BackboneConfig) -> Backbo
 
 def quality_settings(args: argparse.Namespace, proxy: bool) -> QualitySettings:
     """Flags given on the command line over the defaults of the backbone in use."""
-    base = QualitySettings(**(PROXY_SETTINGS if proxy else {}),
-                           custom_defaults=args.quality_defaults)
+    base = QualitySettings(**PROXY_SETTINGS) if proxy else \
+        QualitySettings(custom_defaults=args.quality_defaults)
     given = {name: getattr(args, f"quality_{name}") for name in QUALITY_FLAGS
              if getattr(args, f"quality_{name}") is not None}
     if "steps" in given and "epochs" not in given:

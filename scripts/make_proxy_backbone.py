@@ -89,6 +89,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=5e-4, help="AdamW peak learning rate")
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup", type=int, default=50, help="linear warm-up steps")
+    parser.add_argument("--no-gabor-init", dest="gabor_init", action="store_false",
+                        help="start the patch embedding at random instead of as a Gabor bank")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: all CPUs)")
@@ -99,6 +101,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not 0 < args.zoom[0] <= args.zoom[1]:
         parser.error(f"--zoom must be 0 < min <= max, got {args.zoom}")
     return args
+
+
+def gabor_patch_embedding(conv: torch.nn.Conv2d) -> None:
+    """Start the patch embedding as a luminance Gabor filter bank.
+
+    Why: a ViT trained from scratch for a few CPU minutes learns colour at once
+    but texture (orientation, frequency, regularity) very slowly; oriented
+    band-pass filters of every phase give the first block quadrature pairs to
+    build phase-invariant texture energy from. Filters are spread over
+    orientations × periods × phases (cycled to fill the embedding width), the
+    same weight on R, G and B, unit L2 norm per filter. Training then changes
+    them freely.
+    """
+    out_channels, _, size, _ = conv.weight.shape
+    yy, xx = torch.meshgrid(torch.arange(size) - (size - 1) / 2,
+                            torch.arange(size) - (size - 1) / 2, indexing="ij")
+    banks = [(o, p, f) for p in (3.0, 4.5, 6.5, 9.0, 13.0, 19.0)
+             for o in range(8) for f in range(4)]
+    weights = []
+    for index in range(out_channels):
+        orientation, period, phase = banks[index % len(banks)]
+        theta = math.pi * orientation / 8
+        u = xx * math.cos(theta) + yy * math.sin(theta)
+        sigma = min(0.55 * period, size / 3)
+        envelope = torch.exp(-(xx ** 2 + yy ** 2) / (2 * sigma ** 2))
+        kernel = envelope * torch.cos(2 * math.pi * u / period + phase * math.pi / 2)
+        kernel = kernel - kernel.mean()
+        weights.append(kernel / kernel.norm().clamp_min(1e-6))
+    with torch.no_grad():
+        conv.weight.copy_(torch.stack(weights)[:, None].expand_as(conv.weight) / math.sqrt(3))
+        if conv.bias is not None:
+            conv.bias.zero_()
 
 
 def make_batch(rng: np.random.Generator, batch: int, size: int, classes: int,
@@ -152,6 +186,8 @@ def train_proxy(args: argparse.Namespace) -> tuple[dict[str, torch.Tensor], dict
     rng = np.random.default_rng(args.seed)
     vit = timm.create_model(PROXY_BACKBONE, pretrained=False, num_classes=0,
                             dynamic_img_size=True)
+    if args.gabor_init:
+        gabor_patch_embedding(vit.patch_embed.proj)
     classifier = torch.nn.Linear(vit.embed_dim, args.classes)
     cfg = vit.pretrained_cfg  # the normalisation segeig.backbone.Backbone applies
     mean = torch.tensor(cfg["mean"]).view(1, 3, 1, 1)

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from segeig.backbone import Backbone
 from segeig.config import BackboneConfig, KernelConfig
-from segeig.data.synthetic import PRETRAIN_CLASS_OFFSET
+from segeig.data.textures import PRETRAIN_TEXTURE_OFFSET
 from segeig.train import default_config
 from tests.test_benchmark import TINY, load_benchmark, table_rows
 from tests.test_train_scripts import load_script
@@ -52,7 +52,8 @@ def test_proxy_loads_into_backbone(proxy_file, capsys):
     final = backbone(x).layers[2].flatten(2).transpose(1, 2)
     torch.testing.assert_close(final, tokens)
     info = json.loads(safe_open(str(proxy_file), "pt").metadata()["segeig_proxy"])
-    assert info["class_offset"] == PRETRAIN_CLASS_OFFSET and info["settings"]["steps"] == 3
+    assert info["family"] == "texture" and info["settings"]["steps"] == 3
+    assert info["class_offset"] == PRETRAIN_TEXTURE_OFFSET
     assert 0 <= info["train_patch_accuracy"] <= 1
 
 
@@ -93,8 +94,10 @@ def test_quality_settings_follow_the_backbone(tmp_path):
     assert benchmark.quality_backbone(args, timing) is timing
     assert benchmark.quality_settings(args, proxy=False) == bench_quality.QualitySettings()
     proxy = benchmark.quality_settings(args, proxy=True)
-    assert (proxy.n_train, proxy.n_val, proxy.size, proxy.classes, proxy.k, proxy.epochs) == (
-        120, 40, 224, 8, 64, 15)
+    assert (proxy.n_train, proxy.n_val, proxy.size, proxy.classes, proxy.k, proxy.epochs,
+            proxy.steps) == (120, 40, 320, 8, 64, 0, 0)
+    # The texture set, trained with the 'custom' preset's own length and settings.
+    assert proxy.texture and proxy.custom_defaults
     args = benchmark.parse_args(["--quality-steps", "5", "--quality-defaults"])
     chosen = benchmark.quality_settings(args, proxy=True)
     assert chosen.steps == 5 and chosen.epochs == 0 and chosen.custom_defaults
@@ -121,3 +124,18 @@ def test_custom_defaults_change_only_k_and_length(tmp_path):
                                          "mlp", first=False)
     assert (tuned.crop, tuned.steps, tuned.kernel) == (128, 150, KernelConfig(k_feat=32))
     assert np.isclose(tuned.scale[1], 1.5)
+
+
+def test_gabor_patch_embedding_is_a_luminance_filter_bank():
+    script = load_script("make_proxy_backbone")
+    conv = torch.nn.Conv2d(3, 192, 16, 16)
+    script.gabor_patch_embedding(conv)
+    w = conv.weight.detach()
+    assert torch.equal(w[:, 0], w[:, 1]) and torch.equal(w[:, 1], w[:, 2])  # colour-blind
+    torch.testing.assert_close(w.flatten(1).norm(dim=1), torch.ones(192))
+    assert w.sum(dim=(1, 2, 3)).abs().max() < 1e-4 and not conv.bias.any()  # no DC response
+    # A vertical grating of period 4.5 px excites the filters tuned to it most.
+    xx = torch.arange(16).float().expand(16, 16)
+    response = conv(torch.cos(2 * torch.pi * xx / 4.5).expand(1, 3, 16, 16)).flatten().abs()
+    best = int(response.argmax())
+    assert best // 32 == 1 and (best % 32) // 4 == 0  # period 4.5, orientation 0

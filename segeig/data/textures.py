@@ -204,7 +204,9 @@ def _region_colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
 
 def render_texture_sample(rng: np.random.Generator, size: tuple[int, int], n_classes: int,
                           n_objects: tuple[int, int] = (2, 5), noise: float = 6.0,
-                          class_offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                          class_offset: int = 0, nuisance: float = 0.0,
+                          background: tuple[int, int] | None = None
+                          ) -> tuple[np.ndarray, np.ndarray]:
     """Render one image and its label map.
 
     A two-region background split by a slanted horizon, then ``n_objects``
@@ -218,6 +220,12 @@ def render_texture_sample(rng: np.random.Generator, size: tuple[int, int], n_cla
         n_objects: inclusive range of foreground objects.
         noise: std of the per-pixel Gaussian noise (0–255 units).
         class_offset: label ``c`` is drawn as appearance id ``c + class_offset``.
+        nuisance: in [0, 1], how much appearance varies within a class: each
+            region's contrast drops by up to 65 %·nuisance and it is blurred by
+            up to 1.5·nuisance px, a shading gradient of ±30 %·nuisance crosses
+            the image, and pixel noise grows by 8·nuisance.
+        background: the classes above and below the horizon (default: two
+            distinct random classes).
 
     Returns:
         ``(image H×W×3 uint8 RGB, label H×W uint8 in [0, C))``.
@@ -227,7 +235,7 @@ def render_texture_sample(rng: np.random.Generator, size: tuple[int, int], n_cla
     h, w = size
     yy, xx = np.mgrid[0:h, 0:w]
     horizon = h * rng.uniform(0.3, 0.7) + (xx - w / 2) * rng.uniform(-0.4, 0.4)
-    top, bottom = rng.choice(n_classes, 2, replace=False)
+    top, bottom = rng.choice(n_classes, 2, replace=False) if background is None else background
     regions = [(yy < horizon, int(top)), (yy >= horizon, int(bottom))]
     label = np.where(regions[0][0], top, bottom).astype(np.uint8)
     for _ in range(int(rng.integers(n_objects[0], n_objects[1] + 1))):
@@ -245,11 +253,33 @@ def render_texture_sample(rng: np.random.Generator, size: tuple[int, int], n_cla
         if not visible.any():
             continue
         ink, paper = _region_colours(rng)
-        coverage = render_texture(texture_class(cls + class_offset), (h, w), rng)[visible]
-        image[visible] = paper + (ink - paper) * coverage[:, None]
+        coverage = render_texture(texture_class(cls + class_offset), (h, w), rng)
+        if nuisance > 0:
+            ink = paper + (ink - paper) * rng.uniform(1.0 - 0.65 * nuisance, 1.0)
+            blur = rng.uniform(0.0, 1.5 * nuisance)
+            if blur > 0.3:
+                coverage = cv2.GaussianBlur(coverage, (0, 0), blur)
+        image[visible] = paper + (ink - paper) * coverage[visible][:, None]
         painted |= visible
-    image += rng.normal(0.0, noise, image.shape)
+    if nuisance > 0:  # lighting: a linear shading ramp in a random direction
+        direction = rng.uniform(0, 2 * np.pi)
+        ramp = ((xx - w / 2) * np.cos(direction) + (yy - h / 2) * np.sin(direction)) / max(h, w)
+        image *= (1.0 + 0.6 * nuisance * ramp)[..., None]
+    image += rng.normal(0.0, noise + 8.0 * nuisance, image.shape)
     return np.clip(image, 0, 255).astype(np.uint8), label
+
+
+def _balanced_pairs(n_classes: int, n_images: int, seed: list[int]) -> list[tuple[int, int]]:
+    """Background (top, bottom) class pairs for a split: every ordered pair once per
+    cycle, in a random order, so each class covers about the same area in every
+    set (the set-to-set spread of a score then reflects the method, not which
+    classes a draw happened to favour)."""
+    rng = np.random.default_rng(seed)
+    pairs = [(a, b) for a in range(n_classes) for b in range(n_classes) if a != b]
+    out: list[tuple[int, int]] = []
+    while len(out) < n_images:
+        out += [pairs[j] for j in rng.permutation(len(pairs))]
+    return out[:n_images]
 
 
 def make_texture_dataset(
@@ -261,6 +291,8 @@ def make_texture_dataset(
     seed: int = 0,
     *,
     class_offset: int = 0,
+    nuisance: float = 1.0,
+    val_seed: int | None = None,
     progress: Callable[[Iterable], Iterable] | None = None,
 ) -> Path:
     """Write a texture dataset in the ``custom`` layout.
@@ -272,6 +304,11 @@ def make_texture_dataset(
         n_classes: number of classes C, 2 ≤ C ≤ len(EVAL_TEXTURES) with offset 0.
         seed: everything is a deterministic function of the seed.
         class_offset: appearance id of label 0 (see module docstring).
+        nuisance: within-class appearance variation (:func:`render_texture_sample`);
+            the proxy's sets use 1, the proxy backbone was pretrained on 0.
+        val_seed: seed of the validation split (default ``seed``): the quality
+            proxy keeps one validation set and varies the training set and run
+            with ``seed``, so every method is scored on the same images.
         progress: optional iterable wrapper (e.g. ``tqdm``) over the images.
 
     Returns:
@@ -288,13 +325,18 @@ def make_texture_dataset(
     names = texture_names(n_classes, class_offset)
     (root / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
     jobs = [("train", i) for i in range(n_train)] + [("val", i) for i in range(n_val)]
+    val_seed = seed if val_seed is None else val_seed
+    seeds = {"train": seed, "val": val_seed}
+    backgrounds = {"train": _balanced_pairs(n_classes, n_train, [seed, 0, 23]),
+                   "val": _balanced_pairs(n_classes, n_val, [val_seed, 1, 23])}
     for split in {s for s, _ in jobs}:
         (root / "images" / split).mkdir(parents=True, exist_ok=True)
         (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
     for split, i in progress(jobs) if progress is not None else jobs:
-        rng = np.random.default_rng([seed, 0 if split == "train" else 1, i, 17])
+        rng = np.random.default_rng([seeds[split], 0 if split == "train" else 1, i, 17])
         image, label = render_texture_sample(rng, (height, width), n_classes,
-                                             class_offset=class_offset)
+                                             class_offset=class_offset, nuisance=nuisance,
+                                             background=backgrounds[split][i])
         name = f"tex_{i:05d}.png"
         save_png(image, root / "images" / split / name)
         save_png(label, root / "annotations" / split / name)

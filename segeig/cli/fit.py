@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto|cpu|cuda (default auto)")
     add_backbone_arguments(parser)
     parser.add_argument("--k", type=int, help="eigenfunctions and segments (default 16)")
-    parser.add_argument("--steps", type=int, help="training steps (default 60)")
+    parser.add_argument("--steps", type=int, help="training steps (default 120)")
     parser.add_argument("--crop", type=int, help="training crop side (default 224)")
     parser.add_argument("--batch-size", type=int, help="crops per step (default 4)")
     parser.add_argument("--kmeans-k", type=int, help="eigen+kmeans centroids (default K)")

@@ -22,8 +22,8 @@ cityscapes      256  512   16     40     1024       0.5–2.0    K        euclid
 cocostuff27     128  320   16     4      320        0.5–2.0    27       euclidean
 cityscapes27    128  320   16     40     320        0.5–2.0    27       euclidean
 potsdam3        32   320   16     25     320        0.5–2.0    3        euclidean
-custom          64   320   8      20     320        0.5–2.0    K        euclidean
-folder          64   320   8      20     320        0.5–2.0    K        euclidean
+custom          64   320   8      60     320        0.5–2.0    K        euclidean
+folder          64   320   8      60     320        0.5–2.0    K        euclidean
 =============== ==== ===== ====== ====== ========== ========== ======== =========
 
 Why: Pascal Context, ADE20K and Cityscapes are the paper's reference settings
@@ -247,8 +247,8 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "cityscapes27": dict(k=128, crop=320, batch_size=16, epochs=40, resolution=320,
                          kmeans_k=27),
     "potsdam3": dict(k=32, crop=320, batch_size=16, epochs=25, resolution=320, kmeans_k=3),
-    "custom": dict(k=64, crop=320, batch_size=8, epochs=20, resolution=320),
-    "folder": dict(k=64, crop=320, batch_size=8, epochs=20, resolution=320),
+    "custom": dict(k=64, crop=320, batch_size=8, epochs=60, resolution=320),
+    "folder": dict(k=64, crop=320, batch_size=8, epochs=60, resolution=320),
 }
 
 #: Renamed settings: old name → new name (old checkpoints and resume states,

@@ -42,7 +42,7 @@ ProgressFn = Callable[[int, int, dict], None]
 #: Settings of :func:`fit_images`, chosen to finish in about a minute on a
 #: 2-core CPU for a handful of photos with ViT-S/16 (see docs/training.md).
 FIT_DEFAULTS: dict = dict(
-    k=16, steps=60, batch_size=4, crop=224, resolution=224, scale=(0.75, 1.5), lr=3e-3,
+    k=16, steps=120, batch_size=4, crop=224, resolution=224, scale=(0.75, 1.5), lr=3e-3,
     kmeans_k=16, kmeans_tokens=65_536, workers=0, log_every=5, checkpoint_every=0,
 )
 

@@ -44,7 +44,8 @@ def test_fit_folder_writes_a_complete_checkpoint(photos, tmp_path):
 
 
 def test_fit_defaults_are_small():
-    assert FIT_DEFAULTS["steps"] <= 100 and FIT_DEFAULTS["crop"] <= 256
+    # Chosen on the texture proxy within 1.5x of the README main job's old wall time.
+    assert FIT_DEFAULTS["steps"] <= 150 and FIT_DEFAULTS["crop"] <= 256
     assert FIT_DEFAULTS["batch_size"] <= 4 and FIT_DEFAULTS["k"] <= 32
 
 

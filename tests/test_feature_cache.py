@@ -33,10 +33,11 @@ VIEWS = (View(1.0), View(0.75), View(1.0, True))
 
 
 class Images:
-    """An in-memory :class:`~segeig.feature_cache.ImageSource`."""
+    """An in-memory :class:`~segeig.feature_cache.ImageSource`; ``prefix`` leads
+    every identity (two sets with different prefixes are different images)."""
 
-    def __init__(self, images: list[np.ndarray]) -> None:
-        self.images = images
+    def __init__(self, images: list[np.ndarray], prefix: str = "") -> None:
+        self.images, self.prefix = images, prefix
 
     def __len__(self) -> int:
         return len(self.images)
@@ -48,7 +49,7 @@ class Images:
         return self.images[index].shape[:2]
 
     def identity(self, index: int) -> str:
-        return f"{index}|{self.images[index].sum()}"
+        return f"{self.prefix}{index}|{self.images[index].sum()}"
 
 
 @pytest.fixture

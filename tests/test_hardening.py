@@ -25,6 +25,7 @@ from segeig.feature_cache import FeatureCacheError, View, prepare_feature_cache
 from segeig.model import build_model
 from segeig.train.launch import train
 from tests.conftest import random_image, tiny_backbone_config
+from tests.test_feature_cache import Images
 from tests.train_helpers import tiny_config, write_images
 
 K = 12
@@ -123,28 +124,10 @@ def test_an_undecodable_manifest_line_is_skipped_with_a_warning(segmenter, check
 
 # -- the feature cache ------------------------------------------------------------------
 
-class Images:
-    """An in-memory image source named ``prefix``-i."""
-
-    def __init__(self, images: list[np.ndarray], prefix: str) -> None:
-        self.images, self.prefix = images, prefix
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def image(self, index: int) -> np.ndarray:
-        return self.images[index]
-
-    def size(self, index: int) -> tuple[int, int]:
-        return self.images[index].shape[:2]
-
-    def identity(self, index: int) -> str:
-        return f"{self.prefix}-{index}|{self.images[index].sum()}"
-
-
 def _images(seed: int, prefix: str) -> Images:
     rng = np.random.default_rng(seed)
-    return Images([random_image(rng, h, w) for h, w in ((40, 56), (64, 48), (33, 70))], prefix)
+    return Images([random_image(rng, h, w) for h, w in ((40, 56), (64, 48), (33, 70))],
+                  f"{prefix}-")
 
 
 @pytest.fixture

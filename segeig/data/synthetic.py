@@ -41,7 +41,7 @@ from segeig.atomic import atomic_write
 logger = logging.getLogger(__name__)
 
 __all__ = ["PRETRAIN_CLASS_OFFSET", "TEXTURES", "class_names", "make_synthetic_dataset",
-           "random_shape", "render_sample", "save_png"]
+           "random_shape", "render_sample", "save_png", "write_custom_dataset"]
 
 TEXTURES = ("flat", "stripes", "checker", "dots", "grain", "gradient")
 _GOLDEN = 0.618033988749895
@@ -173,6 +173,45 @@ def save_png(array: np.ndarray, path: Path) -> None:
     atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
 
 
+def write_custom_dataset(
+    root: str | os.PathLike,
+    names: list[str],
+    n_train: int,
+    n_val: int,
+    render: Callable[[str, int], tuple[np.ndarray, np.ndarray]],
+    stem: str,
+    progress: Callable[[Iterable], Iterable] | None = None,
+) -> Path:
+    """Write a labelled set in the ``custom`` layout from a per-image renderer.
+
+    Args:
+        root: output folder (created; existing files of the same names are replaced).
+        names: class names, written to ``classes.txt``.
+        n_train, n_val: images per split (a split with 0 images is not created).
+        render: ``render(split, index) -> (image H×W×3 uint8, label H×W uint8)``.
+        stem: file names are ``{stem}_{index:05d}.png``.
+        progress: optional iterable wrapper (e.g. ``tqdm``) over the images.
+
+    Returns:
+        ``root`` as a Path.
+    """
+    if n_train < 0 or n_val < 0:
+        raise ValueError(f"image counts must be >= 0, got {n_train}, {n_val}")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
+    jobs = [("train", i) for i in range(n_train)] + [("val", i) for i in range(n_val)]
+    for split in {s for s, _ in jobs}:
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
+    for split, i in progress(jobs) if progress is not None else jobs:
+        image, label = render(split, i)
+        name = f"{stem}_{i:05d}.png"
+        save_png(image, root / "images" / split / name)
+        save_png(label, root / "annotations" / split / name)
+    return root
+
+
 def make_synthetic_dataset(
     root: str | os.PathLike,
     n_train: int = 16,
@@ -205,28 +244,19 @@ def make_synthetic_dataset(
     """
     if not 2 <= n_classes <= 255:
         raise ValueError(f"n_classes must be in [2, 255], got {n_classes}")
-    if n_train < 0 or n_val < 0:
-        raise ValueError(f"image counts must be >= 0, got {n_train}, {n_val}")
     height, width = (size, size) if isinstance(size, int) else size
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    names = class_names(n_classes, class_offset)
-    (root / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
-    jobs = [("train", i) for i in range(n_train)] + [("val", i) for i in range(n_val)]
-    for split in {s for s, _ in jobs}:
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
-    for split, i in progress(jobs) if progress is not None else jobs:
+
+    def render(split: str, i: int) -> tuple[np.ndarray, np.ndarray]:
         # One generator per image, seeded by (seed, split, index): any image can
         # be regenerated alone and splits do not depend on each other's sizes.
         rng = np.random.default_rng([seed, 0 if split == "train" else 1, i])
         scale = rng.uniform(1 - size_jitter, 1 + size_jitter, 2) if size_jitter else (1, 1)
         shape = (max(8, round(height * scale[0])), max(8, round(width * scale[1])))
-        image, label = render_sample(rng, shape, n_classes, ignore_width=ignore_width,
-                                     class_offset=class_offset)
-        name = f"synth_{i:05d}.png"
-        save_png(image, root / "images" / split / name)
-        save_png(label, root / "annotations" / split / name)
+        return render_sample(rng, shape, n_classes, ignore_width=ignore_width,
+                             class_offset=class_offset)
+
+    root = write_custom_dataset(root, class_names(n_classes, class_offset), n_train, n_val,
+                                render, "synth", progress)
     logger.info("wrote %d train and %d val synthetic images (%d classes) to %s",
                 n_train, n_val, n_classes, root)
     return root

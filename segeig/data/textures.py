@@ -32,7 +32,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segeig.data.synthetic import random_shape, save_png
+from segeig.data.synthetic import random_shape, write_custom_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -317,29 +317,20 @@ def make_texture_dataset(
     limit = len(EVAL_TEXTURES) if class_offset < PRETRAIN_TEXTURE_OFFSET else 255
     if not 2 <= n_classes <= limit:
         raise ValueError(f"n_classes must be in [2, {limit}], got {n_classes}")
-    if n_train < 0 or n_val < 0:
-        raise ValueError(f"image counts must be >= 0, got {n_train}, {n_val}")
     height, width = (size, size) if isinstance(size, int) else size
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    names = texture_names(n_classes, class_offset)
-    (root / "classes.txt").write_text("\n".join(names) + "\n", encoding="utf-8")
-    jobs = [("train", i) for i in range(n_train)] + [("val", i) for i in range(n_val)]
     val_seed = seed if val_seed is None else val_seed
     seeds = {"train": seed, "val": val_seed}
     backgrounds = {"train": _balanced_pairs(n_classes, n_train, [seed, 0, 23]),
                    "val": _balanced_pairs(n_classes, n_val, [val_seed, 1, 23])}
-    for split in {s for s, _ in jobs}:
-        (root / "images" / split).mkdir(parents=True, exist_ok=True)
-        (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
-    for split, i in progress(jobs) if progress is not None else jobs:
+
+    def render(split: str, i: int) -> tuple[np.ndarray, np.ndarray]:
         rng = np.random.default_rng([seeds[split], 0 if split == "train" else 1, i, 17])
-        image, label = render_texture_sample(rng, (height, width), n_classes,
-                                             class_offset=class_offset, nuisance=nuisance,
-                                             background=backgrounds[split][i])
-        name = f"tex_{i:05d}.png"
-        save_png(image, root / "images" / split / name)
-        save_png(label, root / "annotations" / split / name)
+        return render_texture_sample(rng, (height, width), n_classes,
+                                     class_offset=class_offset, nuisance=nuisance,
+                                     background=backgrounds[split][i])
+
+    root = write_custom_dataset(root, texture_names(n_classes, class_offset), n_train, n_val,
+                                render, "tex", progress)
     logger.info("wrote %d train and %d val texture images (%d classes) to %s",
                 n_train, n_val, n_classes, root)
     return root

@@ -52,6 +52,7 @@ from segeig.config import BackboneConfig, KernelConfig
 from segeig.data import build_dataset
 from segeig.data.textures import make_texture_dataset
 from segeig.evaluation import evaluate, load_eval_dataset, resolve_protocol
+from segeig.evaluation.metrics import ConfusionAccumulator, evaluate_confusion
 from segeig.evaluation.spectral_dataset import evaluate_spectral_dataset, kernel_config_of
 from segeig.kernel import pad_to_grid
 from segeig.predictor import Segmenter, load
@@ -119,7 +120,7 @@ def diagnostics(segmenter: Segmenter, images: list[np.ndarray], k: int) -> dict:
     kernel = set_kernel(features, smalls, kernel_config_of(segmenter))
     values, vectors = top_eigenvectors(kernel, k)
     psi = torch.cat(logits).double().numpy()  # N×K learned outputs
-    q, _ = np.linalg.qr(psi - 0.0)
+    q, _ = np.linalg.qr(psi)
     overlap = q.T @ vectors
     matrix = to_scipy(kernel)
     energy = float(np.trace(q.T @ (matrix @ q)) / values.sum())
@@ -145,8 +146,8 @@ def majority(segmenter: Segmenter, val, protocol, method: str) -> float:
                     crf=False).scores.miou
 
 
-def references(args, seed: int, root: Path, backbone: BackboneConfig, k: int,
-               kernel: KernelConfig, workdir: Path) -> dict:
+def references(seed: int, root: Path, backbone: BackboneConfig, k: int, kernel: KernelConfig,
+               workdir: Path) -> dict:
     """kmeans and exact spectral at K for this seed's set (cached in the JSONL)."""
     protocol = resolve_protocol("native", "custom")
     val = load_eval_dataset(protocol, root, "val")
@@ -164,7 +165,7 @@ def references(args, seed: int, root: Path, backbone: BackboneConfig, k: int,
 
 
 def run_variant(args, name: str, overrides: dict, seed: int, root: Path,
-                backbone: BackboneConfig, workdir: Path) -> tuple[dict, Segmenter]:
+                backbone: BackboneConfig, workdir: Path) -> dict:
     protocol = resolve_protocol("native", "custom")
     val = load_eval_dataset(protocol, root, "val")
     start = time.perf_counter()
@@ -180,18 +181,18 @@ def run_variant(args, name: str, overrides: dict, seed: int, root: Path,
         checkpoint = train(config, workdir / f"{name}-{seed}", device="cpu", overwrite=True)
     seconds = time.perf_counter() - start
     segmenter = load(checkpoint, device="cpu")
-    row = {"variant": name, "seed": seed, "overrides": {k: v for k, v in overrides.items()},
+    row = {"variant": name, "seed": seed, "overrides": dict(overrides),
            "train_s": round(seconds, 1), "k": segmenter.model.head.k}
     for method in ("eigen", "eigen+kmeans"):
         row[method] = majority(segmenter, val, protocol, method)
     if args.kmeans_on_eigen:  # NJW-style clustering of the learned outputs, fitted on train
-        row["eigen-njw"] = njw_on_learned(segmenter, root, val, protocol, seed)
+        row["eigen-njw"] = njw_on_learned(segmenter, root, val, seed)
     images = [val.load(i).image for i in range(len(val))]
     row.update(diagnostics(segmenter, images, segmenter.model.head.k))
-    return row, segmenter
+    return row
 
 
-def njw_on_learned(segmenter: Segmenter, root: Path, val, protocol, seed: int) -> float:
+def njw_on_learned(segmenter: Segmenter, root: Path, val, seed: int) -> float:
     """Majority mIoU of spherical k-means on the row-normalised learned outputs (K clusters)."""
     train_set = build_dataset("custom", root, "train", with_labels=False)
     rows = []
@@ -201,7 +202,7 @@ def njw_on_learned(segmenter: Segmenter, root: Path, val, protocol, seed: int) -
             rows.append(segmenter.forward(x, "eigen").logits.float()[0].flatten(1).T)
     k = segmenter.model.head.k
     centroids = fit_kmeans(F.normalize(torch.cat(rows), dim=1), k, iters=20, seed=seed)
-    conf = None
+    accumulator = ConfusionAccumulator(k, val.num_classes)
     for i in range(len(val)):
         sample = val.load(i)
         x = to_tensor(segmenter.working_image(sample.image))[None]
@@ -210,23 +211,8 @@ def njw_on_learned(segmenter: Segmenter, root: Path, val, protocol, seed: int) -
             sim = torch.einsum("bkhw,sk->bshw", F.normalize(logits, dim=1), centroids)
             full = F.interpolate(sim, size=sample.label.shape, mode="bilinear",
                                  align_corners=False)
-        pred = full.argmax(1)[0].numpy()
-        lab = sample.label
-        keep = lab != 255
-        m = np.bincount(pred[keep] * 256 + lab[keep], minlength=k * 256).reshape(k, 256)
-        conf = m if conf is None else conf + m
-    n_cls = int(max(np.nonzero(conf.sum(0))[0])) + 1
-    conf = conf[:, :n_cls]
-    # majority: each cluster → class of highest IoU with it
-    inter = conf
-    union = conf.sum(1, keepdims=True) + conf.sum(0, keepdims=True) - conf
-    assign = (inter / np.maximum(union, 1)).argmax(1)
-    merged = np.zeros((n_cls, n_cls))
-    for s in range(k):
-        merged[assign[s]] += conf[s]
-    tp = np.diag(merged)
-    iou = tp / np.maximum(merged.sum(0) + merged.sum(1) - tp, 1)
-    return float(100 * iou[merged.sum(1) > 0].mean())
+        accumulator.update(full.argmax(1)[0].numpy(), sample.label)
+    return evaluate_confusion(accumulator.matrix, "majority")["miou"]
 
 
 def table(rows: list[dict]) -> str:
@@ -302,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
                                        and r["k"] == args.k for r in done):
             start = time.perf_counter()
             row = {"kind": "reference", "seed": seed, "k": args.k,
-                   **references(args, seed, root, backbone, args.k, KernelConfig(),
+                   **references(seed, root, backbone, args.k, KernelConfig(),
                                 args.workdir)}
             row["seconds"] = round(time.perf_counter() - start, 1)
             logger.info("references seed %d: %s", seed, row)
@@ -312,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, overrides in variants:
             if any(r.get("variant") == name and r["seed"] == seed for r in done):
                 continue
-            row, _ = run_variant(args, name, overrides, seed, root, backbone, args.workdir)
+            row = run_variant(args, name, overrides, seed, root, backbone, args.workdir)
             logger.info("%s seed %d: eigen %.1f eigen+kmeans %.1f align %.2f energy %.2f "
                         "(%.0f s)", name, seed, row["eigen"], row["eigen+kmeans"], row["align"],
                         row["energy"], row["train_s"])

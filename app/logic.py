@@ -26,8 +26,10 @@ from segeig.viz import eigenfunction_grid, make_palette, overlay
 
 logger = logging.getLogger(__name__)
 
-#: Preferred order of methods in the UI; the paper's best row first.
-METHOD_ORDER = ("eigen+kmeans", "eigen", "kmeans")
+#: Order of methods in the UI; the first one present is the default. ``eigen``
+#: (the head's argmax) first: on the texture proxy it beat ``eigen+kmeans`` on
+#: ``fit`` checkpoints and tied on ``custom`` ones (docs/method.md).
+METHOD_ORDER = ("eigen", "eigen+kmeans", "kmeans")
 
 
 class UserError(Exception):

@@ -147,14 +147,20 @@ def majority(segmenter: Segmenter, val, protocol, method: str) -> float:
 
 
 def references(seed: int, root: Path, backbone: BackboneConfig, k: int, kernel: KernelConfig,
-               workdir: Path) -> dict:
-    """kmeans and exact spectral at K for this seed's set (cached in the JSONL)."""
+               workdir: Path, overrides: dict | None = None) -> dict:
+    """kmeans and exact spectral at K for this seed's set (cached in the JSONL).
+
+    ``overrides`` are TrainConfig fields of the k-means checkpoint (``resolution``,
+    ``crop``): the references are scored at that checkpoint's working resolution.
+    """
     protocol = resolve_protocol("native", "custom")
     val = load_eval_dataset(protocol, root, "val")
     config = default_config("custom", root, backbone=backbone, method="kmeans", k=k,
                             kernel=kernel, workers=0, checkpoint_every=0, seed=seed,
-                            feature_cache_dir=str(workdir / f"cache-{seed}"))
-    checkpoint = train(config, workdir / f"kmeans-{seed}", device="cpu", overwrite=True)
+                            feature_cache_dir=str(workdir / f"cache-{seed}"),
+                            **(overrides or {}))
+    tag = "".join(f"-{key}{value}" for key, value in sorted((overrides or {}).items()))
+    checkpoint = train(config, workdir / f"kmeans{tag}-{seed}", device="cpu", overwrite=True)
     segmenter = load(checkpoint, device="cpu")
     out = {"kmeans": majority(segmenter, val, protocol, "kmeans")}
     exact = evaluate_spectral_dataset(segmenter, val, protocol, n_clusters=k,
@@ -262,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="one validation set for every seed (-1: the seed's own)")
     parser.add_argument("--k", type=int, default=64, help="K of the references")
     parser.add_argument("--references", action="store_true", help="also compute kmeans/exact")
+    parser.add_argument("--ref", default="",
+                        help="key=value,... TrainConfig overrides of the references' k-means "
+                             "checkpoint (e.g. resolution=224,crop=224)")
     parser.add_argument("--kmeans-on-eigen", action="store_true",
                         help="also score NJW k-means on the learned outputs")
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/segeig-ablation"))
@@ -278,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         done = [json.loads(line) for line in args.jsonl.read_text().splitlines() if line.strip()]
     backbone = BackboneConfig(name=args.backbone, weights=args.weights or "random")
     variants = [parse_variant(v) for v in args.variant]
+    ref = parse_variant(":" + args.ref)[1]
     for seed in [int(s) for s in args.seeds.split(",") if s]:
         root = args.workdir / f"texture-{seed}"
         if not (root / "classes.txt").exists():
@@ -285,11 +295,12 @@ def main(argv: list[str] | None = None) -> int:
                                  nuisance=args.nuisance,
                                  val_seed=None if args.val_seed < 0 else args.val_seed)
         if args.references and not any(r.get("kind") == "reference" and r["seed"] == seed
-                                       and r["k"] == args.k for r in done):
+                                       and r["k"] == args.k and r.get("ref", {}) == ref
+                                       for r in done):
             start = time.perf_counter()
-            row = {"kind": "reference", "seed": seed, "k": args.k,
+            row = {"kind": "reference", "seed": seed, "k": args.k, **({"ref": ref} if ref else {}),
                    **references(seed, root, backbone, args.k, KernelConfig(),
-                                args.workdir)}
+                                args.workdir, ref)}
             row["seconds"] = round(time.perf_counter() - start, 1)
             logger.info("references seed %d: %s", seed, row)
             with args.jsonl.open("a") as f:

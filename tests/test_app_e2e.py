@@ -187,7 +187,8 @@ def test_browser_upload_segment_and_explore(page, files, shots):
     page.click("#save-name")
     page.wait_for_selector("#names-note >> text=segeig label --checkpoint CKPT --names")
     assert "rooftops" in page.inner_text("#names-note")
-    page.wait_for_selector("#names-file >> text=names-eigen_kmeans")
+    page.wait_for_selector("#names-file >> text=names-eigen")  # the default method's
+    assert "names-eigen_kmeans" not in page.inner_text("#names-file")
 
     # Pick a bundled example: it is loaded and segmented at once.
     page.get_by_role("tab", name="Segment").click()

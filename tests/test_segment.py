@@ -118,11 +118,11 @@ def test_mixed_folder(segmenter, mixed, tmp_path):
         size = read_image(item.path).shape[:2]  # after EXIF orientation
         labels = read_segments(tmp_path / "labels" / f"{item.key}.png")
         assert labels.shape == size, item.key
-        assert labels.min() >= 0 and labels.max() < CENTROIDS  # eigen+kmeans by default
+        assert labels.min() >= 0 and labels.max() < K  # eigen (the head argmax) by default
         with Image.open(tmp_path / "overlays" / f"{item.key}.jpg") as overlay:
             assert overlay.size == size[::-1]
         scores = read_scores(tmp_path / "probs" / f"{item.key}.npz")
-        assert scores["scores"].shape == (CENTROIDS, -(-size[0] // 16), -(-size[1] // 16))
+        assert scores["scores"].shape == (K, -(-size[0] // 16), -(-size[1] // 16))
         assert scores["image_size"] == size
     assert read_segments(tmp_path / "labels" / "rot.png").shape == (64, 24)
     assert not list(tmp_path.rglob("*.tmp"))
@@ -203,7 +203,7 @@ def test_summary_and_settings_guard(segmenter, checkpoint, mixed, tmp_path):
     assert doc["failures"][0]["input"].endswith("empty.jpg")
     assert "empty" in doc["failures"][0]["reason"]
     assert doc["checkpoint"]["sha256"] == summary.checkpoint["sha256"]
-    assert doc["settings"]["method"] == "eigen+kmeans" and doc["complete"] is True
+    assert doc["settings"]["method"] == "eigen" and doc["complete"] is True
     # Resuming with settings that change the outputs would mix two kinds of results.
     with pytest.raises(ValueError, match="crf: False -> True"):
         segment_inputs(segmenter, files, tmp_path, SegmentOptions(crf=True),
@@ -247,7 +247,7 @@ def test_partial_overwrite_with_another_checkpoint_is_never_mixed_silently(
     # Other output settings count too: the same checkpoint with CRF would differ.
     (out / "summary.json").unlink()  # only the manifest is left to tell
     with pytest.raises(ValueError, match="same checkpoint with other settings.*method"):
-        segment_inputs(seg_b, files, out, SegmentOptions(method="eigen"),
+        segment_inputs(seg_b, files, out, SegmentOptions(method="eigen+kmeans"),
                        checkpoint=checkpoint_b)
 
 

@@ -25,10 +25,9 @@ class SegmentOptions:
     """How :func:`segeig.batch.pipeline.segment_files` segments and what it writes.
 
     Attributes:
-        method: ``eigen``, ``eigen+kmeans`` or ``kmeans``; None picks
-            ``eigen+kmeans`` when the checkpoint has it, else its default
-            (with class maps: among the methods that have one, see
-            :func:`resolve_method`).
+        method: ``eigen``, ``eigen+kmeans`` or ``kmeans``; None picks the
+            checkpoint's default, ``eigen`` when it has a head (with class
+            maps: among the methods that have one, see :func:`resolve_method`).
         clusters: write cluster ids even when the checkpoint has a class map
             (default: a labelled checkpoint writes class indices).
         crf: refine with a dense CRF.
@@ -79,10 +78,13 @@ def uses_classes(segmenter: Segmenter, options: SegmentOptions) -> bool:
 def resolve_method(segmenter: Segmenter, method: str | None, classes: bool = False) -> str:
     """The method a run uses.
 
-    ``method`` if the checkpoint has it; None → ``eigen+kmeans`` if present,
-    else the default. With ``classes`` (the run writes class indices) only
-    methods with a class map qualify: None picks among them the same way, and
-    a method without one is an error naming those that have one.
+    ``method`` if the checkpoint has it; None → the checkpoint's default
+    (``eigen``, the head's argmax, when it has a head: on the texture proxy it
+    beat ``eigen+kmeans`` on ``fit`` checkpoints and tied on ``custom`` ones,
+    docs/method.md). With ``classes`` (the run writes class indices) only
+    methods with a class map qualify: None picks the default if it has one,
+    else the first mapped method; a method without one is an error naming
+    those that have one.
     """
     methods = segmenter.methods
     if method is not None and method not in methods:
@@ -90,9 +92,8 @@ def resolve_method(segmenter: Segmenter, method: str | None, classes: bool = Fal
     if classes and segmenter.class_map is not None:
         mapped = segmenter.class_map.methods
         if method is None:
-            return "eigen+kmeans" if "eigen+kmeans" in mapped else mapped[0]
+            default = segmenter.model.default_method
+            return default if default in mapped else mapped[0]
         segmenter.class_map.lookup(method)  # raises, naming the methods with a map
         return method
-    if method is None:
-        return "eigen+kmeans" if "eigen+kmeans" in methods else segmenter.model.default_method
-    return method
+    return method or segmenter.model.default_method

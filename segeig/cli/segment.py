@@ -39,7 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="checkpoint.safetensors (or its folder); default: fit one on INPUT")
     parser.add_argument("--method", metavar="METHOD",
                         help="eigen, eigen+kmeans, kmeans, ... (those the checkpoint has; "
-                             "default: eigen+kmeans when present, else the checkpoint's default; "
+                             "default: the checkpoint's default, eigen when it has a head; "
                              "with a labelled checkpoint, among the methods with a class map)")
     parser.add_argument("--clusters", action="store_true",
                         help="with a labelled checkpoint (segeig label): write raw cluster ids "

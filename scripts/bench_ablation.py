@@ -30,6 +30,18 @@ of the same kernel (the one ``exact`` clusters):
     python scripts/bench_ablation.py --weights PROXY --variant base \\
         --variant epochs40:epochs=40 --variant bs16:batch_size=16 --seeds 0,1,2 \\
         --jsonl /tmp/ablation.jsonl --table
+
+The same at a 224 px working resolution with the ``fit`` recipe (the
+"where the gap sits" table of docs/method.md; references re-scored there):
+
+    F=crop=224,resolution=224,scale=0.75/1.5,lr=3e-3,batch_size=4,steps=960
+    python scripts/bench_ablation.py --weights PROXY --n-val 40 --seeds 0,1,2 \
+        --references --k 16 --ref resolution=224,crop=224 \
+        --variant f16:k=16,$F --jsonl /tmp/k16.jsonl --table
+    python scripts/bench_ablation.py --weights PROXY --n-val 40 --seeds 0 \
+        --references --k 64 --ref resolution=224,crop=224 --variant f64:k=64,$F \
+        --variant kf32:k=64,$F,kernel.k_feat=32 --variant a0:k=64,$F,kernel.alpha=0.0 \
+        --variant f16k64:k=16,kmeans_k=64,$F --jsonl /tmp/k64.jsonl --table
 """
 
 from __future__ import annotations

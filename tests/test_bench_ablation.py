@@ -39,3 +39,49 @@ def test_parse_variant():
     assert script.parse_variant("ep60:epochs=60,lr=3e-3,scale=1.0/1.0,head.tau_min=0.5") == (
         "ep60", {"epochs": 60, "lr": 0.003, "scale": (1.0, 1.0), "head.tau_min": 0.5})
     assert script.parse_variant("base") == ("base", {})
+
+
+def test_references_at_another_resolution_are_kept_apart(tmp_path):
+    script = load_script("bench_ablation")
+    jsonl = tmp_path / "r.jsonl"
+    common = [*TINY, "--references", "--workdir", str(tmp_path / "w"), "--jsonl", str(jsonl)]
+    assert script.main(common) == 0
+    assert script.main([*common, "--ref", "resolution=48,crop=48"]) == 0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r.get("ref") for r in rows] == [None, {"resolution": 48, "crop": 48}]
+    # Each reference setting has its own k-means checkpoint, at its own resolution.
+    assert (tmp_path / "w" / "kmeans-0").is_dir()
+    assert (tmp_path / "w" / "kmeans-crop48-resolution48-0").is_dir()
+    assert script.main([*common, "--ref", "resolution=48,crop=48"]) == 0  # cached: no new row
+    assert len(jsonl.read_text().splitlines()) == 2
+
+
+def test_collapse_probes_run_and_report(tmp_path, capsys):
+    probe = load_script("probe_collapse")
+    jsonl = tmp_path / "p.jsonl"
+    args = [*TINY, "--workdir", str(tmp_path / "w"), "--jsonl", str(jsonl)]
+    assert probe.main(["--gumbel", "hard", "--normalize", "all", *args,
+                       "--variant", "hard:k=8,steps=2"]) == 0
+    assert probe.main(["--warm-kmeans", "20", *args,
+                       "--variant", "warm:k=8,steps=1,lr=1e-9,lr_min=0"]) == 0
+    out = capsys.readouterr().out
+    agreement = float(out.split("agreement with k-means ")[1].split()[0])
+    assert 0.0 <= agreement <= 1.0
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["variant"] for r in rows] == ["hard", "warm"]
+    assert all(0 <= r["eigen"] <= 100 for r in rows)
+    # The patches end with each run: training is segeig's own again.
+    from segeig.head import gumbel_probs
+    from segeig.train import step, trainer
+
+    assert step.gumbel_probs is gumbel_probs
+    assert probe.objective_module.normalize_columns is not probe.normalize_all
+    assert trainer.Trainer.__init__.__module__ == "segeig.train.trainer"
+    checkpoint = tmp_path / "w" / "warm-0" / "checkpoint.safetensors"
+    assert probe.main(["--ratio-association", str(checkpoint),
+                       "--root", str(tmp_path / "w" / "texture-0")]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["learned", "exact", "kmeans"]
+    for line in lines:
+        values = [float(v) for v in line.split()[-5::2] if v.replace(".", "").isdigit()]
+        assert values and all(v >= 0 for v in values)

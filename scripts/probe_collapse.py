@@ -1,0 +1,177 @@
+"""Why does ``eigen`` not get finer with K? Probes of the training objective.
+
+Runs :mod:`bench_ablation` (same arguments, same JSONL rows) with one part of
+training swapped for a diagnostic alternative. None of these is a segeig
+option; they exist to test explanations of the gap between the learned
+eigenfunctions and exact spectral clustering at many segments
+(docs/method.md, "Where the gap sits"):
+
+* ``--gumbel hard``: straight-through Gumbel-softmax (one-hot forward, soft
+  backward) instead of the soft relaxation;
+* ``--normalize all``: every output column scaled to unit norm over the batch,
+  not only those whose norm exceeds 1;
+* ``--warm-kmeans STEPS``: before NeuralEF training the head is fitted by
+  cross-entropy (STEPS Adam steps, 16 images each) to the assignments of
+  k-means with K centroids on the training images' final backbone features,
+  so training starts from the k-means partition (``steps=1,lr=1e-9,lr_min=0`` in the
+  variant scores that start itself).
+
+``--ratio-association CHECKPOINT --root SET`` instead prints the partition
+objective Σ_k 1ᵀκ1/|C_k| (the NeuralEF trace of hard, unit-normalised
+indicator columns) of three partitions of the set's val patches: the head's
+argmax, exact spectral (NJW on the top-K eigenvectors) and k-means with K
+centroids; on the kernel over all val patches and averaged over kernels of 8
+images (a training batch).
+
+    python scripts/probe_collapse.py --warm-kmeans 300 --weights PROXY --n-val 40 \\
+        --seeds 0 --variant warm:k=64,crop=224,resolution=224,scale=0.75/1.5,lr=3e-3,\\
+    batch_size=4,steps=960 --jsonl /tmp/probe.jsonl
+    python scripts/probe_collapse.py --ratio-association RUN/checkpoint.safetensors \\
+        --root /tmp/segeig-ablation/texture-0
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_ablation  # noqa: E402
+
+import segeig.objective as objective_module  # noqa: E402
+import segeig.train.step as step_module  # noqa: E402
+import segeig.train.trainer as trainer_module  # noqa: E402
+from segeig import load  # noqa: E402
+from segeig.cluster import fit_kmeans  # noqa: E402
+from segeig.data import build_dataset  # noqa: E402
+from segeig.evaluation import load_eval_dataset, resolve_protocol  # noqa: E402
+from segeig.evaluation.spectral_dataset import kernel_config_of  # noqa: E402
+from segeig.head import gumbel_probs  # noqa: E402
+from segeig.spectral import embedding_scores, set_kernel, to_scipy, top_eigenvectors  # noqa: E402
+
+
+def straight_through(logits, tau, dim=-1, noise=None):
+    """One-hot of the Gumbel-softmax sample forward, its soft gradient backward."""
+    soft = gumbel_probs(logits, tau, dim=dim, noise=noise)
+    hard = torch.zeros_like(soft).scatter_(dim, soft.argmax(dim, keepdim=True), 1.0)
+    return hard - soft.detach() + soft
+
+
+def normalize_all(psi: torch.Tensor, t: float) -> torch.Tensor:
+    """Every non-empty column to unit norm, then by √t."""
+    return psi / psi.norm(dim=0, keepdim=True).clamp_min(1e-3) * math.sqrt(t)
+
+
+def warm_start(steps: int, original):
+    """``Trainer.__init__`` that, for a fresh head, then fits it to the k-means partition."""
+
+    def init(self, config, *args, **kwargs):
+        original(self, config, *args, **kwargs)
+        head = self.model.head
+        if head is None or self.state is not None:
+            return
+        stacked, kernel = [], []
+        train_set = build_dataset(config.dataset, config.root, config.split, with_labels=False)
+        with torch.no_grad():
+            for i in range(len(train_set)):
+                image = train_set.load(i).image
+                scale = config.resolution / min(image.shape[:2])
+                size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
+                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+                x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+                out = self.model.backbone(x.to(self.device))
+                stacked.append(out.stacked.float())
+                kernel.append(out.kernel.float())
+        feats = torch.cat(stacked)
+        flat = F.normalize(torch.cat(kernel).permute(0, 2, 3, 1).flatten(0, 2), dim=1)
+        centroids = fit_kmeans(flat, head.k, iters=30, seed=config.seed)
+        labels = torch.cdist(flat, centroids).argmin(1).view(feats.shape[0], *feats.shape[2:])
+        optimizer = torch.optim.Adam(head.parameters(), lr=3e-3)
+        generator = torch.Generator().manual_seed(config.seed)
+        for _ in range(steps):
+            pick = torch.randint(0, feats.shape[0], (16,), generator=generator)
+            loss = F.cross_entropy(head(feats[pick])[0], labels[pick])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        with torch.no_grad():
+            agreement = (head(feats)[0].argmax(1) == labels).float().mean().item()
+        print(f"warm start: {steps} steps, agreement with k-means {agreement:.3f}", flush=True)
+
+    return init
+
+
+def ratio_association(checkpoint: Path, root: Path) -> None:
+    """Print the partition objective of learned / exact / k-means partitions."""
+    segmenter = load(checkpoint, device="cpu")
+    protocol = resolve_protocol("native", "custom")
+    val = load_eval_dataset(protocol, root, "val")
+    images = [val.load(i).image for i in range(len(val))]
+    features, smalls, logits = bench_ablation.val_patches(segmenter, images)
+    config = kernel_config_of(segmenter)
+    k = segmenter.model.head.k
+    _, vectors = top_eigenvectors(set_kernel(features, smalls, config), k)
+    flat = F.normalize(torch.cat([f.flatten(1).T for f in features]), dim=1)
+    partitions = {
+        "learned": torch.cat(logits).argmax(1).numpy(),
+        "exact": embedding_scores(vectors, k).argmax(1).numpy(),
+        "kmeans": torch.cdist(flat, fit_kmeans(flat, k, iters=30, seed=0)).argmin(1).numpy(),
+    }
+    sizes = np.cumsum([0] + [f.shape[-2] * f.shape[-1] for f in features])
+
+    def score(part: np.ndarray, matrix) -> float:
+        total = 0.0
+        for c in np.unique(part):
+            ind = (part == c).astype(np.float64)
+            total += ind @ (matrix @ ind) / ind.sum()
+        return total
+
+    full = to_scipy(set_kernel(features, smalls, config))
+    batches = [(s, min(s + 8, len(features))) for s in range(0, len(features), 8)]
+    batch_kernels = [to_scipy(set_kernel(features[a:b], smalls[a:b], config)) for a, b in batches]
+    for name, part in partitions.items():
+        per_batch = [score(part[sizes[a]:sizes[b]], m)
+                     for (a, b), m in zip(batches, batch_kernels, strict=True)]
+        print(f"{name:8s} segments {len(np.unique(part)):3d}  all val patches "
+              f"{score(part, full):6.2f}  8-image batches {np.mean(per_batch):6.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    parser.add_argument("--gumbel", choices=("soft", "hard"), default="soft")
+    parser.add_argument("--normalize", choices=("above-one", "all"), default="above-one")
+    parser.add_argument("--warm-kmeans", type=int, default=0, metavar="STEPS")
+    parser.add_argument("--ratio-association", type=Path, metavar="CHECKPOINT")
+    parser.add_argument("--root", type=Path)
+    args, rest = parser.parse_known_args(argv)
+    torch.set_num_threads(1)
+    if args.ratio_association:
+        if args.root is None:
+            parser.error("--ratio-association needs --root (the texture set)")
+        ratio_association(args.ratio_association, args.root)
+        return 0
+    originals = (step_module.gumbel_probs, objective_module.normalize_columns,
+                 trainer_module.Trainer.__init__)
+    if args.gumbel == "hard":
+        step_module.gumbel_probs = straight_through
+    if args.normalize == "all":
+        objective_module.normalize_columns = normalize_all
+    if args.warm_kmeans:
+        trainer_module.Trainer.__init__ = warm_start(args.warm_kmeans, originals[2])
+    try:
+        return bench_ablation.main(rest)
+    finally:  # the patches end with the run (tests call main in-process)
+        (step_module.gumbel_probs, objective_module.normalize_columns,
+         trainer_module.Trainer.__init__) = originals
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,10 @@ eigenfunctions and exact spectral clustering at many segments
   cross-entropy (STEPS Adam steps, 16 images each) to the assignments of
   k-means with K centroids on the training images' final backbone features,
   so training starts from the k-means partition (``steps=1,lr=1e-9,lr_min=0`` in the
-  variant scores that start itself).
+  variant scores that start itself);
+* ``--reseed-every STEPS``: every STEPS steps (until ``--reseed-until`` of
+  training), an output that no patch chose in those steps has its bias
+  raised until it wins 1/K of the batch (k-means' fix for empty clusters).
 
 ``--ratio-association CHECKPOINT --root SET`` instead prints the partition
 objective Σ_k 1ᵀκ1/|C_k| (the NeuralEF trace of hard, unit-normalised
@@ -109,6 +112,59 @@ def warm_start(steps: int, original):
     return init
 
 
+def revive_dead(head, logits: torch.Tensor, dead: list[int]) -> None:
+    """Raise each dead output's bias until it wins 1/K of this batch's patches.
+
+    Only biases change: a dead output takes the patches where it is closest to
+    winning (its margin to the current winner is largest), and training goes
+    on from there. (Rewriting its projection row instead, along the principal
+    direction of the largest segment, made the revived outputs win across
+    segments and collapsed the head to 11 outputs; see docs/method.md.)
+
+    Args:
+        logits: ``B×K×h×w`` head logits of the batch.
+    """
+    k = logits.shape[1]
+    scores = logits.permute(0, 2, 3, 1).reshape(-1, k).float().clone()
+    bias = head.proj.bias.detach().clone()
+    for d in dead:
+        rivals = scores.clone()
+        rivals[:, d] = -float("inf")
+        margin = scores[:, d] - rivals.max(1).values
+        shift = 1e-4 - torch.quantile(margin, 1 - 1 / k)
+        bias[d] += shift
+        scores[:, d] += shift
+    with torch.no_grad():
+        head.proj.bias.copy_(bias)
+
+
+def reseed_dead(every: int, until: float, original):
+    """``TrainStep.__call__`` that re-seeds outputs no patch chose in the last ``every`` steps."""
+
+    def call(self, batch, step):
+        captured = {}
+        handle = self.head.register_forward_hook(lambda m, i, o: captured.update(out=o))
+        try:
+            result = original(self, batch, step)
+        finally:
+            handle.remove()
+        logits = captured["out"][0].detach()
+        k = logits.shape[1]
+        usage = getattr(self, "_usage", None)
+        if usage is None:
+            usage = self._usage = torch.zeros(k)
+        usage += torch.bincount(logits.argmax(1).flatten(), minlength=k).float().cpu()
+        if (step + 1) % every == 0:
+            dead = (usage == 0).nonzero().flatten().tolist()
+            if dead and step < until * self.total:
+                revive_dead(self.head, logits, dead)
+                print(f"step {step + 1}: re-seeded {len(dead)} dead output(s)", flush=True)
+            self._usage = torch.zeros(k)
+        return result
+
+    return call
+
+
 def ratio_association(checkpoint: Path, root: Path) -> None:
     """Print the partition objective of learned / exact / k-means partitions."""
     segmenter = load(checkpoint, device="cpu")
@@ -149,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gumbel", choices=("soft", "hard"), default="soft")
     parser.add_argument("--normalize", choices=("above-one", "all"), default="above-one")
     parser.add_argument("--warm-kmeans", type=int, default=0, metavar="STEPS")
+    parser.add_argument("--reseed-every", type=int, default=0, metavar="STEPS")
+    parser.add_argument("--reseed-until", type=float, default=0.8, metavar="FRACTION")
     parser.add_argument("--ratio-association", type=Path, metavar="CHECKPOINT")
     parser.add_argument("--root", type=Path)
     args, rest = parser.parse_known_args(argv)
@@ -159,18 +217,21 @@ def main(argv: list[str] | None = None) -> int:
         ratio_association(args.ratio_association, args.root)
         return 0
     originals = (step_module.gumbel_probs, objective_module.normalize_columns,
-                 trainer_module.Trainer.__init__)
+                 trainer_module.Trainer.__init__, step_module.TrainStep.__call__)
     if args.gumbel == "hard":
         step_module.gumbel_probs = straight_through
     if args.normalize == "all":
         objective_module.normalize_columns = normalize_all
     if args.warm_kmeans:
         trainer_module.Trainer.__init__ = warm_start(args.warm_kmeans, originals[2])
+    if args.reseed_every:
+        step_module.TrainStep.__call__ = reseed_dead(args.reseed_every, args.reseed_until,
+                                                     originals[3])
     try:
         return bench_ablation.main(rest)
     finally:  # the patches end with the run (tests call main in-process)
         (step_module.gumbel_probs, objective_module.normalize_columns,
-         trainer_module.Trainer.__init__) = originals
+         trainer_module.Trainer.__init__, step_module.TrainStep.__call__) = originals
 
 
 if __name__ == "__main__":

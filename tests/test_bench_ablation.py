@@ -67,8 +67,11 @@ def test_collapse_probes_run_and_report(tmp_path, capsys):
     out = capsys.readouterr().out
     agreement = float(out.split("agreement with k-means ")[1].split()[0])
     assert 0.0 <= agreement <= 1.0
+    # 32 outputs on 4 tiny images: some are unused, and get re-seeded.
+    assert probe.main(["--reseed-every", "2", *args, "--variant", "reseed:k=32,steps=6"]) == 0
+    assert "dead output(s)" in capsys.readouterr().out
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    assert [r["variant"] for r in rows] == ["hard", "warm"]
+    assert [r["variant"] for r in rows] == ["hard", "warm", "reseed"]
     assert all(0 <= r["eigen"] <= 100 for r in rows)
     # The patches end with each run: training is segeig's own again.
     from segeig.head import gumbel_probs
@@ -77,6 +80,7 @@ def test_collapse_probes_run_and_report(tmp_path, capsys):
     assert step.gumbel_probs is gumbel_probs
     assert probe.objective_module.normalize_columns is not probe.normalize_all
     assert trainer.Trainer.__init__.__module__ == "segeig.train.trainer"
+    assert step.TrainStep.__call__.__module__ == "segeig.train.step"
     checkpoint = tmp_path / "w" / "warm-0" / "checkpoint.safetensors"
     assert probe.main(["--ratio-association", str(checkpoint),
                        "--root", str(tmp_path / "w" / "texture-0")]) == 0

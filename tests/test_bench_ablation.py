@@ -62,9 +62,10 @@ def test_collapse_probes_run_and_report(tmp_path, capsys):
     args = [*TINY, "--workdir", str(tmp_path / "w"), "--jsonl", str(jsonl)]
     assert probe.main(["--gumbel", "hard", "--normalize", "all", *args,
                        "--variant", "hard:k=8,steps=2"]) == 0
-    assert probe.main(["--warm-kmeans", "20", *args,
+    assert probe.main(["--warm-kmeans", "20", "--refine-kernel-kmeans", "3", *args,
                        "--variant", "warm:k=8,steps=1,lr=1e-9,lr_min=0"]) == 0
     out = capsys.readouterr().out
+    assert "kernel k-means: objective" in out
     agreement = float(out.split("agreement with k-means ")[1].split()[0])
     assert 0.0 <= agreement <= 1.0
     # 32 outputs on 4 tiny images: some are unused, and get re-seeded.
@@ -89,3 +90,17 @@ def test_collapse_probes_run_and_report(tmp_path, capsys):
     for line in lines:
         values = [float(v) for v in line.split()[-5::2] if v.replace(".", "").isdigit()]
         assert values and all(v >= 0 for v in values)
+
+
+def test_kernel_kmeans_recovers_blocks_and_raises_the_trace():
+    import torch
+
+    probe = load_script("probe_collapse")
+    blocks = torch.block_diag(torch.ones(10, 10), torch.ones(6, 6), torch.ones(8, 8))
+    kernel = (blocks - torch.eye(24)).to_sparse()
+    truth = torch.tensor([0] * 10 + [1] * 6 + [2] * 8)
+    start = truth.clone()
+    start[[0, 1, 11, 20]] = torch.tensor([1, 2, 0, 1])  # four patches in the wrong block
+    refined = probe.kernel_kmeans(kernel, start, 3, iters=10)
+    assert torch.equal(refined, truth)
+    assert probe.ratio(kernel, refined) > probe.ratio(kernel, start)

@@ -7,7 +7,10 @@ eigenfunctions and exact spectral clustering at many segments
 (docs/method.md, "Where the gap sits"):
 
 * ``--gumbel hard``: straight-through Gumbel-softmax (one-hot forward, soft
-  backward) instead of the soft relaxation;
+  backward) instead of the soft relaxation; ``--gumbel none``: the raw
+  outputs are the eigenfunctions (the original NeuralEF; with
+  ``--normalize all`` and bench_ablation's ``--kmeans-on-eigen`` they are
+  rounded by k-means, as exact spectral clustering rounds its eigenvectors);
 * ``--normalize all``: every output column scaled to unit norm over the batch,
   not only those whose norm exceeds 1;
 * ``--warm-kmeans STEPS``: before NeuralEF training the head is fitted by
@@ -69,6 +72,11 @@ def straight_through(logits, tau, dim=-1, noise=None):
     soft = gumbel_probs(logits, tau, dim=dim, noise=noise)
     hard = torch.zeros_like(soft).scatter_(dim, soft.argmax(dim, keepdim=True), 1.0)
     return hard - soft.detach() + soft
+
+
+def identity_outputs(logits, tau, dim=-1, noise=None):
+    """The head's raw outputs as the eigenfunctions (no softmax, no noise)."""
+    return logits.float()
 
 
 def normalize_all(psi: torch.Tensor, t: float) -> torch.Tensor:
@@ -247,7 +255,7 @@ def ratio_association(checkpoint: Path, root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
-    parser.add_argument("--gumbel", choices=("soft", "hard"), default="soft")
+    parser.add_argument("--gumbel", choices=("soft", "hard", "none"), default="soft")
     parser.add_argument("--normalize", choices=("above-one", "all"), default="above-one")
     parser.add_argument("--warm-kmeans", type=int, default=0, metavar="STEPS")
     parser.add_argument("--refine-kernel-kmeans", type=int, default=0, metavar="ITERS")
@@ -266,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                  trainer_module.Trainer.__init__, step_module.TrainStep.__call__)
     if args.gumbel == "hard":
         step_module.gumbel_probs = straight_through
+    elif args.gumbel == "none":
+        step_module.gumbel_probs = identity_outputs
     if args.normalize == "all":
         objective_module.normalize_columns = normalize_all
     if args.warm_kmeans:

@@ -68,11 +68,14 @@ def test_collapse_probes_run_and_report(tmp_path, capsys):
     assert "kernel k-means: objective" in out
     agreement = float(out.split("agreement with k-means ")[1].split()[0])
     assert 0.0 <= agreement <= 1.0
+    assert probe.main(["--gumbel", "none", "--normalize", "all", "--kmeans-on-eigen", *args,
+                       "--variant", "continuous:k=8,steps=2"]) == 0
     # 32 outputs on 4 tiny images: some are unused, and get re-seeded.
     assert probe.main(["--reseed-every", "2", *args, "--variant", "reseed:k=32,steps=6"]) == 0
     assert "dead output(s)" in capsys.readouterr().out
     rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
-    assert [r["variant"] for r in rows] == ["hard", "warm", "reseed"]
+    assert [r["variant"] for r in rows] == ["hard", "warm", "continuous", "reseed"]
+    assert 0 <= rows[2]["eigen-njw"] <= 100  # k-means rounding of the raw outputs
     assert all(0 <= r["eigen"] <= 100 for r in rows)
     # The patches end with each run: training is segeig's own again.
     from segeig.head import gumbel_probs

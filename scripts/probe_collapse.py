@@ -45,7 +45,6 @@ import math
 import sys
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -64,7 +63,8 @@ from segeig.evaluation import load_eval_dataset, resolve_protocol  # noqa: E402
 from segeig.evaluation.spectral_dataset import kernel_config_of  # noqa: E402
 from segeig.head import gumbel_probs  # noqa: E402
 from segeig.kernel import pad_to_grid  # noqa: E402
-from segeig.spectral import embedding_scores, set_kernel, to_scipy, top_eigenvectors  # noqa: E402
+from segeig.spectral import embedding_scores, set_kernel, top_eigenvectors  # noqa: E402
+from segeig.transforms import resize_image, to_tensor  # noqa: E402
 
 
 def straight_through(logits, tau, dim=-1, noise=None):
@@ -130,10 +130,8 @@ def warm_start(steps: int, original, refine_iters: int = 0):
         with torch.no_grad():
             for i in range(len(train_set)):
                 image = train_set.load(i).image
-                scale = config.resolution / min(image.shape[:2])
-                size = (round(image.shape[1] * scale), round(image.shape[0] * scale))
-                image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-                x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+                size = config.working_resolution.size_for(*image.shape[:2])
+                x = to_tensor(resize_image(image, size))[None]
                 out = self.model.backbone(x.to(self.device))
                 stacked.append(out.stacked.float())
                 kernel.append(out.kernel.float())
@@ -227,30 +225,23 @@ def ratio_association(checkpoint: Path, root: Path) -> None:
     features, smalls, logits = bench_ablation.val_patches(segmenter, images)
     config = kernel_config_of(segmenter)
     k = segmenter.model.head.k
-    _, vectors = top_eigenvectors(set_kernel(features, smalls, config), k)
+    full = set_kernel(features, smalls, config)
+    _, vectors = top_eigenvectors(full, k)
     flat = F.normalize(torch.cat([f.flatten(1).T for f in features]), dim=1)
     partitions = {
-        "learned": torch.cat(logits).argmax(1).numpy(),
-        "exact": embedding_scores(vectors, k).argmax(1).numpy(),
-        "kmeans": torch.cdist(flat, fit_kmeans(flat, k, iters=30, seed=0)).argmin(1).numpy(),
+        "learned": torch.cat(logits).argmax(1),
+        "exact": embedding_scores(vectors, k).argmax(1),
+        "kmeans": torch.cdist(flat, fit_kmeans(flat, k, iters=30, seed=0)).argmin(1),
     }
     sizes = np.cumsum([0] + [f.shape[-2] * f.shape[-1] for f in features])
-
-    def score(part: np.ndarray, matrix) -> float:
-        total = 0.0
-        for c in np.unique(part):
-            ind = (part == c).astype(np.float64)
-            total += ind @ (matrix @ ind) / ind.sum()
-        return total
-
-    full = to_scipy(set_kernel(features, smalls, config))
     batches = [(s, min(s + 8, len(features))) for s in range(0, len(features), 8)]
-    batch_kernels = [to_scipy(set_kernel(features[a:b], smalls[a:b], config)) for a, b in batches]
+    batch_kernels = [set_kernel(features[a:b], smalls[a:b], config) for a, b in batches]
     for name, part in partitions.items():
-        per_batch = [score(part[sizes[a]:sizes[b]], m)
+        part = part.long()
+        per_batch = [ratio(m, part[sizes[a]:sizes[b]])
                      for (a, b), m in zip(batches, batch_kernels, strict=True)]
-        print(f"{name:8s} segments {len(np.unique(part)):3d}  all val patches "
-              f"{score(part, full):6.2f}  8-image batches {np.mean(per_batch):6.2f}")
+        print(f"{name:8s} segments {len(part.unique()):3d}  all val patches "
+              f"{ratio(full, part):6.2f}  8-image batches {np.mean(per_batch):6.2f}")
 
 
 def main(argv: list[str] | None = None) -> int:

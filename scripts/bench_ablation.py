@@ -233,12 +233,14 @@ def njw_on_learned(segmenter: Segmenter, root: Path, val, seed: int) -> float:
     return evaluate_confusion(accumulator.matrix, "majority")["miou"]
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], k: int, ref: dict) -> str:
+    """Mean ± spread per variant, beside the references computed at ``k`` with ``ref``."""
     by_variant: dict[str, list[dict]] = {}
     for r in rows:
         if "variant" in r:
             by_variant.setdefault(r["variant"], []).append(r)
-    refs = {r["seed"]: r for r in rows if r.get("kind") == "reference"}
+    refs = {r["seed"]: r for r in rows if r.get("kind") == "reference" and r["k"] == k
+            and r.get("ref", {}) == ref}
     cols = ["eigen", "eigen+kmeans", "eigen-njw", "align", "align8", "energy", "nmi",
             "perplexity", "train_s"]
     lines = ["| variant | seeds | " + " | ".join(cols) + " | kmeans | exact |",
@@ -329,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(json.dumps(row) + "\n")
             done.append(row)
     if args.table:
-        print(table(done))
+        print(table(done, args.k, ref))
     return 0
 
 

@@ -107,3 +107,16 @@ def test_kernel_kmeans_recovers_blocks_and_raises_the_trace():
     refined = probe.kernel_kmeans(kernel, start, 3, iters=10)
     assert torch.equal(refined, truth)
     assert probe.ratio(kernel, refined) > probe.ratio(kernel, start)
+
+
+def test_table_uses_the_references_of_the_asked_setting():
+    script = load_script("bench_ablation")
+    row = {"variant": "v", "seed": 0, "eigen": 50.0, "eigen+kmeans": 51.0}
+    refs = [{"kind": "reference", "seed": 0, "k": 64, "kmeans": 58.0, "exact": 65.0},
+            {"kind": "reference", "seed": 0, "k": 64, "ref": {"resolution": 224},
+             "kmeans": 66.0, "exact": 70.0},
+            {"kind": "reference", "seed": 0, "k": 16, "kmeans": 53.0, "exact": 55.0}]
+    for k, ref, cells in ((64, {}, "58.0 ± 0.0 | 65.0 ± 0.0"),
+                          (64, {"resolution": 224}, "66.0 ± 0.0 | 70.0 ± 0.0"),
+                          (16, {}, "53.0 ± 0.0 | 55.0 ± 0.0")):
+        assert script.table([*refs, row], k, ref).splitlines()[-1].endswith(f"| {cells} |")

@@ -174,6 +174,28 @@ class KernelConfig:
     chunk_size: int = 1024
 
 
+@dataclass(frozen=True)
+class PropagationConfig:
+    """How the ``eigen`` probabilities are propagated over each image's graph.
+
+    Attributes:
+        steps: averaging steps (0 turns propagation off: the head's argmax).
+        weight: w in (0, 1], the share of each step taken from the neighbours.
+        pixel_passes: ``(k, w)`` kNN passes of the colour/position graph, as
+            ``KernelConfig.pixel_passes`` (a checkpoint uses its training kernel's).
+    """
+
+    steps: int = 5
+    weight: float = 0.5
+    pixel_passes: tuple[tuple[int, float], ...] = ((10, 2.0), (5, 0.1))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:
+            raise ValueError(f"propagation steps must be an int ≥ 0, got {self.steps!r}")
+        if not 0 < self.weight <= 1:
+            raise ValueError(f"propagation weight must be in (0, 1], got {self.weight!r}")
+
+
 @dataclass
 class SpectralConfig:
     """Per-image spectral clustering settings.

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from segeig.config import KernelConfig
+from segeig.config import KernelConfig, PropagationConfig
 
 
 def _coalesced(indices: torch.Tensor, values: torch.Tensor, n: int) -> torch.Tensor:
@@ -241,3 +241,54 @@ def build_kernel(
                             torch.cat([kernel.values(), pixel.values() * config.alpha]), len(flat))
     return kernel
 
+# -- propagation over each image's colour/position graph (inference) ----------
+#
+# The kernel is κ = Â + α·Ã. An exact eigenfunction satisfies λψ = Âψ + α·Ãψ,
+# so its value at a patch depends, through Ã, on the other patches of the same
+# image, which a head reading one patch's features at a time cannot represent
+# (docs/method.md, "Propagation over the image's graph"). ``eigen`` adds that
+# part back at inference, transductively and cheaply: the head's probabilities
+# are averaged a few times over the image's colour/position graph,
+#
+#     P ← (1 − w)·P + w·D⁻¹Ã·P      (``steps`` times),
+#
+# with Ã the binary kNN graph training builds (:func:`pixel_knn_graph`) and
+# D⁻¹Ã its row-normalised form, so every row of P stays a distribution.
+
+
+def row_normalized(graph: torch.Tensor) -> torch.Tensor:
+    """D⁻¹A of a sparse non-negative ``N×N`` graph (rows with no edge stay zero)."""
+    graph = graph.coalesce()
+    rows = graph.indices()[0]
+    degree = torch.zeros(graph.shape[0], device=graph.device).index_add_(0, rows, graph.values())
+    values = graph.values() / degree.clamp_min(1e-12)[rows]
+    return torch.sparse_coo_tensor(graph.indices(), values, graph.shape,
+                                   check_invariants=False).coalesce()
+
+
+def propagate(probs: torch.Tensor, images: torch.Tensor, config: PropagationConfig,
+              patch: int, pad_colour: tuple[float, ...]) -> torch.Tensor:
+    """Average patch probabilities over each image's colour/position graph.
+
+    Args:
+        probs: ``B×S×h×w`` float probabilities (sum to 1 over S).
+        images: ``B×3×H×W`` float RGB in [0, 1], the images ``probs`` were
+            computed from (padded to the patch grid with ``pad_colour``, as
+            the backbone pads them).
+        config: steps, weight and the graph's passes.
+        patch: the backbone's patch size; pad_colour: its mean colour (RGB in [0, 1]).
+
+    Returns:
+        ``B×S×h×w`` float32 probabilities, still summing to 1 over S.
+    """
+    if config.steps == 0:
+        return probs.float()
+    b, s, h, w = probs.shape
+    with torch.autocast(images.device.type, enabled=False):
+        # Block-diagonal over the batch: each image's patches link only among themselves.
+        graph = row_normalized(pixel_knn_graph(images.float(), (h, w), config.pixel_passes,
+                                               patch=patch, pad_colour=pad_colour))
+        rows = probs.float().permute(0, 2, 3, 1).reshape(b * h * w, s)
+        for _ in range(config.steps):
+            rows = (1 - config.weight) * rows + config.weight * torch.sparse.mm(graph, rows)
+    return rows.reshape(b, h, w, s).permute(0, 3, 1, 2).contiguous()

@@ -2,7 +2,10 @@
 
 One forward pass gives per-patch scores for a method:
 
-* ``eigen`` — head logits / τ_min; argmax over K eigenfunctions.
+* ``eigen`` — softmax(head logits / τ_min) over the K eigenfunctions,
+  propagated over each image's colour/position graph
+  (:func:`segeig.kernel.propagate`; ``propagation.steps = 0``: the plain logits
+  / τ_min); argmax over K.
 * ``eigen+kmeans`` — nearest k-means centroid of the head's hidden features
   (Euclidean, as the reference code, or cosine: the metric is stored with the
   centroids).
@@ -24,9 +27,15 @@ from torch import nn
 
 from segeig.backbone import Backbone, BackboneFeatures
 from segeig.cluster import centroid_score_maps
-from segeig.config import CENTROID_METRICS, HeadConfig, KernelConfig, SpectralConfig
+from segeig.config import (
+    CENTROID_METRICS,
+    HeadConfig,
+    KernelConfig,
+    PropagationConfig,
+    SpectralConfig,
+)
 from segeig.head import EigenHead
-from segeig.kernel import pad_to_grid
+from segeig.kernel import pad_to_grid, propagate
 from segeig.spectral import spectral_scores
 
 Method = Literal["eigen", "eigen+kmeans", "kmeans", "spectral"]
@@ -37,6 +46,8 @@ CENTROID_METHODS: tuple[str, ...] = ("eigen+kmeans", "kmeans", "spectral")
 #: Temperature turning centroid cosine similarities into probabilities (for the
 #: CRF unary). Argmax predictions do not depend on it.
 CENTROID_TEMPERATURE = 0.05
+
+PROBABILITY_FLOOR = 1e-30
 
 
 @dataclass
@@ -66,6 +77,8 @@ class SegEigModel(nn.Module):
             in the head's hidden space, ``kmeans`` and ``spectral`` in the
             backbone's final space).
         spectral: kernel and clustering settings of the ``spectral`` method.
+        propagation: how ``eigen`` propagates over each image's graph
+            (default :class:`~segeig.config.PropagationConfig`).
     """
 
     def __init__(
@@ -74,11 +87,13 @@ class SegEigModel(nn.Module):
         head: EigenHead | None = None,
         centroids: dict[str, torch.Tensor] | None = None,
         spectral: tuple[KernelConfig, SpectralConfig] | None = None,
+        propagation: PropagationConfig | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.spectral = spectral or (KernelConfig(), SpectralConfig())
+        self.propagation = propagation or PropagationConfig()
         #: method → (metric, spread) of its centroids (see :meth:`set_centroids`).
         self.centroid_metrics: dict[str, tuple[str, float]] = {}
         for name, value in (centroids or {}).items():
@@ -169,7 +184,13 @@ class SegEigModel(nn.Module):
             return ModelOutput(scores / CENTROID_TEMPERATURE, None, features)
         logits, hidden = self.head(features.stacked)
         if method == "eigen":
-            return ModelOutput(logits.float() / self.head.config.tau_min, logits, features)
+            scores = logits.float() / self.head.config.tau_min
+            if self.propagation.steps:
+                probs = propagate(torch.softmax(scores, dim=1), images, self.propagation,
+                                  self.backbone.patch_size, tuple(self.backbone.mean))
+                # log keeps the contract softmax(scores) == probabilities.
+                scores = probs.clamp_min(PROBABILITY_FLOOR).log()
+            return ModelOutput(scores, logits, features)
         return ModelOutput(self._centroid_scores(hidden, method), logits, features)
 
 

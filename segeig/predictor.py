@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -371,6 +372,7 @@ def load(
     backbone_weights: str | None = None,
     amp: bool = True,
     crf_backend: str = "auto",
+    propagation_steps: int | None = None,
 ) -> Segmenter:
     """Load a segeig checkpoint for inference.
 
@@ -381,9 +383,14 @@ def load(
             checkpoint (``hub``, a local file path, or ``random``).
         amp: bfloat16 autocast on CUDA.
         crf_backend: see :class:`Segmenter`.
+        propagation_steps: steps of ``eigen``'s propagation over each image's
+            colour/position graph (:func:`segeig.kernel.propagate`); ``0`` turns it
+            off (the head's plain argmax); default: 5.
 
     Returns:
         A ready :class:`Segmenter`.
     """
     model, config = load_model(path, device="cpu", backbone_weights=backbone_weights)
+    if propagation_steps is not None:
+        model.propagation = replace(model.propagation, steps=propagation_steps)
     return Segmenter(model, config, device=device, amp=amp, crf_backend=crf_backend)

@@ -13,6 +13,7 @@ from PIL import Image
 from segeig.app import handlers, logic
 from segeig.app.ui import build_demo, build_error_demo, serve
 
+from segeig.config import PropagationConfig
 from segeig.labelmaps import read_segments
 from segeig.predictor import Segmenter
 from tests.app_helpers import EIGENVALUES, add_centroids, write_image
@@ -32,6 +33,10 @@ class _NoProgress:
 @pytest.fixture
 def seg(tiny_model) -> Segmenter:
     add_centroids(tiny_model)
+    # Plain argmax: these tests need several segments on tiny noise images, where
+    # every patch is a colour/position neighbour of most others and propagation
+    # of the random head's near-uniform probabilities leaves one segment.
+    tiny_model.propagation = PropagationConfig(steps=0)
     config = {"eigenvalues": EIGENVALUES, "resolution": {"short": 0, "max_long": 0}}
     return Segmenter(tiny_model, config, device="cpu")
 

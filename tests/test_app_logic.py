@@ -7,6 +7,7 @@ import pytest
 import torch
 from segeig.app import legend, logic, uploads
 
+from segeig.config import PropagationConfig
 from segeig.labelmaps import read_segments
 from segeig.predictor import Segmenter
 from segeig.viz import make_palette
@@ -17,6 +18,10 @@ from tests.conftest import random_image
 @pytest.fixture
 def seg(tiny_model) -> Segmenter:
     add_centroids(tiny_model)
+    # Plain argmax: these tests need several segments on tiny noise images, where
+    # every patch is a colour/position neighbour of most others and propagation
+    # of the random head's near-uniform probabilities leaves one segment.
+    tiny_model.propagation = PropagationConfig(steps=0)
     config = {"eigenvalues": EIGENVALUES, "resolution": {"short": 0, "max_long": 0}}
     return Segmenter(tiny_model, config, device="cpu")
 

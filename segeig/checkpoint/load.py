@@ -27,7 +27,14 @@ from segeig.checkpoint.store import (
     resolve_checkpoint_path,
     segment_counts,
 )
-from segeig.config import BackboneConfig, HeadConfig, KernelConfig, SpectralConfig, from_dict
+from segeig.config import (
+    BackboneConfig,
+    HeadConfig,
+    KernelConfig,
+    PropagationConfig,
+    SpectralConfig,
+    from_dict,
+)
 from segeig.head import EigenHead
 from segeig.model import SegEigModel
 
@@ -75,7 +82,8 @@ def load_model(
     document = check_checkpoint(path, backbone_weights, classes=False)
     backbone = _build_backbone(path, document["backbone"], backbone_weights)
     head = _build_head(path, document.get("head"), backbone)
-    model = SegEigModel(backbone, head, spectral=_spectral_settings(document.get("spectral")))
+    model = SegEigModel(backbone, head, spectral=_spectral_settings(document.get("spectral")),
+                        propagation=_propagation_settings(document.get("kernel")))
     _load_centroids(path, document, model)
     missing = [m for m in document["methods"] if m not in model.methods]
     if missing:
@@ -230,6 +238,12 @@ def _spectral_settings(section: dict[str, Any] | None
         return None
     rest = dict(section)
     return from_dict(KernelConfig, rest.pop("kernel")), from_dict(SpectralConfig, rest)
+
+
+def _propagation_settings(kernel: dict[str, Any] | None) -> PropagationConfig:
+    """``eigen``'s propagation over the colour/position graph the head was trained with."""
+    passes = from_dict(KernelConfig, kernel).pixel_passes if kernel else KernelConfig().pixel_passes
+    return PropagationConfig(pixel_passes=passes)
 
 
 def _load_centroids(path: Path, document: dict[str, Any], model: SegEigModel) -> None:

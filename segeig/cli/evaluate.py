@@ -80,6 +80,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="also score CRF-refined predictions (default: on; not available "
                              "with --predictions)")
     add_crf_backend_argument(parser)
+    parser.add_argument("--propagation-steps", type=int, default=None, metavar="N",
+                        help="eigen: steps of propagation over each image's colour/position "
+                             "graph (default 5; 0: the head's plain argmax)")
     parser.add_argument("--max-images", type=int, default=None, metavar="N",
                         help="evaluate only the first N images")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -192,7 +195,8 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
     args.crf = True if args.crf is None else args.crf
     protocol = resolve_protocol(args.protocol, args.dataset)
     dataset = load_eval_dataset(protocol, args.root, args.split)
-    segmenter = load(args.checkpoint, device=args.device, backbone_weights=args.backbone_weights)
+    segmenter = load(args.checkpoint, device=args.device, backbone_weights=args.backbone_weights,
+                     propagation_steps=args.propagation_steps)
     gpu = segmenter.device.type == "cuda"
     cpus = _cpu_count()
     batch_size = args.batch_size or (8 if gpu else 1)
@@ -237,6 +241,7 @@ def _run_checkpoint(args: argparse.Namespace) -> int:
     print(format_table(result))
     meta = {"checkpoint": str(args.checkpoint), "root": str(args.root),
             "device": str(segmenter.device), "torch_threads": torch.get_num_threads(),
+            "propagation_steps": segmenter.model.propagation.steps,
             "crf_workers": crf_workers if args.crf else None,
             "crf_backend": resolve_backend(args.crf_backend, segmenter.device) if args.crf
             else None}

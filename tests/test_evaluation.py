@@ -334,3 +334,21 @@ def test_unique_names_key_json():
 
     assert unique_names(["wall", "sky", "wall"]) == ["0:wall", "sky", "2:wall"]
     assert unique_names(["a", "b"]) == ["a", "b"]
+
+
+def test_cli_propagation_steps(synth_root, tiny_checkpoint, tmp_path, capsys):
+    """``--propagation-steps`` reaches eigen's scoring and is recorded; 0 is the plain argmax."""
+    figures = {}
+    for steps in ("0", None):
+        out_json = tmp_path / f"r{steps}.json"
+        extra = ["--propagation-steps", steps] if steps else []
+        code = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "custom",
+                     "--root", str(synth_root), "--method", "eigen", "--no-crf", "--device",
+                     "cpu", "--json", str(out_json), *extra])
+        assert code == 0
+        figures[steps] = json.loads(out_json.read_text())
+    assert figures["0"]["propagation_steps"] == 0 and figures[None]["propagation_steps"] == 5
+    capsys.readouterr()
+    code = main(["evaluate", "--checkpoint", str(tiny_checkpoint), "--dataset", "custom",
+                 "--root", str(synth_root), "--no-crf", "--propagation-steps", "-1"])
+    assert code == 2 and "propagation steps must be an int ≥ 0" in capsys.readouterr().err

@@ -187,7 +187,7 @@ class PropagationConfig:
 
     steps: int = 5
     weight: float = 0.5
-    pixel_passes: tuple[tuple[int, float], ...] = ((10, 2.0), (5, 0.1))
+    pixel_passes: tuple[tuple[int, float], ...] = KernelConfig.pixel_passes
 
     def __post_init__(self) -> None:
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 0:

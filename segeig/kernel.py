@@ -44,14 +44,20 @@ def _from_coalesced(indices: torch.Tensor, values: torch.Tensor, n: int) -> torc
                                    is_coalesced=True)
 
 
+def _degrees(adjacency: torch.Tensor) -> torch.Tensor:
+    """Row sums ``N`` of a coalesced sparse ``N×N`` matrix (its values' dtype)."""
+    idx, val = adjacency.indices(), adjacency.values()
+    return torch.zeros(adjacency.shape[0], dtype=val.dtype, device=val.device).index_add_(
+        0, idx[0], val)
+
+
 def symmetric_normalize(adjacency: torch.Tensor) -> torch.Tensor:
     """``D^-1/2 A D^-1/2`` of a coalesced sparse ``N×N`` matrix.
 
     Rows with zero degree stay zero (their scaling is defined as 0).
     """
     idx, val = adjacency.indices(), adjacency.values()
-    degree = torch.zeros(adjacency.shape[0], dtype=val.dtype, device=val.device)
-    degree.index_add_(0, idx[0], val)
+    degree = _degrees(adjacency)
     inv_sqrt = torch.where(degree > 0, degree.clamp_min(1e-12).rsqrt(), torch.zeros_like(degree))
     # Same sparsity pattern: no second coalesce.
     return _from_coalesced(idx, val * inv_sqrt[idx[0]] * inv_sqrt[idx[1]], adjacency.shape[0])
@@ -241,6 +247,7 @@ def build_kernel(
                             torch.cat([kernel.values(), pixel.values() * config.alpha]), len(flat))
     return kernel
 
+
 # -- propagation over each image's colour/position graph (inference) ----------
 #
 # The kernel is κ = Â + α·Ã. An exact eigenfunction satisfies λψ = Âψ + α·Ãψ,
@@ -256,14 +263,12 @@ def build_kernel(
 # D⁻¹Ã its row-normalised form, so every row of P stays a distribution.
 
 
-def row_normalized(graph: torch.Tensor) -> torch.Tensor:
-    """D⁻¹A of a sparse non-negative ``N×N`` graph (rows with no edge stay zero)."""
-    graph = graph.coalesce()
-    rows = graph.indices()[0]
-    degree = torch.zeros(graph.shape[0], device=graph.device).index_add_(0, rows, graph.values())
-    values = graph.values() / degree.clamp_min(1e-12)[rows]
-    return torch.sparse_coo_tensor(graph.indices(), values, graph.shape,
-                                   check_invariants=False).coalesce()
+def row_normalized(adjacency: torch.Tensor) -> torch.Tensor:
+    """``D⁻¹A`` of a coalesced sparse non-negative ``N×N`` matrix (rows with no edge stay zero)."""
+    idx, val = adjacency.indices(), adjacency.values()
+    degree = _degrees(adjacency).clamp_min(1e-12)
+    # Same sparsity pattern: no second coalesce.
+    return _from_coalesced(idx, val / degree[idx[0]], adjacency.shape[0])
 
 
 def propagate(probs: torch.Tensor, images: torch.Tensor, config: PropagationConfig,

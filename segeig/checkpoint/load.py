@@ -242,8 +242,9 @@ def _spectral_settings(section: dict[str, Any] | None
 
 def _propagation_settings(kernel: dict[str, Any] | None) -> PropagationConfig:
     """``eigen``'s propagation over the colour/position graph the head was trained with."""
-    passes = from_dict(KernelConfig, kernel).pixel_passes if kernel else KernelConfig().pixel_passes
-    return PropagationConfig(pixel_passes=passes)
+    if not kernel:
+        return PropagationConfig()
+    return PropagationConfig(pixel_passes=from_dict(KernelConfig, kernel).pixel_passes)
 
 
 def _load_centroids(path: Path, document: dict[str, Any], model: SegEigModel) -> None:

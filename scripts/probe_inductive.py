@@ -9,7 +9,13 @@ head shape) and a texture set (:mod:`segeig.data.textures`), and trains a
   (scaled by √N): the best a per-patch head can extend them to new images;
 * ``--mode subspace``: maximise tr((ΨᵀΨ)⁻¹ΨᵀκΨ) over the full kernel, the
   gradient taken through ``--rows`` patches per step with the others' outputs
-  held from earlier steps.
+  held from earlier steps;
+* ``--mode nystrom``: no head: the exact top-K eigenvectors of that kernel
+  extended to each val patch by the kernel itself (Nyström,
+  ψ(x) = Σ_j κ(x, x_j) ψ_j / λ over its ``k_feat`` nearest training patches,
+  feature graph only: a val patch has no pixel edge to a training image).
+  This is *exact* spectral clustering made inductive, the function the
+  learned eigenfunctions approximate.
 
 Both are scored on the val split by NJW rounding of the outputs (whitened on
 the training patches, rows normalised, spherical k-means with K centroids
@@ -96,6 +102,31 @@ def propagated(rows, grids, segmenter):
     return torch.cat(out)
 
 
+def nystrom(train_features, val_features, vectors, values, k_feat, chunk=1024):
+    """Nyström extension of the training kernel's eigenvectors to val patches.
+
+    ``train_features`` ``N×D`` and ``val_features`` ``M×D`` kernel features,
+    ``vectors`` ``N×K`` unit eigenvectors with eigenvalues ``values`` (K).
+    The feature graph is rebuilt as :func:`segeig.kernel.feature_knn_graph`
+    builds it (cosine, ``k_feat`` nearest, negatives 0) and normalised with
+    the training patches' degrees in that graph. Returns ``M×K`` float32,
+    on the scale of ``vectors``.
+    """
+    from segeig.kernel import feature_knn_graph
+
+    train = F.normalize(train_features.float(), dim=1)
+    degree = torch.sparse.sum(feature_knn_graph(train, k_feat), dim=1).to_dense()
+    psi = torch.from_numpy(vectors).float() / torch.from_numpy(values).float().clamp_min(1e-6)
+    out = []
+    for start in range(0, len(val_features), chunk):
+        rows = F.normalize(val_features[start:start + chunk].float(), dim=1)
+        sims, idx = (rows @ train.T).topk(k_feat, dim=1)
+        sims = sims.clamp_min(0)
+        weights = sims / (sims.sum(1, keepdim=True) * degree[idx]).clamp_min(1e-12).sqrt()
+        out.append(torch.einsum("mk,mkj->mj", weights, psi[idx]))
+    return torch.cat(out)
+
+
 def train_head(args, segmenter, inputs, kernel, vectors):
     """A fresh head of the checkpoint's shape fitted on all training patches."""
     torch.manual_seed(args.seed)
@@ -139,11 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("root", help="texture set (custom layout)")
-    parser.add_argument("--mode", choices=("distill", "subspace"), default="distill")
+    parser.add_argument("--mode", choices=("distill", "subspace", "nystrom"), default="distill")
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--rows", type=int, default=4096, help="patches per step")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kmeans", metavar="CHECKPOINT",
+                        help="also score this checkpoint's kmeans method (k-means on raw "
+                             "features), with and without the same propagation")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     segmenter = load(args.checkpoint, device="cpu")
@@ -161,16 +195,30 @@ def main(argv: list[str] | None = None) -> int:
     exact = score(embedding_scores(vectors, k).argmax(1), v_grids, val, k)
     print(f"exact spectral (val kernel): {exact:.1f}")
     train_kernel = set_kernel(t_kernel, t_colours, config)
-    _, train_vectors = top_eigenvectors(train_kernel, k)
+    train_values, train_vectors = top_eigenvectors(train_kernel, k)
     inputs, val_inputs = torch.cat(t_in), torch.cat(v_in)
-    forward = train_head(args, segmenter, inputs, train_kernel, train_vectors)
     with torch.no_grad():
-        train_out, val_out = forward(inputs), forward(val_inputs)
         own = segmenter.model.head.forward_tokens(val_inputs[None])[0][0]
+    if args.mode == "nystrom":
+        flat = lambda maps: torch.cat([f.flatten(1).T for f in maps])  # noqa: E731
+        train_out = torch.from_numpy(train_vectors).float() * np.sqrt(len(inputs))
+        val_out = nystrom(flat(t_kernel), flat(v_kernel), train_vectors, train_values,
+                          config.k_feat) * np.sqrt(len(inputs))
+    else:
+        forward = train_head(args, segmenter, inputs, train_kernel, train_vectors)
+        with torch.no_grad():
+            train_out, val_out = forward(inputs), forward(val_inputs)
     q, _ = np.linalg.qr(val_out.double().numpy())
     energy = np.trace(q.T @ (to_scipy(val_kernel) @ q)) / values.sum()
     print(f"{args.mode} head: val energy {energy:.3f}, "
           f"NJW {score(njw(train_out, val_out, k), v_grids, val, k):.1f}")
+    if args.kmeans:
+        baseline = load(args.kmeans, device="cpu")
+        with torch.no_grad():
+            kmeans_scores = torch.cat([
+                baseline.forward(x, "kmeans").scores.float()[0].flatten(1).T
+                for x, _ in v_grids])
+        print(f"kmeans on raw features: {score(kmeans_scores.argmax(1), v_grids, val, k):.1f}")
     tau = segmenter.model.head.config.tau_min
     print(f"checkpoint's head: argmax {score(own.argmax(1), v_grids, val, k):.1f}")
     for steps in (1, 3, 5):
@@ -178,9 +226,13 @@ def main(argv: list[str] | None = None) -> int:
         smooth_train = propagated(train_out, t_grids, segmenter)
         smooth_val = propagated(val_out, v_grids, segmenter)
         probs = propagated(torch.softmax(own / tau, 1), v_grids, segmenter)
-        print(f"propagation {steps} steps: {args.mode} head NJW "
-              f"{score(njw(smooth_train, smooth_val, k), v_grids, val, k):.1f}, "
-              f"checkpoint's head argmax {score(probs.argmax(1), v_grids, val, k):.1f}")
+        line = (f"propagation {steps} steps: {args.mode} head NJW "
+                f"{score(njw(smooth_train, smooth_val, k), v_grids, val, k):.1f}, "
+                f"checkpoint's head argmax {score(probs.argmax(1), v_grids, val, k):.1f}")
+        if args.kmeans:
+            smooth = propagated(torch.softmax(kmeans_scores, 1), v_grids, segmenter)
+            line += f", kmeans {score(smooth.argmax(1), v_grids, val, k):.1f}"
+        print(line)
     return 0
 
 

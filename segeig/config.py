@@ -176,10 +176,13 @@ class KernelConfig:
 
 @dataclass(frozen=True)
 class PropagationConfig:
-    """How the ``eigen`` probabilities are propagated over each image's graph.
+    """How per-patch probabilities are propagated over each image's graph.
+
+    Applies to the per-patch methods (``eigen``, ``eigen+kmeans``, ``kmeans``),
+    not to ``spectral``, which already clusters each image's own graph.
 
     Attributes:
-        steps: averaging steps (0 turns propagation off: the head's argmax).
+        steps: averaging steps (0 turns propagation off: the plain argmax).
         weight: w in (0, 1], the share of each step taken from the neighbours.
         pixel_passes: ``(k, w)`` kNN passes of the colour/position graph, as
             ``KernelConfig.pixel_passes`` (a checkpoint uses its training kernel's).

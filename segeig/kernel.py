@@ -250,6 +250,9 @@ def build_kernel(
 
 # -- propagation over each image's colour/position graph (inference) ----------
 #
+# Written for ``eigen``; the model applies it to every per-patch method
+# (``eigen+kmeans`` and ``kmeans`` gain as much: docs/method.md).
+#
 # The kernel is κ = Â + α·Ã. An exact eigenfunction satisfies λψ = Âψ + α·Ãψ,
 # so its value at a patch depends, through Ã, on the other patches of the same
 # image, which a head reading one patch's features at a time cannot represent

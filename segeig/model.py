@@ -8,9 +8,9 @@ One forward pass gives per-patch scores for a method:
   / τ_min); argmax over K.
 * ``eigen+kmeans`` — nearest k-means centroid of the head's hidden features
   (Euclidean, as the reference code, or cosine: the metric is stored with the
-  centroids).
+  centroids), its softmax propagated like ``eigen``'s.
 * ``kmeans`` — the baseline: nearest k-means centroid of the raw final
-  backbone features (no head needed).
+  backbone features (no head needed), propagated likewise.
 * ``spectral`` — the classic transductive baseline: exact per-image spectral
   clustering, segments labelled by their nearest global centroid
   (:mod:`segeig.spectral`; no head needed).
@@ -79,7 +79,7 @@ class SegEigModel(nn.Module):
             in the head's hidden space, ``kmeans`` and ``spectral`` in the
             backbone's final space).
         spectral: kernel and clustering settings of the ``spectral`` method.
-        propagation: how ``eigen`` propagates over each image's graph
+        propagation: how the per-patch methods propagate over each image's graph
             (default :class:`~segeig.config.PropagationConfig`).
     """
 
@@ -174,7 +174,8 @@ class SegEigModel(nn.Module):
             raise ValueError(f"method {method!r} is not available; this model has {self.methods}")
         features = self.backbone(images)
         if method == "kmeans":
-            return ModelOutput(self._centroid_scores(features.layers[2], method), None, features)
+            scores = self._centroid_scores(features.layers[2], method)
+            return ModelOutput(self._propagated(scores, images), None, features)
         if method == "spectral":
             # Exact eigenvectors in float32 even under autocast (bf16 similarities
             # would reorder near-tied neighbours and eigenvectors).
@@ -187,13 +188,18 @@ class SegEigModel(nn.Module):
         logits, hidden = self.head(features.stacked)
         if method == "eigen":
             scores = logits.float() / self.head.config.tau_min
-            if self.propagation.steps:
-                probs = propagate(torch.softmax(scores, dim=1), images, self.propagation,
-                                  self.backbone.patch_size, tuple(self.backbone.mean))
-                # log keeps the contract softmax(scores) == probabilities.
-                scores = probs.clamp_min(PROBABILITY_FLOOR).log()
-            return ModelOutput(scores, logits, features)
-        return ModelOutput(self._centroid_scores(hidden, method), logits, features)
+            return ModelOutput(self._propagated(scores, images), logits, features)
+        scores = self._centroid_scores(hidden, method)
+        return ModelOutput(self._propagated(scores, images), logits, features)
+
+    def _propagated(self, scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """``B×S×h×w`` scores whose softmax was propagated over each image's graph."""
+        if not self.propagation.steps:
+            return scores
+        probs = propagate(torch.softmax(scores.float(), dim=1), images, self.propagation,
+                          self.backbone.patch_size, tuple(self.backbone.mean))
+        # log keeps the contract softmax(scores) == probabilities.
+        return probs.clamp_min(PROBABILITY_FLOOR).log()
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -383,9 +383,10 @@ def load(
             checkpoint (``hub``, a local file path, or ``random``).
         amp: bfloat16 autocast on CUDA.
         crf_backend: see :class:`Segmenter`.
-        propagation_steps: steps of ``eigen``'s propagation over each image's
-            colour/position graph (:func:`segeig.kernel.propagate`); ``0`` turns it
-            off (the head's plain argmax); default: 5.
+        propagation_steps: steps of propagation of the per-patch methods'
+            probabilities (``eigen``, ``eigen+kmeans``, ``kmeans``) over each
+            image's colour/position graph (:func:`segeig.kernel.propagate`);
+            ``0`` turns it off (the plain argmax); default: 5.
 
     Returns:
         A ready :class:`Segmenter`.

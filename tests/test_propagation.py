@@ -1,4 +1,4 @@
-"""Propagation of the eigen probabilities over each image's colour/position graph."""
+"""Propagation of per-patch probabilities over each image's colour/position graph."""
 
 from __future__ import annotations
 
@@ -101,6 +101,26 @@ def test_model_eigen_scores_are_the_propagated_probabilities(tiny_model: SegEigM
                          tiny_model.backbone.patch_size, tuple(tiny_model.backbone.mean))
     torch.testing.assert_close(torch.softmax(out.scores, dim=1), expected, atol=1e-5, rtol=1e-4)
     assert torch.equal(out.logits, plain.logits)  # the eigenfunctions themselves are unchanged
+
+
+@pytest.mark.parametrize("method", ["eigen+kmeans", "kmeans"])
+def test_centroid_methods_propagate_their_probabilities_too(tiny_model: SegEigModel, method):
+    generator = torch.Generator().manual_seed(1)
+    hidden = tiny_model.head.hidden_dim if method == "eigen+kmeans" else \
+        tiny_model.backbone.embed_dim
+    tiny_model.set_centroids(method, torch.randn(5, hidden, generator=generator),
+                             metric="euclidean", spread=2.0)
+    images = torch.rand(2, 3, 64, 80, generator=generator)
+    tiny_model.propagation = PropagationConfig(steps=0)
+    with torch.no_grad():
+        plain = tiny_model(images, method)
+    tiny_model.propagation = PropagationConfig(steps=3)
+    with torch.no_grad():
+        out = tiny_model(images, method)
+    expected = propagate(torch.softmax(plain.scores, dim=1), images, tiny_model.propagation,
+                         tiny_model.backbone.patch_size, tuple(tiny_model.backbone.mean))
+    torch.testing.assert_close(torch.softmax(out.scores, dim=1), expected, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(torch.softmax(out.scores, dim=1), torch.softmax(plain.scores, 1))
 
 
 def test_loaded_model_propagates_over_its_training_graph(tmp_path, tiny_model: SegEigModel):

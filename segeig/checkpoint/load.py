@@ -241,7 +241,7 @@ def _spectral_settings(section: dict[str, Any] | None
 
 
 def _propagation_settings(kernel: dict[str, Any] | None) -> PropagationConfig:
-    """``eigen``'s propagation over the colour/position graph the head was trained with."""
+    """Propagation over the colour/position graph of the checkpoint's training kernel."""
     if not kernel:
         return PropagationConfig()
     return PropagationConfig(pixel_passes=from_dict(KernelConfig, kernel).pixel_passes)

@@ -81,8 +81,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                              "with --predictions)")
     add_crf_backend_argument(parser)
     parser.add_argument("--propagation-steps", type=int, default=None, metavar="N",
-                        help="eigen: steps of propagation over each image's colour/position "
-                             "graph (default 5; 0: the head's plain argmax)")
+                        help="eigen, eigen+kmeans, kmeans: steps of propagation of the "
+                             "patch probabilities over each image's colour/position graph "
+                             "(default 5; 0: the plain argmax)")
     parser.add_argument("--max-images", type=int, default=None, metavar="N",
                         help="evaluate only the first N images")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")

@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=4096, help="patches per step")
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--k-feat", type=int, default=None, metavar="N",
+                        help="feature neighbours of the kernel (default: the checkpoint's)")
     parser.add_argument("--kmeans", metavar="CHECKPOINT",
                         help="also score this checkpoint's kmeans method (k-means on raw "
                              "features), with and without the same propagation")
@@ -182,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     segmenter = load(args.checkpoint, device="cpu")
     config = kernel_config_of(segmenter)
+    if args.k_feat is not None:
+        config = replace(config, k_feat=args.k_feat)
     k = segmenter.model.head.k
     protocol = resolve_protocol("native", "custom")
     val = load_eval_dataset(protocol, args.root, "val")

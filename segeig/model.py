@@ -188,8 +188,8 @@ class SegEigModel(nn.Module):
         logits, hidden = self.head(features.stacked)
         if method == "eigen":
             scores = logits.float() / self.head.config.tau_min
-            return ModelOutput(self._propagated(scores, images), logits, features)
-        scores = self._centroid_scores(hidden, method)
+        else:
+            scores = self._centroid_scores(hidden, method)
         return ModelOutput(self._propagated(scores, images), logits, features)
 
     def _propagated(self, scores: torch.Tensor, images: torch.Tensor) -> torch.Tensor:

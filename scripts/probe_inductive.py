@@ -217,7 +217,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.mode} head: val energy {energy:.3f}, "
           f"NJW {score(njw(train_out, val_out, k), v_grids, val, k):.1f}")
     if args.kmeans:
-        baseline = load(args.kmeans, device="cpu")
+        # Plain scores: the propagation below is applied on top of them.
+        baseline = load(args.kmeans, device="cpu", propagation_steps=0)
         with torch.no_grad():
             kmeans_scores = torch.cat([
                 baseline.forward(x, "kmeans").scores.float()[0].flatten(1).T

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+import segeig
+from segeig.evaluation import load_eval_dataset, resolve_protocol
 from segeig.kernel import feature_knn_graph, symmetric_normalize
 from segeig.spectral import top_eigenvectors
 from tests.test_train_scripts import load_script
@@ -35,3 +37,33 @@ def test_nystrom_extends_each_cluster_to_new_points_of_that_cluster():
     again = probe.nystrom(train, train, vectors, values, k_feat=8)
     cosine = F.cosine_similarity(again, torch.from_numpy(vectors).float(), dim=0)
     assert (cosine > 0.9).all()
+
+
+def test_nystrom_probe_runs_end_to_end_and_scores_kmeans_unpropagated(tmp_path, capsys):
+    """The whole probe on a tiny texture set; its "plain" k-means line is the unpropagated one."""
+    ablation = load_script("bench_ablation")
+    work = tmp_path / "w"
+    assert ablation.main(["--seeds", "0", "--n-train", "4", "--n-val", "2", "--size", "64",
+                          "--k", "8", "--threads", "1", "--references", "--workdir", str(work),
+                          "--jsonl", str(tmp_path / "r.jsonl"),
+                          "--variant", "base:k=8,steps=2"]) == 0
+    capsys.readouterr()
+    probe = load_script("probe_inductive")
+    kmeans = work / "kmeans-0" / "checkpoint.safetensors"
+    assert probe.main([str(work / "base-0" / "checkpoint.safetensors"), str(work / "texture-0"),
+                       "--mode", "nystrom", "--kmeans", str(kmeans)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("exact spectral (val kernel): ")
+    assert lines[1].startswith("nystrom head: val energy ")
+    plain = float(lines[2].rsplit(" ", 1)[1])
+    # The same figure recomputed from the k-means checkpoint with propagation off.
+    segmenter = segeig.load(kmeans, device="cpu", propagation_steps=0)
+    val = load_eval_dataset(resolve_protocol("native", "custom"), work / "texture-0", "val")
+    _, _, _, grids = probe.patches(segmenter, [val.load(i).image for i in range(len(val))])
+    with torch.no_grad():
+        scores = torch.cat([segmenter.forward(x, "kmeans").scores[0].flatten(1).T
+                            for x, _ in grids])
+    assert plain == round(probe.score(scores.argmax(1), grids, val, 8), 1)
+    assert [line.split(":")[0] for line in lines[4:]] == [
+        f"propagation {n} steps" for n in (1, 3, 5)]
+    assert all(", kmeans " in line for line in lines[4:])

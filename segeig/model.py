@@ -47,7 +47,7 @@ CENTROID_METHODS: tuple[str, ...] = ("eigen+kmeans", "kmeans", "spectral")
 #: CRF unary). Argmax predictions do not depend on it.
 CENTROID_TEMPERATURE = 0.05
 
-#: Smallest probability whose log an ``eigen`` score takes after propagation
+#: Smallest probability whose log a propagated score takes
 #: (log 0 would be -inf and break the bilinear upsampling of scores).
 PROBABILITY_FLOOR = 1e-30
 

@@ -9,6 +9,7 @@ import segeig
 from segeig.evaluation import load_eval_dataset, resolve_protocol
 from segeig.kernel import feature_knn_graph, symmetric_normalize
 from segeig.spectral import top_eigenvectors
+from tests.test_bench_ablation import TINY
 from tests.test_train_scripts import load_script
 
 
@@ -43,8 +44,7 @@ def test_nystrom_probe_runs_end_to_end_and_scores_kmeans_unpropagated(tmp_path, 
     """The whole probe on a tiny texture set; its "plain" k-means line is the unpropagated one."""
     ablation = load_script("bench_ablation")
     work = tmp_path / "w"
-    assert ablation.main(["--seeds", "0", "--n-train", "4", "--n-val", "2", "--size", "64",
-                          "--k", "8", "--threads", "1", "--references", "--workdir", str(work),
+    assert ablation.main([*TINY, "--references", "--workdir", str(work),
                           "--jsonl", str(tmp_path / "r.jsonl"),
                           "--variant", "base:k=8,steps=2"]) == 0
     capsys.readouterr()
